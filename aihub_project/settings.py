@@ -1,0 +1,164 @@
+"""Settings for AI Hub. Every knob is read from the environment once, here.
+
+With no DATABASE_URL / REDIS_URL the hub uses its embedded PostgreSQL and
+Valkey (see docs/configuration.md); their ports are fixed so that a second
+terminal (`manage.py createapikey`) reaches the servers `make run` started.
+"""
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+environ.Env.read_env(BASE_DIR / ".env")
+
+SECRET_KEY = env("DJANGO_SECRET_KEY", default="insecure-local-development-key-change-me")
+DEBUG = env.bool("DJANGO_DEBUG", default=False)
+ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
+
+# Where the hub keeps its own state: embedded database data, Valkey data, the model store.
+AIHUB_VAR_DIR = Path(env("AIHUB_VAR_DIR", default=str(BASE_DIR / "var")))
+AIHUB_LOG_DIR = Path(env("AIHUB_LOG_DIR", default=str(BASE_DIR / "logs")))
+AIHUB_MODEL_STORE = Path(env("AIHUB_MODEL_STORE", default=str(AIHUB_VAR_DIR / "models")))
+AIHUB_EMBEDDED_PG_PORT = env.int("AIHUB_EMBEDDED_PG_PORT", default=55432)
+AIHUB_EMBEDDED_REDIS_PORT = env.int("AIHUB_EMBEDDED_REDIS_PORT", default=56379)
+
+DATABASE_URL = env("DATABASE_URL", default=f"postgres://aihub@127.0.0.1:{AIHUB_EMBEDDED_PG_PORT}/aihub")
+REDIS_URL = env("REDIS_URL", default=f"redis://127.0.0.1:{AIHUB_EMBEDDED_REDIS_PORT}/0")
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "channels",
+    "apps.core",
+    "apps.accounts",
+    "apps.catalog",
+    "apps.chat",
+    "apps.monitoring",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "aihub_project.urls"
+ASGI_APPLICATION = "aihub_project.asgi.application"
+WSGI_APPLICATION = "aihub_project.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+DATABASES = {"default": env.db_url_config(DATABASE_URL)}
+# Short-lived connections: workers and the ASGI server both outlive many requests.
+DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=0)
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = AIHUB_VAR_DIR / "static"
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["apps.accounts.authentication.ApiKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "EXCEPTION_HANDLER": "apps.core.errors.drf_exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "UNAUTHENTICATED_USER": None,
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "AI Hub API",
+    "DESCRIPTION": (
+        "OpenAI-compatible API of a self-hosted AI hub. Authenticate with "
+        "`Authorization: Bearer <key>` (make one with `python manage.py createapikey USER`). "
+        "The websocket protocol is described in docs/websocket.md."
+    ),
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "SERVE_AUTHENTICATION": [],
+    "PREPROCESSING_HOOKS": [],
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "apps.chat.openapi.add_chat_completions_path",
+    ],
+    "APPEND_COMPONENTS": {
+        "securitySchemes": {"ApiKey": {"type": "http", "scheme": "bearer"}},
+    },
+    "SECURITY": [{"ApiKey": []}],
+}
+
+# Celery: the broker is Redis/Valkey unless CELERY_BROKER_URL names another (RabbitMQ).
+CELERY_BROKER_URL = env("CELERY_BROKER_URL", default=REDIS_URL)
+CELERY_RESULT_BACKEND = env("CELERY_RESULT_BACKEND", default=REDIS_URL)
+
+# Generation knobs.
+AIHUB_DEFAULT_MODEL = env("AIHUB_DEFAULT_MODEL", default="smollm2:135m")
+AIHUB_DEFAULT_MAX_TOKENS = env.int("AIHUB_DEFAULT_MAX_TOKENS", default=512)
+# How long a request's token log stays readable after it finishes (resume, late readers).
+AIHUB_EVENT_LOG_TTL_SECONDS = env.int("AIHUB_EVENT_LOG_TTL_SECONDS", default=3600)
+# How long a websocket client may stay away and still resume a running generation.
+AIHUB_WS_RESUME_GRACE_SECONDS = env.float("AIHUB_WS_RESUME_GRACE_SECONDS", default=0.0)
+AIHUB_WS_RESUME_GRACE_MAX_SECONDS = env.float("AIHUB_WS_RESUME_GRACE_MAX_SECONDS", default=300.0)
+# A non-streaming request (and a stream with no events) gives up after this long.
+AIHUB_REQUEST_TIMEOUT_SECONDS = env.float("AIHUB_REQUEST_TIMEOUT_SECONDS", default=600.0)
+# Device for the worker: "auto" picks cuda when available.
+AIHUB_DEVICE = env("AIHUB_DEVICE", default="auto")
+
+AIHUB_LOG_DIR.mkdir(parents=True, exist_ok=True)
+LOG_LEVEL = env("AIHUB_LOG_LEVEL", default="INFO")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain"},
+        # WatchedFileHandler: several processes append to one file; logrotate-safe.
+        "file": {
+            "class": "logging.handlers.WatchedFileHandler",
+            "filename": str(AIHUB_LOG_DIR / "app.log"),
+            "formatter": "plain",
+        },
+    },
+    "root": {"handlers": ["console", "file"], "level": LOG_LEVEL},
+    "loggers": {
+        "django.db.backends": {"level": "INFO"},
+        "httpx": {"level": "WARNING"},
+    },
+}

@@ -1,0 +1,28 @@
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from apps.catalog.views import ModelDetailView, ModelListView
+from apps.chat.completions import chat_completions_view
+from apps.chat.views import ConversationDetailView, ConversationListView
+from apps.monitoring.views import HealthView
+
+api_v1 = [
+    path("chat/completions", chat_completions_view, name="chat-completions"),
+    path("chat/conversations", ConversationListView.as_view(), name="conversation-list"),
+    path("chat/conversations/<uuid:conversation_id>", ConversationDetailView.as_view(),
+         name="conversation-detail"),
+    path("models", ModelListView.as_view(), name="model-list"),
+    path("models/<path:model_id>", ModelDetailView.as_view(), name="model-detail"),
+]
+
+urlpatterns = [
+    path("api/v1/", include(api_v1)),
+    path("health", HealthView.as_view(), name="health"),
+    path("api/schema", SpectacularAPIView.as_view(), name="schema"),
+    path("docs", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    path("admin/", admin.site.urls),
+]
+
+handler404 = "apps.core.errors.json_404"
+handler500 = "apps.core.errors.json_500"

@@ -1,0 +1,29 @@
+from django.contrib import admin, messages
+from django.utils import timezone
+
+from .models import ApiKey
+from .services import api_key_create
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    list_display = ("display_prefix", "name", "user", "created_at", "last_used_at", "revoked_at")
+    list_filter = ("revoked_at",)
+    search_fields = ("name", "user__username", "lookup")
+    readonly_fields = ("display_prefix", "created_at", "last_used_at")
+    fields = ("user", "name", "display_prefix", "created_at", "last_used_at", "revoked_at")
+    actions = ["revoke_keys"]
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            return super().save_model(request, obj, form, change)
+        key, raw = api_key_create(user=obj.user, name=obj.name)
+        obj.pk = key.pk
+        obj.refresh_from_db()
+        # The only time the key is visible: it is stored as a hash.
+        messages.warning(request, f"New API key (copy it now, it will not be shown again): {raw}")
+
+    @admin.action(description="Revoke selected keys")
+    def revoke_keys(self, request, queryset):
+        count = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
+        self.message_user(request, f"Revoked {count} key(s).")

@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+KEY_PREFIX = "ahk"  # readable: a leaked string is recognisable as an AI Hub key
+
+
+def hash_key(raw_key: str) -> str:
+    # Keys carry 256 bits of randomness, so a fast hash is enough; a slow KDF
+    # would only add latency to every request.
+    return hashlib.sha256(raw_key.encode()).hexdigest()
+
+
+class ApiKey(models.Model):
+    """An API key; the database keeps a lookup prefix and a hash, never the key."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=100, blank=True)
+    lookup = models.CharField(max_length=16, unique=True, editable=False)
+    key_hash = models.CharField(max_length=64, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "API key"
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.display_prefix}… ({self.user})"
+
+    @property
+    def display_prefix(self) -> str:
+        return f"{KEY_PREFIX}_{self.lookup}"
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None
+
+    @staticmethod
+    def generate() -> tuple[str, str, str]:
+        """A new key as (raw key, lookup, hash)."""
+        lookup = secrets.token_hex(6)
+        raw = f"{KEY_PREFIX}_{lookup}_{secrets.token_urlsafe(32)}"
+        return raw, lookup, hash_key(raw)
+
+    def matches(self, raw_key: str) -> bool:
+        return hmac.compare_digest(self.key_hash, hash_key(raw_key))
+
+    def revoke(self) -> None:
+        if self.revoked_at is None:
+            self.revoked_at = timezone.now()
+            self.save(update_fields=["revoked_at"])

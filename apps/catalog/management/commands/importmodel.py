@@ -1,0 +1,59 @@
+from pathlib import Path
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+from apps.catalog.builtin import BUILTIN_MODELS
+from apps.catalog.models import ModelKind, ModelSource
+from apps.catalog.services import model_register
+from apps.core.errors import AppError
+
+
+class Command(BaseCommand):
+    help = ("Register a model in the catalog: a built-in one (--builtin smollm2:135m), a GGUF file "
+            "(converted once to safetensors in the model store) or a transformers directory.")
+
+    def add_arguments(self, parser):
+        parser.add_argument("model_id", nargs="?", help="Catalog id, e.g. mymodel:1b")
+        source = parser.add_mutually_exclusive_group(required=True)
+        source.add_argument("--builtin", choices=sorted(BUILTIN_MODELS))
+        source.add_argument("--gguf", type=Path, help="A .gguf file")
+        source.add_argument("--directory", type=Path, help="A transformers model directory")
+        parser.add_argument("--kind", default=ModelKind.CHAT, choices=ModelKind.values)
+        parser.add_argument("--context-length", type=int)
+        parser.add_argument("--force", action="store_true", help="Convert again even if converted before.")
+
+    def handle(self, *args, model_id, builtin, gguf, directory, kind, context_length, force, **options):
+        if builtin:
+            spec = BUILTIN_MODELS[builtin]
+            model_id = model_id or spec.model_id
+            kind, context_length = spec.kind, context_length or spec.context_length
+            try:
+                gguf = spec.locate()
+            except FileNotFoundError as exc:
+                raise CommandError(str(exc))
+        if not model_id:
+            raise CommandError("Give the model id, e.g. `importmodel mymodel:1b --gguf file.gguf`.")
+        try:
+            if gguf:
+                entry = self._import_gguf(model_id, gguf, kind, context_length, force)
+            else:
+                entry = model_register(model_id=model_id, path=directory, kind=kind, context_length=context_length)
+        except AppError as exc:
+            raise CommandError(exc.message)
+        self.stdout.write(self.style.SUCCESS(
+            f"{entry.id}: {entry.kind}, {entry.context_length} tokens, {entry.size_bytes / 1e6:.0f} MB at {entry.path}"))
+
+    def _import_gguf(self, model_id, gguf: Path, kind, context_length, force):
+        if not gguf.is_file():
+            raise CommandError(f"{gguf} is not a file.")
+        out_dir = Path(settings.AIHUB_MODEL_STORE) / model_id.replace(":", "-").replace("/", "--")
+        if force or not (out_dir / "config.json").is_file():
+            from workers.convert import convert_gguf  # torch is imported only when converting
+
+            out_dir.parent.mkdir(parents=True, exist_ok=True)
+            convert_gguf(gguf, out_dir)
+        else:
+            self.stderr.write(f"{model_id}: already converted at {out_dir} (--force converts again)")
+        return model_register(model_id=model_id, path=out_dir, kind=kind, source=ModelSource.GGUF,
+                              source_ref=str(gguf), context_length=context_length)

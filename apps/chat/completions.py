@@ -1,0 +1,166 @@
+"""POST /api/v1/chat/completions: an async view, because DRF views are sync-only.
+
+A sync view would hold one of daphne's threads for the whole generation (and
+Django runs sync views on one shared thread by default). Validation still uses
+the DRF serializer, and errors still leave in the one error shape.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from asgiref.sync import sync_to_async
+from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
+from django.views.decorators.csrf import csrf_exempt
+from rest_framework.exceptions import ValidationError
+
+from apps.accounts.services import api_key_authenticate, bearer_token
+from apps.core import events
+from apps.core.errors import AppError, AuthenticationError, as_app_error, error_response
+
+from .models import GenerationRequest
+from .serializers import ChatCompletionRequestSerializer
+from .services import chat_completion_create
+
+logger = logging.getLogger(__name__)
+
+
+async def authenticate_request(request: HttpRequest):
+    raw = bearer_token(request.headers.get("Authorization"))
+    if raw is None:
+        raise AuthenticationError("You didn't provide an API key. Send 'Authorization: Bearer <key>'.")
+    key = await sync_to_async(api_key_authenticate)(raw_key=raw)
+    if key is None:
+        raise AuthenticationError("Incorrect API key provided, or the key was revoked.")
+    return key
+
+
+def parse_json_body(request: HttpRequest) -> dict:
+    try:
+        body = json.loads(request.body or b"")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise AppError(f"We could not parse the JSON body of your request: {exc}", code="invalid_json")
+    if not isinstance(body, dict):
+        raise AppError("The request body must be a JSON object.", code="invalid_json")
+    return body
+
+
+def validate_chat_request(body: dict) -> dict:
+    serializer = ChatCompletionRequestSerializer(data=body)
+    try:
+        serializer.is_valid(raise_exception=True)
+    except ValidationError as exc:
+        raise as_app_error(exc)
+    return serializer.validated_data
+
+
+async def chat_completion_submit(*, key, body: dict) -> tuple[GenerationRequest, dict]:
+    """Validate, store and enqueue; shared by the REST view and the websocket consumer."""
+    data = validate_chat_request(body)
+    generation = await sync_to_async(chat_completion_create)(user=key.user, api_key=key, data=data)
+    return generation, data
+
+
+@csrf_exempt
+async def chat_completions_view(request: HttpRequest):
+    if request.method != "POST":
+        return error_response(AppError("Use POST.", status=405, code="method_not_allowed"))
+    try:
+        key = await authenticate_request(request)
+        generation, data = await chat_completion_submit(key=key, body=parse_json_body(request))
+    except AppError as error:
+        return error_response(error)
+    if data["stream"]:
+        include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
+        response = StreamingHttpResponse(sse_stream(generation, include_usage), content_type="text/event-stream")
+        response["Cache-Control"] = "no-cache"
+        response["X-Accel-Buffering"] = "no"  # proxies must pass tokens through as they come
+        response["X-AIHub-Request-Id"] = str(generation.id)
+        return response
+    return await wait_for_completion(generation)
+
+
+async def wait_for_completion(generation: GenerationRequest) -> JsonResponse:
+    finished = False
+    try:
+        async for event in events.read_events(generation.id):
+            if event["type"] == events.ERROR:
+                finished = True
+                return error_from_event(event)
+            if event["type"] == events.DONE:
+                finished = True
+        stored = await GenerationRequest.objects.aget(id=generation.id)
+        response = JsonResponse(completion_body(stored))
+        response["X-AIHub-Request-Id"] = str(generation.id)
+        return response
+    finally:
+        # The client went away (Django cancels the view) or we gave up: free the worker.
+        if not finished:
+            await events.request_cancel(generation.id)
+
+
+def error_from_event(event: dict) -> JsonResponse:
+    error = event["error"]
+    status = {"timeout": 504, "context_length_exceeded": 400, "model_not_found": 404}.get(error.get("code"), 500)
+    return JsonResponse({"error": error}, status=status)
+
+
+def completion_body(generation: GenerationRequest) -> dict:
+    return {
+        "id": generation.completion_id,
+        "object": "chat.completion",
+        "created": int(generation.created_at.timestamp()),
+        "model": generation.model,
+        "system_fingerprint": None,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": generation.completion, "refusal": None},
+            "logprobs": None,
+            "finish_reason": generation.finish_reason or "stop",
+        }],
+        "usage": generation.usage,
+        "conversation_id": str(generation.conversation_id),
+    }
+
+
+def _chunk(generation: GenerationRequest, created: int, delta: dict, finish_reason=None) -> dict:
+    return {
+        "id": generation.completion_id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": generation.model,
+        "system_fingerprint": None,
+        "conversation_id": str(generation.conversation_id),
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+    }
+
+
+def _sse(payload: dict | str) -> str:
+    data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
+    return f"data: {data}\n\n"
+
+
+async def sse_stream(generation: GenerationRequest, include_usage: bool):
+    created = int(time.time())
+    finished = False
+    try:
+        yield _sse(_chunk(generation, created, {"role": "assistant", "content": ""}))
+        async for event in events.read_events(generation.id):
+            if event["type"] == events.TOKEN:
+                yield _sse(_chunk(generation, created, {"content": event["text"]}))
+            elif event["type"] == events.DONE:
+                finished = True
+                yield _sse(_chunk(generation, created, {}, finish_reason=event["finish_reason"]))
+                if include_usage:
+                    usage_chunk = _chunk(generation, created, {})
+                    usage_chunk["choices"] = []
+                    usage_chunk["usage"] = event["usage"]
+                    yield _sse(usage_chunk)
+            elif event["type"] == events.ERROR:
+                finished = True
+                yield _sse({"error": event["error"]})
+        yield _sse("[DONE]")
+    finally:
+        if not finished:
+            await events.request_cancel(generation.id)

@@ -1,0 +1,132 @@
+"""Input and output shapes of the chat API (OpenAI's chat.completion)."""
+from rest_framework import serializers
+
+from apps.core.fields import StrictBooleanField, StrictCharField, StrictFloatField, StrictIntegerField
+
+from .models import Conversation, Message, Role
+
+ACCEPTED_ROLES = {r.value for r in Role} | {"developer"}  # OpenAI's newer name for system
+
+
+class MessageContentField(serializers.Field):
+    """A string, or a list of text content parts, returned as one string."""
+
+    default_error_messages = {
+        "type": "must be a string or a list of content parts.",
+        "part": "content parts must be objects with type 'text' and a string 'text'.",
+        "unsupported": "content part type '{kind}' is not supported by this endpoint yet; send text parts.",
+    }
+
+    def to_internal_value(self, data):
+        if isinstance(data, str):
+            return data
+        if not isinstance(data, list):
+            self.fail("type")
+        texts = []
+        for part in data:
+            if not isinstance(part, dict):
+                self.fail("part")
+            kind = part.get("type")
+            if kind != "text":
+                self.fail("unsupported", kind=kind)
+            if not isinstance(part.get("text"), str):
+                self.fail("part")
+            texts.append(part["text"])
+        return "".join(texts)
+
+    def to_representation(self, value):
+        return value
+
+
+class ChatMessageInputSerializer(serializers.Serializer):
+    role = StrictCharField()
+    content = MessageContentField()
+    name = StrictCharField(required=False, max_length=64)
+
+    def validate_role(self, value):
+        if value not in ACCEPTED_ROLES:
+            raise serializers.ValidationError(
+                f"unknown role '{value}'; expected one of system, developer, user, assistant.")
+        return Role.SYSTEM.value if value == "developer" else value
+
+
+class StreamOptionsSerializer(serializers.Serializer):
+    include_usage = StrictBooleanField(required=False, default=False)
+
+
+class StopField(serializers.Field):
+    default_error_messages = {"type": "must be a string or a list of up to 4 strings."}
+
+    def to_internal_value(self, data):
+        if data is None:
+            return []
+        if isinstance(data, str):
+            return [data] if data else []
+        if isinstance(data, list) and len(data) <= 4 and all(isinstance(s, str) and s for s in data):
+            return data
+        self.fail("type")
+
+    def to_representation(self, value):
+        return value
+
+
+class ChatCompletionRequestSerializer(serializers.Serializer):
+    model = StrictCharField(required=False, allow_blank=False)
+    messages = ChatMessageInputSerializer(many=True, allow_empty=False)
+    stream = StrictBooleanField(required=False, default=False)
+    stream_options = StreamOptionsSerializer(required=False, allow_null=True)
+    max_tokens = StrictIntegerField(required=False, allow_null=True, min_value=1)
+    max_completion_tokens = StrictIntegerField(required=False, allow_null=True, min_value=1)
+    temperature = StrictFloatField(required=False, allow_null=True, min_value=0, max_value=2)
+    top_p = StrictFloatField(required=False, allow_null=True, min_value=0, max_value=1)
+    stop = StopField(required=False, allow_null=True)
+    seed = StrictIntegerField(required=False, allow_null=True)
+    user = StrictCharField(required=False, allow_blank=True, max_length=256)
+    n = StrictIntegerField(required=False, allow_null=True)
+    conversation_id = serializers.UUIDField(required=False, allow_null=True,
+                                            help_text="AI Hub extension: continue a stored conversation.")
+
+    def validate_n(self, value):
+        if value not in (None, 1):
+            raise serializers.ValidationError("only n=1 is supported.")
+        return value
+
+    def validate(self, attrs):
+        if attrs.get("max_tokens") and attrs.get("max_completion_tokens"):
+            if attrs["max_tokens"] != attrs["max_completion_tokens"]:
+                raise serializers.ValidationError(
+                    {"max_tokens": "give max_tokens or max_completion_tokens, not two different values."})
+        attrs["max_tokens"] = attrs.pop("max_completion_tokens", None) or attrs.get("max_tokens")
+        return attrs
+
+
+class MessageSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Message
+        fields = ["id", "role", "content", "created_at"]
+
+
+class ConversationSerializer(serializers.ModelSerializer):
+    object = serializers.SerializerMethodField()
+    message_count = serializers.IntegerField(read_only=True)
+
+    class Meta:
+        model = Conversation
+        fields = ["id", "object", "title", "model", "created_at", "updated_at", "message_count"]
+
+    def get_object(self, obj) -> str:
+        return "conversation"
+
+
+class ConversationDetailSerializer(ConversationSerializer):
+    messages = MessageSerializer(many=True, read_only=True)
+
+    class Meta(ConversationSerializer.Meta):
+        fields = ConversationSerializer.Meta.fields + ["messages"]
+
+
+class ConversationListSerializer(serializers.Serializer):
+    object = serializers.CharField(default="list")
+    data = ConversationSerializer(many=True)
+    has_more = serializers.BooleanField()
+    total = serializers.IntegerField()

@@ -1,0 +1,78 @@
+"""Writes of the chat app: creating completions, deleting conversations."""
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import transaction
+
+import celeryconfig
+from apps.catalog.selectors import model_get
+from apps.core.errors import AppError
+from apps.core.tasks import enqueue_on_commit
+
+from .models import Conversation, GenerationRequest, Message
+from .selectors import conversation_get
+
+GENERATE_TASK = "workers.tasks.generate_chat_completion"
+
+
+def _title_from(messages: list[dict]) -> str:
+    first_user = next((m["content"] for m in messages if m["role"] == "user"), "")
+    return " ".join(first_user.split())[:80]
+
+
+@transaction.atomic
+def chat_completion_create(*, user, api_key, data: dict) -> GenerationRequest:
+    """Store the request (and its new messages) and enqueue it for a GPU worker.
+
+    `data` is validated ChatCompletionRequestSerializer output. Nothing is
+    stored when a check fails: the whole function is one transaction.
+    """
+    model = model_get(model_id=data.get("model") or settings.AIHUB_DEFAULT_MODEL)
+    max_tokens = data.get("max_tokens") or min(settings.AIHUB_DEFAULT_MAX_TOKENS, model.context_length)
+    if max_tokens >= model.context_length:
+        raise AppError(
+            f"max_tokens is {max_tokens}, but the model '{model.id}' accepts at most "
+            f"{model.context_length} tokens including the prompt.",
+            param="max_tokens", code="context_length_exceeded")
+
+    new_messages = [{"role": m["role"], "content": m["content"]} for m in data["messages"]]
+    if data.get("conversation_id"):
+        conversation = conversation_get(user=user, conversation_id=data["conversation_id"], for_update=True)
+        history = list(conversation.messages.values("role", "content"))
+        conversation.model = model.id
+        conversation.save(update_fields=["model", "updated_at"])
+    else:
+        conversation = Conversation.objects.create(user=user, model=model.id, title=_title_from(new_messages))
+        history = []
+    Message.objects.bulk_create([Message(conversation=conversation, **m) for m in new_messages])
+
+    temperature = data.get("temperature")
+    top_p = data.get("top_p")
+    generation = GenerationRequest.objects.create(
+        user=user,
+        api_key=api_key,
+        conversation=conversation,
+        model=model.id,
+        prompt_messages=history + new_messages,
+        params={
+            "max_tokens": max_tokens,
+            "temperature": 1.0 if temperature is None else temperature,
+            "top_p": 1.0 if top_p is None else top_p,
+            "stop": data.get("stop") or [],
+            "seed": data.get("seed"),
+            "context_length": model.context_length,
+        },
+    )
+    enqueue_on_commit(GENERATE_TASK, args=[str(generation.id)], queue=celeryconfig.INFERENCE_QUEUE)
+    return generation
+
+
+def conversation_delete(*, user, conversation_id) -> None:
+    conversation = conversation_get(user=user, conversation_id=conversation_id)
+    # Running generations keep their rows until they finish; cancel them first.
+    from apps.core.events import request_cancel_sync
+
+    for generation_id in conversation.generations.filter(
+            state__in=[GenerationRequest.State.QUEUED, GenerationRequest.State.RUNNING]).values_list("id", flat=True):
+        request_cancel_sync(generation_id)
+    conversation.delete()

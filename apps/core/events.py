@@ -1,0 +1,157 @@
+"""The per-request event log: a Redis stream whose entry ids are the sequence numbers.
+
+The worker appends `token` events and one final `done` or `error`; readers
+(the SSE view, the websocket consumer, the non-streaming view) read from any
+sequence number onwards, so a late or reconnecting reader gets every event it
+missed, in order, exactly once. Entry ids are `0-<seq>`: the stream itself
+enforces that sequence numbers only grow, and "resume after N" is a plain
+XREAD from `0-N`. See docs/streaming.md.
+
+Stopping is cooperative: readers set flags that the worker polls between tokens.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+
+from django.conf import settings
+
+from .redis import async_client, sync_client
+
+TOKEN = "token"
+DONE = "done"
+ERROR = "error"
+FINAL_TYPES = frozenset({DONE, ERROR})
+
+
+def events_key(request_id) -> str:
+    return f"aihub:gen:{request_id}:events"
+
+
+def cancel_key(request_id) -> str:
+    return f"aihub:gen:{request_id}:cancel"
+
+
+def detached_key(request_id) -> str:
+    return f"aihub:gen:{request_id}:detached_until"
+
+
+def _ttl() -> int:
+    return settings.AIHUB_EVENT_LOG_TTL_SECONDS
+
+
+class EventWriter:
+    """Worker side: appends events with consecutive sequence numbers."""
+
+    def __init__(self, request_id, *, start_after: int = 0):
+        self.key = events_key(request_id)
+        self.seq = start_after
+        self.client = sync_client()
+
+    @classmethod
+    def continuing(cls, request_id) -> "EventWriter":
+        """A writer that follows whatever an earlier (lost) worker already wrote."""
+        last = sync_client().xrevrange(events_key(request_id), count=1)
+        start = int(last[0][0].split("-")[1]) if last else 0
+        return cls(request_id, start_after=start)
+
+    def append(self, type: str, **data) -> int:
+        self.seq += 1
+        payload = json.dumps({"type": type, **data}, separators=(",", ":"))
+        pipe = self.client.pipeline(transaction=False)
+        pipe.xadd(self.key, {"e": payload}, id=f"0-{self.seq}")
+        pipe.expire(self.key, _ttl())
+        pipe.execute()
+        return self.seq
+
+
+def _decode(entry_id: str, fields: dict) -> dict:
+    event = json.loads(fields["e"])
+    event["seq"] = int(entry_id.split("-")[1])
+    return event
+
+
+async def read_events(request_id, *, after_seq: int = 0, idle_timeout: float | None = None,
+                      block_ms: int = 1000) -> AsyncIterator[dict]:
+    """Yield events after `after_seq` until the final one.
+
+    Ends with a synthetic `error` event (code `timeout`) when nothing arrives for
+    `idle_timeout` seconds, so a reader never hangs on a request that no worker takes.
+    """
+    if idle_timeout is None:
+        idle_timeout = settings.AIHUB_REQUEST_TIMEOUT_SECONDS
+    client = async_client()
+    key = events_key(request_id)
+    last_id = f"0-{after_seq}"
+    last_event_at = time.monotonic()
+    while True:
+        response = await client.xread({key: last_id}, block=block_ms, count=256)
+        if not response:
+            if time.monotonic() - last_event_at > idle_timeout:
+                yield {"type": ERROR, "seq": None, "error": {
+                    "message": "No worker produced output in time; the request was cancelled.",
+                    "type": "server_error", "param": None, "code": "timeout"}}
+                return
+            continue
+        last_event_at = time.monotonic()
+        for entry_id, fields in response[0][1]:
+            last_id = entry_id
+            event = _decode(entry_id, fields)
+            yield event
+            if event["type"] in FINAL_TYPES:
+                return
+
+
+async def last_seq(request_id) -> int:
+    last = await async_client().xrevrange(events_key(request_id), count=1)
+    return int(last[0][0].split("-")[1]) if last else 0
+
+
+async def request_cancel(request_id) -> None:
+    await async_client().set(cancel_key(request_id), "1", ex=_ttl())
+
+
+def request_cancel_sync(request_id) -> None:
+    sync_client().set(cancel_key(request_id), "1", ex=_ttl())
+
+
+async def mark_detached(request_id, grace_seconds: float) -> None:
+    """The last reader left; the worker stops unless one comes back within the grace."""
+    if grace_seconds <= 0:
+        await request_cancel(request_id)
+        return
+    await async_client().set(detached_key(request_id), repr(time.time() + grace_seconds), ex=_ttl())
+
+
+async def mark_attached(request_id) -> None:
+    await async_client().delete(detached_key(request_id))
+
+
+class StopSignal:
+    """Worker side: answers "should this generation stop?" cheaply between tokens.
+
+    Redis is asked at most every `interval` seconds, which bounds both the cost
+    per token and the delay before a cancel takes effect.
+    """
+
+    def __init__(self, request_id, *, interval: float = 0.1):
+        self.keys = (cancel_key(request_id), detached_key(request_id))
+        self.interval = interval
+        self.client = sync_client()
+        self._checked_at = 0.0
+        self.reason: str | None = None
+
+    def __call__(self) -> bool:
+        if self.reason:
+            return True
+        now = time.monotonic()
+        if now - self._checked_at < self.interval:
+            return False
+        self._checked_at = now
+        cancelled, detached_until = self.client.mget(self.keys)
+        if cancelled:
+            self.reason = "cancelled"
+        elif detached_until and float(detached_until) <= time.time():
+            self.reason = "client_disconnected"
+        return self.reason is not None

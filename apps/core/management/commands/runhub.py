@@ -1,0 +1,105 @@
+"""`manage.py runhub`: embedded services, migrations, the default model, web, workers, Flower."""
+import logging
+import os
+import secrets
+import sys
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from django.core.management.base import BaseCommand
+
+import celeryconfig
+from aihub_project.embedded import EmbeddedPostgres, EmbeddedValkey
+from apps.catalog.models import ModelEntry
+from apps.core.launcher import Supervisor, celery_worker
+
+logger = logging.getLogger("aihub.launcher")
+
+
+class Command(BaseCommand):
+    help = "Run the whole hub in the foreground; Ctrl-C stops every process it started."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--host", default=os.environ.get("AIHUB_HOST", "127.0.0.1"))
+        parser.add_argument("--port", type=int, default=int(os.environ.get("AIHUB_PORT", "8000")))
+        parser.add_argument("--flower-port", type=int, default=int(os.environ.get("AIHUB_FLOWER_PORT", "5555")))
+        parser.add_argument("--no-flower", action="store_true")
+
+    def handle(self, *args, host, port, flower_port, no_flower, **options):
+        supervisor = Supervisor()
+        supervisor.treat_sigterm_as_interrupt()
+        servers = []
+        try:
+            servers = self._start_embedded_services()
+            self._prepare()
+            self._start_processes(supervisor, host, port, flower_port, not no_flower)
+            self.stdout.write(self.style.SUCCESS(
+                f"AI Hub is up: http://{host}:{port}/api/v1 (docs at /docs, admin at /admin/)"
+                + ("" if no_flower else f", Flower at http://{host}:{flower_port}/") + ". Ctrl-C stops it."))
+            code = supervisor.run_forever()
+        except KeyboardInterrupt:
+            code = 130
+        finally:
+            supervisor.stop_all()
+            for server in reversed(servers):
+                logger.info("stopping embedded %s", server.name)
+                server.stop()
+        sys.exit(code)
+
+    def _start_embedded_services(self):
+        started = []
+        var = settings.AIHUB_VAR_DIR
+        if "DATABASE_URL" not in os.environ:
+            pg = EmbeddedPostgres(var / "pgdata", settings.AIHUB_EMBEDDED_PG_PORT, var / "log" / "postgres.log")
+            self.stdout.write(f"Starting embedded PostgreSQL on 127.0.0.1:{pg.port} (data in {pg.data_dir})")
+            pg.start()
+            started.append(pg)
+        if "REDIS_URL" not in os.environ:
+            valkey = EmbeddedValkey(var / "valkey", settings.AIHUB_EMBEDDED_REDIS_PORT, var / "log" / "valkey.log")
+            self.stdout.write(f"Starting embedded Valkey on 127.0.0.1:{valkey.port}")
+            try:
+                valkey.start()
+            except Exception:
+                for server in started:
+                    server.stop()
+                raise
+            started.append(valkey)
+        return started
+
+    def _prepare(self):
+        call_command("migrate", interactive=False, verbosity=0)
+        self.stdout.write("Database migrated.")
+        default = settings.AIHUB_DEFAULT_MODEL
+        if not ModelEntry.objects.filter(id=default).exists():
+            from apps.catalog.builtin import BUILTIN_MODELS
+
+            if default in BUILTIN_MODELS:
+                self.stdout.write(f"Preparing the default model {default} (once)...")
+                call_command("importmodel", builtin=default)
+            else:
+                self.stderr.write(f"The default model {default} is not in the catalog; register it with importmodel.")
+        self._ensure_admin()
+
+    def _ensure_admin(self):
+        User = get_user_model()
+        if User.objects.filter(is_superuser=True).exists():
+            return
+        username = os.environ.get("AIHUB_ADMIN_USERNAME", "admin")
+        password = os.environ.get("AIHUB_ADMIN_PASSWORD") or secrets.token_urlsafe(12)
+        User.objects.create_superuser(username=username, password=password, email="")
+        credentials = settings.AIHUB_VAR_DIR / "admin-credentials.txt"
+        credentials.write_text(f"{username}\n{password}\n")
+        credentials.chmod(0o600)
+        self.stdout.write(self.style.WARNING(
+            f"Created admin user '{username}' with password '{password}' (also in {credentials})."))
+
+    def _start_processes(self, supervisor, host, port, flower_port, flower):
+        python = sys.executable
+        supervisor.start("web", [python, "-m", "daphne", "-b", host, "-p", str(port), "aihub_project.asgi:application"])
+        supervisor.start("inference worker", celery_worker("inference", celeryconfig.INFERENCE_QUEUE, 1))
+        supervisor.start("training worker", celery_worker("training", celeryconfig.TRAINING_QUEUE, 1))
+        supervisor.start("default worker", celery_worker("default", celeryconfig.DEFAULT_QUEUE, 2))
+        if flower:
+            supervisor.start("flower", [python, "-m", "celery", "-A", "aihub_project", "flower",
+                                        f"--port={flower_port}", f"--address={host}"])
