@@ -1,0 +1,148 @@
+"""The test suite runs against real services and real processes, started once per session.
+
+At import (before Django is set up) this starts an embedded PostgreSQL with
+pgvector and an embedded Valkey on free ports in a temporary directory, unless
+AIHUB_TEST_DATABASE_URL / AIHUB_TEST_REDIS_URL name servers to use instead
+(the database must have pgvector available). The `hub` fixture then starts
+daphne and Celery workers as separate processes sharing those services.
+Tests build their own users, so nothing depends on test order.
+"""
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+
+from aihub_project.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN_DIR = Path(tempfile.mkdtemp(prefix="aihub-tests-"))
+# Converting the real default model takes ~20 s; keep it between runs.
+MODEL_CACHE = ROOT / "var" / "test-models"
+
+
+def _start_services() -> list:
+    started = []
+    database_url = os.environ.get("AIHUB_TEST_DATABASE_URL")
+    if not database_url:
+        pg = EmbeddedPostgres(RUN_DIR / "pgdata", free_port(), RUN_DIR / "logs" / "postgres.log",
+                              database="aihub_test")
+        pg.start()
+        started.append(pg)
+        database_url = pg.url
+    redis_url = os.environ.get("AIHUB_TEST_REDIS_URL")
+    if not redis_url:
+        valkey = EmbeddedValkey(RUN_DIR / "valkey", free_port(), RUN_DIR / "logs" / "valkey.log")
+        valkey.start()
+        started.append(valkey)
+        redis_url = valkey.url
+    os.environ.update({
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "AIHUB_VAR_DIR": str(RUN_DIR / "var"),
+        "AIHUB_LOG_DIR": str(RUN_DIR / "logs"),
+        "AIHUB_MODEL_STORE": str(MODEL_CACHE),
+        "DJANGO_SETTINGS_MODULE": "aihub_project.settings",
+        "AIHUB_REQUEST_TIMEOUT_SECONDS": "60",
+    })
+    return started
+
+
+_servers = _start_services()
+
+
+def _stop_services():
+    for server in reversed(_servers):
+        server.stop()
+    shutil.rmtree(RUN_DIR, ignore_errors=True)
+
+
+atexit.register(_stop_services)
+
+import django  # noqa: E402
+
+django.setup()
+
+from django.core.management import call_command  # noqa: E402
+
+call_command("migrate", interactive=False, verbosity=0)
+
+from apps.accounts.services import api_key_create  # noqa: E402
+from apps.catalog.services import model_register  # noqa: E402
+from tests.support.processes import ProcessGroup, wait_until_healthy  # noqa: E402
+from tests.support.tiny_models import build_tiny_chat_model  # noqa: E402
+
+TINY_MODEL = "tiny:chat"
+DEFAULT_MODEL = "smollm2:135m"
+
+
+@pytest.fixture(scope="session")
+def models():
+    """The catalog the hub serves: a tiny random model and the real default model."""
+    tiny_dir = build_tiny_chat_model(MODEL_CACHE / "tiny-chat")
+    model_register(model_id=TINY_MODEL, path=tiny_dir)
+    call_command("importmodel", builtin=DEFAULT_MODEL, verbosity=0)
+    return {"tiny": TINY_MODEL, "default": DEFAULT_MODEL}
+
+
+class Hub:
+    def __init__(self, base_url: str, processes: ProcessGroup):
+        self.base_url = base_url
+        self.api_url = f"{base_url}/api/v1"
+        self.ws_url = base_url.replace("http://", "ws://")
+        self.processes = processes
+
+
+@pytest.fixture(scope="session")
+def hub(models):
+    port = free_port()
+    processes = ProcessGroup(dict(os.environ), RUN_DIR / "logs")
+    processes.start_web(port)
+    processes.start_worker("inference", "gpu.inference")
+    processes.start_worker("training", "gpu.training")
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_healthy(base_url, processes)
+        yield Hub(base_url, processes)
+    finally:
+        processes.stop()
+
+
+class Account:
+    """A user with a fresh API key; `auth` is the header dict."""
+
+    def __init__(self, user, key, raw_key):
+        self.user = user
+        self.key = key
+        self.raw_key = raw_key
+        self.auth = {"Authorization": f"Bearer {raw_key}"}
+
+
+def make_account(prefix: str = "user") -> Account:
+    from django.contrib.auth import get_user_model
+
+    user = get_user_model().objects.create_user(username=f"{prefix}-{uuid.uuid4().hex[:8]}")
+    key, raw = api_key_create(user=user, name="tests")
+    return Account(user, key, raw)
+
+
+@pytest.fixture
+def alice() -> Account:
+    return make_account("alice")
+
+
+@pytest.fixture
+def bob() -> Account:
+    return make_account("bob")
+
+
+@pytest.fixture
+def openai_client(hub, alice):
+    from openai import OpenAI
+
+    return OpenAI(base_url=hub.api_url, api_key=alice.raw_key, max_retries=0, timeout=120)
