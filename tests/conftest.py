@@ -59,7 +59,8 @@ _servers = _start_services()
 def _stop_services():
     for server in reversed(_servers):
         server.stop()
-    shutil.rmtree(RUN_DIR, ignore_errors=True)
+    if not os.environ.get("AIHUB_TEST_KEEP_RUN_DIR"):
+        shutil.rmtree(RUN_DIR, ignore_errors=True)
 
 
 atexit.register(_stop_services)

@@ -14,7 +14,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from apps.catalog.models import ModelEntry
-from apps.chat.models import GenerationRequest, Message
+from apps.chat.models import Conversation, GenerationRequest, Message
 from apps.core import events
 
 logger = logging.getLogger(__name__)
@@ -118,6 +118,7 @@ def run_generation(generation_id: str, *, worker: str) -> None:
         if changed:
             Message.objects.create(conversation_id=generation.conversation_id, role="assistant",
                                    content=result.text, generation_id=generation.id)
+            Conversation.objects.filter(id=generation.conversation_id).update(updated_at=finished_at)
     if changed:
         # Announced only after the commit: a reader that sees `done` finds the row final.
         writer.append(events.DONE, finish_reason=result.finish_reason, usage={

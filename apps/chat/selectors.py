@@ -8,7 +8,9 @@ from .models import Conversation
 
 
 def conversation_list(*, user):
-    return Conversation.objects.filter(user=user).annotate(message_count=Count("messages"))
+    # Explicit order: Meta.ordering is not applied to aggregating queries.
+    return (Conversation.objects.filter(user=user).annotate(message_count=Count("messages"))
+            .order_by("-updated_at", "-created_at"))
 
 
 def conversation_get(*, user, conversation_id, for_update: bool = False) -> Conversation:
