@@ -18,38 +18,15 @@ from pathlib import Path
 
 import pytest
 
-from aihub_project.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
+from tests.support.processes import MODEL_CACHE, start_hub, start_services
 
-ROOT = Path(__file__).resolve().parents[1]
 RUN_DIR = Path(tempfile.mkdtemp(prefix="aihub-tests-"))
-# Converting the real default model takes ~20 s; keep it between runs.
-MODEL_CACHE = ROOT / "var" / "test-models"
 
 
 def _start_services() -> list:
-    started = []
-    database_url = os.environ.get("AIHUB_TEST_DATABASE_URL")
-    if not database_url:
-        pg = EmbeddedPostgres(RUN_DIR / "pgdata", free_port(), RUN_DIR / "logs" / "postgres.log",
-                              database="aihub_test")
-        pg.start()
-        started.append(pg)
-        database_url = pg.url
-    redis_url = os.environ.get("AIHUB_TEST_REDIS_URL")
-    if not redis_url:
-        valkey = EmbeddedValkey(RUN_DIR / "valkey", free_port(), RUN_DIR / "logs" / "valkey.log")
-        valkey.start()
-        started.append(valkey)
-        redis_url = valkey.url
-    os.environ.update({
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
-        "AIHUB_VAR_DIR": str(RUN_DIR / "var"),
-        "AIHUB_LOG_DIR": str(RUN_DIR / "logs"),
-        "AIHUB_MODEL_STORE": str(MODEL_CACHE),
-        "DJANGO_SETTINGS_MODULE": "aihub_project.settings",
-        "AIHUB_REQUEST_TIMEOUT_SECONDS": "60",
-    })
+    started, env = start_services(RUN_DIR)
+    os.environ.update(env)
+    os.environ["AIHUB_REQUEST_TIMEOUT_SECONDS"] = "60"
     return started
 
 
@@ -75,7 +52,6 @@ call_command("migrate", interactive=False, verbosity=0)
 
 from apps.accounts.services import api_key_create  # noqa: E402
 from apps.catalog.services import model_register  # noqa: E402
-from tests.support.processes import ProcessGroup, wait_until_healthy  # noqa: E402
 from tests.support.tiny_models import build_tiny_chat_model  # noqa: E402
 
 TINY_MODEL = "tiny:chat"
@@ -92,7 +68,7 @@ def models():
 
 
 class Hub:
-    def __init__(self, base_url: str, processes: ProcessGroup):
+    def __init__(self, base_url: str, processes):
         self.base_url = base_url
         self.api_url = f"{base_url}/api/v1"
         self.ws_url = base_url.replace("http://", "ws://")
@@ -101,14 +77,8 @@ class Hub:
 
 @pytest.fixture(scope="session")
 def hub(models):
-    port = free_port()
-    processes = ProcessGroup(dict(os.environ), RUN_DIR / "logs")
-    processes.start_web(port)
-    processes.start_worker("inference", "gpu.inference")
-    processes.start_worker("training", "gpu.training")
-    base_url = f"http://127.0.0.1:{port}"
+    base_url, processes = start_hub(dict(os.environ), RUN_DIR / "logs")
     try:
-        wait_until_healthy(base_url, processes)
         yield Hub(base_url, processes)
     finally:
         processes.stop()

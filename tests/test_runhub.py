@@ -9,8 +9,7 @@ import httpx
 import psutil
 
 from aihub_project.embedded import free_port
-from tests.conftest import MODEL_CACHE
-from tests.support.processes import ROOT
+from tests.support.processes import MODEL_CACHE, ROOT
 
 
 def _start(env, log_path):

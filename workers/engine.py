@@ -119,6 +119,8 @@ def generate(loaded: LoadedModel, *, messages: list[dict], params: dict,
         "stopping_criteria": StoppingCriteriaList([_StopWhen(stop_now)]),
         "pad_token_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
     }
+    if params.get("ignore_eos"):
+        generate_kwargs["min_new_tokens"] = max_new_tokens
     if sampling:
         generate_kwargs.update(temperature=temperature, top_p=params.get("top_p", 1.0), top_k=0)
     else:

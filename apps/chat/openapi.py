@@ -36,6 +36,8 @@ _REQUEST = {
         "n": {"type": "integer", "enum": [1]},
         "conversation_id": {"type": "string", "format": "uuid",
                             "description": "AI Hub extension: continue a stored conversation."},
+        "ignore_eos": {"type": "boolean", "default": False,
+                       "description": "vLLM extension: generate exactly max_tokens tokens (benchmarks)."},
     },
 }
 

@@ -83,6 +83,8 @@ class ChatCompletionRequestSerializer(serializers.Serializer):
     seed = StrictIntegerField(required=False, allow_null=True)
     user = StrictCharField(required=False, allow_blank=True, max_length=256)
     n = StrictIntegerField(required=False, allow_null=True)
+    ignore_eos = StrictBooleanField(required=False, default=False,
+                                    help_text="vLLM extension: generate exactly max_tokens tokens (benchmarks).")
     conversation_id = serializers.UUIDField(required=False, allow_null=True,
                                             help_text="AI Hub extension: continue a stored conversation.")
 

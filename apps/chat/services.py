@@ -60,6 +60,7 @@ def chat_completion_create(*, user, api_key, data: dict) -> GenerationRequest:
             "top_p": 1.0 if top_p is None else top_p,
             "stop": data.get("stop") or [],
             "seed": data.get("seed"),
+            "ignore_eos": data.get("ignore_eos", False),
             "context_length": model.context_length,
         },
     )

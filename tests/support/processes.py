@@ -13,6 +13,8 @@ import httpx
 from apps.core.launcher import celery_worker
 
 ROOT = Path(__file__).resolve().parents[2]
+# Converting the real default model takes ~20 s; the tests and benchmarks keep it between runs.
+MODEL_CACHE = ROOT / "var" / "test-models"
 
 
 class ProcessGroup:
@@ -57,6 +59,53 @@ def _killpg(process: subprocess.Popen, signum: int) -> None:
         os.killpg(process.pid, signum)
     except ProcessLookupError:
         pass
+
+
+def start_hub(env: dict, log_dir: Path) -> tuple[str, ProcessGroup]:
+    """daphne on a free port plus one worker per GPU queue; returns the base URL once /health says 200."""
+    from aihub_project.embedded import free_port
+
+    port = free_port()
+    processes = ProcessGroup(env, log_dir)
+    processes.start_web(port)
+    processes.start_worker("inference", "gpu.inference")
+    processes.start_worker("training", "gpu.training")
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_healthy(base_url, processes)
+    except Exception:
+        processes.stop()
+        raise
+    return base_url, processes
+
+
+def start_services(run_dir: Path) -> tuple[list, dict]:
+    """Embedded PostgreSQL and Valkey in `run_dir` (unless AIHUB_TEST_*_URL name servers); the env to use them."""
+    from aihub_project.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
+
+    started = []
+    database_url = os.environ.get("AIHUB_TEST_DATABASE_URL")
+    if not database_url:
+        pg = EmbeddedPostgres(run_dir / "pgdata", free_port(), run_dir / "logs" / "postgres.log",
+                              database="aihub_test")
+        pg.start()
+        started.append(pg)
+        database_url = pg.url
+    redis_url = os.environ.get("AIHUB_TEST_REDIS_URL")
+    if not redis_url:
+        valkey = EmbeddedValkey(run_dir / "valkey", free_port(), run_dir / "logs" / "valkey.log")
+        valkey.start()
+        started.append(valkey)
+        redis_url = valkey.url
+    env = {
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "AIHUB_VAR_DIR": str(run_dir / "var"),
+        "AIHUB_LOG_DIR": str(run_dir / "logs"),
+        "AIHUB_MODEL_STORE": str(MODEL_CACHE),
+        "DJANGO_SETTINGS_MODULE": "aihub_project.settings",
+    }
+    return started, env
 
 
 def wait_until_healthy(base_url: str, processes: ProcessGroup, timeout: float = 90.0) -> None:
