@@ -44,6 +44,11 @@ def test_health_checks_every_dependency(hub):
 def test_interactive_docs_and_the_schema_include_chat_completions(hub):
     docs = httpx.get(f"{hub.base_url}/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    # Served by the hub itself, so the page works offline.
+    bundle = re.search(r'src="([^"]*swagger-ui-bundle\.js)"', docs.text).group(1)
+    assert bundle.startswith("/static/")
+    assert httpx.get(f"{hub.base_url}{bundle}").status_code == 200
+    assert httpx.get(f"{hub.base_url}/static/admin/css/base.css").status_code == 200
     schema = httpx.get(f"{hub.base_url}/api/schema?format=json").json()
     for path in ("/api/v1/chat/completions", "/api/v1/chat/conversations", "/api/v1/models", "/health"):
         assert path in schema["paths"], path
