@@ -145,6 +145,8 @@ AIHUB_WS_RESUME_GRACE_MAX_SECONDS = env.float("AIHUB_WS_RESUME_GRACE_MAX_SECONDS
 AIHUB_REQUEST_TIMEOUT_SECONDS = env.float("AIHUB_REQUEST_TIMEOUT_SECONDS", default=600.0)
 # Device for the worker: "auto" picks cuda when available.
 AIHUB_DEVICE = env("AIHUB_DEVICE", default="auto")
+# Models one worker keeps loaded; the least recently used is unloaded first.
+MAX_CONCURRENT_MODELS = env.int("MAX_CONCURRENT_MODELS", default=2)
 
 AIHUB_LOG_DIR.mkdir(parents=True, exist_ok=True)
 LOG_LEVEL = env("AIHUB_LOG_LEVEL", default="INFO")

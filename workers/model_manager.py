@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 import threading
 from collections import OrderedDict
 
@@ -57,6 +56,5 @@ def get_manager() -> ModelManager:
     if _manager is None:
         from django.conf import settings
 
-        _manager = ModelManager(max_models=int(os.environ.get("MAX_CONCURRENT_MODELS", "2")),
-                                device_preference=settings.AIHUB_DEVICE)
+        _manager = ModelManager(max_models=settings.MAX_CONCURRENT_MODELS, device_preference=settings.AIHUB_DEVICE)
     return _manager
