@@ -93,6 +93,7 @@ STATIC_URL = "static/"
 STATIC_ROOT = AIHUB_VAR_DIR / "static"
 # Served by WhiteNoise; finders are used when collectstatic has not run (make run, tests).
 WHITENOISE_USE_FINDERS = True
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # WhiteNoise warns about a missing root
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["apps.accounts.authentication.ApiKeyAuthentication"],
@@ -147,6 +148,15 @@ AIHUB_REQUEST_TIMEOUT_SECONDS = env.float("AIHUB_REQUEST_TIMEOUT_SECONDS", defau
 AIHUB_DEVICE = env("AIHUB_DEVICE", default="auto")
 # Models one worker keeps loaded; the least recently used is unloaded first.
 MAX_CONCURRENT_MODELS = env.int("MAX_CONCURRENT_MODELS", default=2)
+# Memory a worker may fill with models: bytes ("8000000000"), or a fraction of the
+# device's total memory ("0.9"). On the CPU the same budget applies to host memory.
+AIHUB_GPU_MEMORY_BUDGET = env("AIHUB_GPU_MEMORY_BUDGET", default="0.9")
+# Seconds a model may stay loaded without being used (Ollama's keep_alive default is 300).
+MODEL_UNLOAD_TIMEOUT = env.float("MODEL_UNLOAD_TIMEOUT", default=300.0)
+# How often a worker reports its state; it drops out of status after three missed beats.
+AIHUB_HEARTBEAT_SECONDS = env.float("AIHUB_HEARTBEAT_SECONDS", default=2.0)
+# How long POST /models/load and /models/unload wait for the worker's answer.
+AIHUB_CONTROL_TIMEOUT_SECONDS = env.float("AIHUB_CONTROL_TIMEOUT_SECONDS", default=300.0)
 
 AIHUB_LOG_DIR.mkdir(parents=True, exist_ok=True)
 LOG_LEVEL = env("AIHUB_LOG_LEVEL", default="INFO")

@@ -2,7 +2,9 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from apps.catalog.views import ModelDetailView, ModelListView
+from apps.accounts.views import MeView
+from apps.catalog.control import model_load_view, model_unload_view
+from apps.catalog.views import ModelDetailView, ModelListView, ModelStatusView
 from apps.chat.completions import chat_completions_view
 from apps.chat.views import ConversationDetailView, ConversationListView
 from apps.monitoring.views import HealthView
@@ -13,6 +15,10 @@ api_v1 = [
     path("chat/conversations/<uuid:conversation_id>", ConversationDetailView.as_view(),
          name="conversation-detail"),
     path("models", ModelListView.as_view(), name="model-list"),
+    path("models/status", ModelStatusView.as_view(), name="model-status"),
+    path("models/load", model_load_view, name="model-load"),
+    path("models/unload", model_unload_view, name="model-unload"),
+    path("me", MeView.as_view(), name="me"),
     path("models/<path:model_id>", ModelDetailView.as_view(), name="model-detail"),
 ]
 

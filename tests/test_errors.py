@@ -49,8 +49,7 @@ def test_malformed_json_is_a_400(hub, alice):
     ({"messages": [{"role": "user"}]}, "messages.0.content"),
     ({"messages": [{"role": 3, "content": "hi"}]}, "messages.0.role"),
     ({"messages": [{"role": "user", "content": 42}]}, "messages.0.content"),
-    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
-     "messages.0.content"),
+    ({"messages": [{"role": "user", "content": [{"type": "audio", "audio": "x"}]}]}, "messages.0.content"),
     ({"messages": OK_MESSAGES, "temperature": "hot"}, "temperature"),
     ({"messages": OK_MESSAGES, "temperature": 3}, "temperature"),
     ({"messages": OK_MESSAGES, "stream": "yes"}, "stream"),
@@ -64,6 +63,13 @@ def test_malformed_json_is_a_400(hub, alice):
 def test_invalid_requests_are_400_with_the_offending_param(hub, alice, body, param):
     error = _assert_error(_post(hub, alice, body), 400, param=param, type="invalid_request_error")
     assert param.split(".")[-1] in error["message"]
+    _nothing_stored(alice.user)
+
+
+def test_image_input_is_refused_clearly_until_a_vision_engine_exists(hub, alice, models):
+    content = [{"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": "data:,"}}]
+    _assert_error(_post(hub, alice, {"model": models["tiny"], "messages": [{"role": "user", "content": content}]}),
+                  400, code="image_input_unsupported", param="messages")
     _nothing_stored(alice.user)
 
 

@@ -36,12 +36,25 @@ class LoadedModel:
     load_seconds: float
 
 
-def load_model(*, model_id: str, path: str, context_length: int, device: torch.device) -> LoadedModel:
+def load_model(*, model_id: str, path: str, context_length: int, device: torch.device, dtype: str = "auto",
+               quantization: str = "none") -> LoadedModel:
     started = time.perf_counter()
-    # Half precision on a GPU halves memory; the CPU computes float32 fastest.
-    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    if dtype == "auto":
+        # Half precision on a GPU halves memory; the CPU computes float32 fastest.
+        torch_dtype = torch.float16 if device.type == "cuda" else torch.float32
+    else:
+        torch_dtype = getattr(torch, dtype)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+    if quantization in ("bnb-4bit", "bnb-8bit"):
+        from transformers import BitsAndBytesConfig
+
+        quantization_config = (
+            BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch_dtype)
+            if quantization == "bnb-4bit" else BitsAndBytesConfig(load_in_8bit=True))
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, quantization_config=quantization_config,
+                                                     device_map={"": device}).eval()
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(device).eval()
     seconds = time.perf_counter() - started
     logger.info("loaded %s on %s in %.2fs", model_id, device, seconds)
     return LoadedModel(model_id, model, tokenizer, device, context_length, seconds)

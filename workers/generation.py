@@ -62,7 +62,7 @@ def run_generation(generation_id: str, *, worker: str) -> None:
         return
 
     from .engine import GenerationError, generate
-    from .model_manager import get_manager
+    from .model_manager import InsufficientMemory, ModelSpec, get_manager
 
     first_token_at = None
 
@@ -72,15 +72,17 @@ def run_generation(generation_id: str, *, worker: str) -> None:
             first_token_at = timezone.now()
         writer.append(events.TOKEN, text=text)
 
+    manager = get_manager()
+    manager.current_task = str(generation_id)
     try:
         entry = ModelEntry.objects.get(id=generation.model)
-        loaded = get_manager().get(model_id=entry.id, path=entry.path, context_length=entry.context_length)
-        tic = time.perf_counter()
-        result = generate(loaded, messages=generation.prompt_messages, params=generation.params,
-                          on_text=on_text, should_stop=stop_signal)
+        with manager.use(ModelSpec.from_entry(entry), keep_alive=generation.params.get("keep_alive")) as loaded:
+            tic = time.perf_counter()
+            result = generate(loaded, messages=generation.prompt_messages, params=generation.params,
+                              on_text=on_text, should_stop=stop_signal)
         logger.info("request %s: %d tokens in %.3fs (%s)", generation_id, result.completion_tokens,
                     time.perf_counter() - tic, result.finish_reason)
-    except GenerationError as exc:
+    except (GenerationError, InsufficientMemory) as exc:
         _fail(generation_id, writer, exc.error, from_state=State.RUNNING)
         return
     except ModelEntry.DoesNotExist:
@@ -88,12 +90,22 @@ def run_generation(generation_id: str, *, worker: str) -> None:
                                       "type": "invalid_request_error", "param": "model",
                                       "code": "model_not_found"}, from_state=State.RUNNING)
         return
-    except Exception:
+    except Exception as exc:
+        if _is_out_of_memory(exc):
+            # The model's cache is freed and the worker keeps serving; the request fails clearly.
+            logger.error("request %s ran out of device memory", generation_id)
+            manager.free_after_oom()
+            _fail(generation_id, writer, {
+                "message": "The device ran out of memory during generation; retry with fewer tokens.",
+                "type": "server_error", "param": None, "code": "insufficient_memory"}, from_state=State.RUNNING)
+            return
         logger.exception("request %s failed", generation_id)
         _fail(generation_id, writer, {"message": "The model failed while generating; see the worker log.",
                                       "type": "server_error", "param": None, "code": "generation_failed"},
               from_state=State.RUNNING)
         return
+    finally:
+        manager.current_task = None
 
     if result.finish_reason == "cancelled":
         _finish_cancelled(generation, writer, text=result.text, completion_tokens=result.completion_tokens,
@@ -124,6 +136,12 @@ def run_generation(generation_id: str, *, worker: str) -> None:
         writer.append(events.DONE, finish_reason=result.finish_reason, usage={
             "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
             "total_tokens": result.prompt_tokens + result.completion_tokens})
+
+
+def _is_out_of_memory(exc: Exception) -> bool:
+    import torch
+
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
 def _finish_cancelled(generation, writer, *, text: str, completion_tokens: int, prompt_tokens: int,

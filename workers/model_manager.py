@@ -1,60 +1,213 @@
-"""Keeps models loaded between tasks in the worker process that owns the device.
+"""The worker's ModelManager: owns the device memory of its process (docs/models.md).
 
-The foundation keeps the most recently used models up to MAX_CONCURRENT_MODELS;
-memory budgets and idle unload build on this (docs/models.md).
+- Loads on demand and keeps models loaded between tasks.
+- Before a load, evicts least-recently-used idle models until the estimate fits
+  the budget (`AIHUB_GPU_MEMORY_BUDGET`) and the count fits
+  `MAX_CONCURRENT_MODELS`; a model that cannot fit even then is refused with
+  InsufficientMemory, never loaded into an out-of-memory crash.
+- Unloads models idle past their keep-alive (`MODEL_UNLOAD_TIMEOUT`, or the
+  request's `keep_alive`: seconds, -1 pins, 0 unloads after the request).
+- Accounts each loaded model at its measured size (its tensors), not the estimate.
+
+One lock guards the bookkeeping; generation runs outside it, protected from
+eviction by an in-use count, so the idle reaper and control tasks never wait
+for a generation to finish.
 """
 from __future__ import annotations
 
-import gc
 import logging
 import threading
+import time
 from collections import OrderedDict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from apps.catalog.footprint import estimate_bytes
 
 from .engine import LoadedModel, load_model, pick_device
+from .memory import device_memory, free_cached, module_bytes, resolve_budget
 
 logger = logging.getLogger(__name__)
 
+PINNED = -1
+
+
+class InsufficientMemory(Exception):
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.error = {"message": message, "type": "server_error", "param": "model", "code": "insufficient_memory"}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the manager needs to know of a catalog entry."""
+
+    model_id: str
+    path: str
+    context_length: int
+    parameter_count: int
+    dtype: str = "auto"
+    quantization: str = "none"
+
+    @classmethod
+    def from_entry(cls, entry) -> "ModelSpec":
+        return cls(entry.id, entry.path, entry.context_length, entry.parameter_count, entry.dtype, entry.quantization)
+
+
+@dataclass
+class Slot:
+    loaded: LoadedModel
+    size_bytes: int
+    keep_alive: float
+    loaded_at: float = field(default_factory=time.time)
+    last_used_at: float = field(default_factory=time.time)
+    in_use: int = 0
+
+    @property
+    def expires_at(self) -> float | None:
+        return None if self.keep_alive == PINNED else self.last_used_at + self.keep_alive
+
 
 class ModelManager:
-    def __init__(self, *, max_models: int, device_preference: str = "auto"):
+    def __init__(self, *, max_models: int, budget: str | float, default_keep_alive: float,
+                 device_preference: str = "auto"):
         self.max_models = max_models
+        self.default_keep_alive = default_keep_alive
         self.device = pick_device(device_preference)
-        self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
-        self._lock = threading.Lock()
+        self.budget_bytes = resolve_budget(budget, device_memory(self.device)["memory_total_bytes"])
+        self._slots: OrderedDict[str, Slot] = OrderedDict()  # least recently used first
+        self._lock = threading.RLock()
+        self.current_task: str | None = None
 
-    def get(self, *, model_id: str, path: str, context_length: int) -> LoadedModel:
+    # -- what callers use -------------------------------------------------
+
+    @contextmanager
+    def use(self, spec: ModelSpec, *, keep_alive: float | None = None):
+        """The loaded model for one request; keep_alive 0 unloads it afterwards."""
         with self._lock:
-            loaded = self._loaded.get(model_id)
-            if loaded is not None:
-                self._loaded.move_to_end(model_id)
-                return loaded
-            while len(self._loaded) >= self.max_models:
-                self._evict_oldest()
-            loaded = load_model(model_id=model_id, path=path, context_length=context_length, device=self.device)
-            self._loaded[model_id] = loaded
-            return loaded
+            slot = self._ensure_loaded(spec, keep_alive=keep_alive, force_reload=False)
+            slot.in_use += 1
+        try:
+            yield slot.loaded
+        finally:
+            with self._lock:
+                slot.in_use -= 1
+                slot.last_used_at = time.time()
+                if slot.keep_alive == 0 and slot.in_use == 0:
+                    self._unload(spec.model_id, reason="keep_alive 0")
 
-    def loaded_ids(self) -> list[str]:
-        return list(self._loaded)
+    def load(self, spec: ModelSpec, *, keep_alive: float | None = None, force_reload: bool = False) -> dict:
+        with self._lock:
+            slot = self._ensure_loaded(spec, keep_alive=keep_alive, force_reload=force_reload)
+            return self._describe(spec.model_id, slot)
 
-    def _evict_oldest(self) -> None:
-        model_id, _ = self._loaded.popitem(last=False)
-        gc.collect()
-        if self.device.type == "cuda":
-            import torch
+    def unload(self, model_id: str) -> bool:
+        with self._lock:
+            slot = self._slots.get(model_id)
+            if slot is None:
+                return False
+            if slot.in_use:
+                # Unloading now would pull the model from under a generation; it goes once idle.
+                slot.keep_alive = 0
+                return True
+            self._unload(model_id, reason="requested")
+            return True
 
-            torch.cuda.empty_cache()
-        logger.info("unloaded %s", model_id)
+    def unload_expired(self, now: float | None = None) -> list[str]:
+        now = time.time() if now is None else now
+        with self._lock:
+            expired = [model_id for model_id, slot in self._slots.items()
+                       if slot.in_use == 0 and slot.expires_at is not None and slot.expires_at <= now]
+            for model_id in expired:
+                self._unload(model_id, reason="idle")
+            return expired
+
+    def free_after_oom(self) -> None:
+        free_cached(self.device)
+
+    @property
+    def used_bytes(self) -> int:
+        return sum(slot.size_bytes for slot in self._slots.values())
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            memory = device_memory(self.device)
+            return {
+                **memory,
+                "budget_bytes": self.budget_bytes,
+                "models_bytes": self.used_bytes,
+                "max_models": self.max_models,
+                "loaded_models": [self._describe(model_id, slot) for model_id, slot in self._slots.items()],
+                "current_task": self.current_task,
+            }
+
+    # -- internals --------------------------------------------------------
+
+    def _describe(self, model_id: str, slot: Slot) -> dict:
+        return {"id": model_id, "size_bytes": slot.size_bytes, "loaded_at": slot.loaded_at,
+                "last_used_at": slot.last_used_at, "expires_at": slot.expires_at, "in_use": slot.in_use,
+                "load_seconds": round(slot.loaded.load_seconds, 3)}
+
+    def _keep_alive(self, keep_alive: float | None) -> float:
+        return self.default_keep_alive if keep_alive is None else (PINNED if keep_alive < 0 else keep_alive)
+
+    def _ensure_loaded(self, spec: ModelSpec, *, keep_alive: float | None, force_reload: bool) -> Slot:
+        slot = self._slots.get(spec.model_id)
+        if slot is not None and force_reload and slot.in_use == 0:
+            self._unload(spec.model_id, reason="force_reload")
+            slot = None
+        if slot is not None:
+            self._slots.move_to_end(spec.model_id)
+            if keep_alive is not None:
+                slot.keep_alive = self._keep_alive(keep_alive)
+            slot.last_used_at = time.time()
+            return slot
+        estimate = estimate_bytes(parameter_count=spec.parameter_count, dtype=spec.dtype,
+                                  quantization=spec.quantization, device_type=self.device.type)
+        self._make_room(spec.model_id, estimate)
+        loaded = load_model(model_id=spec.model_id, path=spec.path, context_length=spec.context_length,
+                            device=self.device, dtype=spec.dtype, quantization=spec.quantization)
+        slot = Slot(loaded, module_bytes(loaded.model), self._keep_alive(keep_alive))
+        self._slots[spec.model_id] = slot
+        logger.info("%s: %d bytes measured (estimate %d); %d of %d budget bytes used", spec.model_id,
+                    slot.size_bytes, estimate, self.used_bytes, self.budget_bytes)
+        return slot
+
+    def _make_room(self, model_id: str, estimate: int) -> None:
+        if estimate > self.budget_bytes:
+            raise InsufficientMemory(
+                f"The model '{model_id}' needs about {estimate / 2**20:.0f} MiB, more than this worker's whole "
+                f"memory budget ({self.budget_bytes / 2**20:.0f} MiB).")
+        evictable = [m for m, s in self._slots.items() if s.in_use == 0 and s.keep_alive != PINNED]
+        while self._slots and (self.used_bytes + estimate > self.budget_bytes or len(self._slots) >= self.max_models):
+            if not evictable:
+                busy = ", ".join(self._slots)
+                raise InsufficientMemory(
+                    f"The model '{model_id}' needs about {estimate / 2**20:.0f} MiB; "
+                    f"{(self.budget_bytes - self.used_bytes) / 2**20:.0f} MiB of the budget is free and the loaded "
+                    f"models ({busy}) are pinned or in use.")
+            self._unload(evictable.pop(0), reason="evicted for " + model_id)
+
+    def _unload(self, model_id: str, *, reason: str) -> None:
+        slot = self._slots.pop(model_id)
+        del slot
+        free_cached(self.device)
+        logger.info("unloaded %s (%s)", model_id, reason)
 
 
 _manager: ModelManager | None = None
+_manager_lock = threading.Lock()
 
 
 def get_manager() -> ModelManager:
     """One manager per worker process (created lazily, after the prefork fork)."""
     global _manager
-    if _manager is None:
-        from django.conf import settings
+    with _manager_lock:
+        if _manager is None:
+            from django.conf import settings
 
-        _manager = ModelManager(max_models=settings.MAX_CONCURRENT_MODELS, device_preference=settings.AIHUB_DEVICE)
-    return _manager
+            _manager = ModelManager(max_models=settings.MAX_CONCURRENT_MODELS,
+                                    budget=settings.AIHUB_GPU_MEMORY_BUDGET,
+                                    default_keep_alive=settings.MODEL_UNLOAD_TIMEOUT,
+                                    device_preference=settings.AIHUB_DEVICE)
+        return _manager

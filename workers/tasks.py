@@ -1,9 +1,13 @@
-"""Celery tasks. They take IDs only and import torch lazily (the web process may import this)."""
+"""Celery tasks and worker start-up hooks. Tasks take IDs only and import torch lazily."""
 import logging
 import os
 
 from celery import shared_task
-from celery.signals import worker_ready
+from celery.signals import celeryd_after_setup, worker_process_init, worker_ready
+
+import celeryconfig
+
+from . import heartbeat
 
 logger = logging.getLogger(__name__)
 
@@ -15,12 +19,38 @@ def generate_chat_completion(self, generation_id: str) -> None:
     run_generation(generation_id, worker=f"{self.request.hostname}:{os.getpid()}")
 
 
+@shared_task(name="workers.tasks.model_control", ignore_result=True)
+def model_control(action: str, model_id: str, reply_id: str, options: dict) -> None:
+    from .control import run_control
+
+    run_control(action, model_id, reply_id, options)
+
+
+@celeryd_after_setup.connect
+def _add_worker_queue(sender, instance, **kwargs):
+    """Inference workers also consume a queue of their own (model affinity, load/unload)."""
+    queues = instance.app.amqp.queues
+    consumed = sorted(queues.consume_from) if queues.consume_from else []
+    if celeryconfig.INFERENCE_QUEUE not in consumed:
+        return
+    own = heartbeat.worker_queue(sender)
+    queues.select_add(own)
+    heartbeat.identity.update(nodename=sender, queues=consumed + [own], control_queue=own)
+
+
+@worker_process_init.connect
+def _start_heartbeat(**kwargs):
+    if heartbeat.identity["nodename"]:
+        from .model_manager import get_manager
+
+        heartbeat.start(get_manager())
+
+
 @worker_ready.connect
 def _fail_requests_orphaned_by_a_previous_run(sender=None, **kwargs):
-    from .generation import fail_orphaned_requests
+    if heartbeat.identity["nodename"]:
+        from .generation import fail_orphaned_requests
 
-    queues = {q.name for q in sender.app.amqp.queues.consume_from.values()} if sender else set()
-    if "gpu.inference" in queues:
         count = fail_orphaned_requests(sender.hostname)
         if count:
-            logger.warning("failed %d request(s) left running by a previous run of this host", count)
+            logger.warning("failed %d request(s) left running by a previous run of this worker", count)

@@ -57,3 +57,14 @@ class ApiKey(models.Model):
         if self.revoked_at is None:
             self.revoked_at = timezone.now()
             self.save(update_fields=["revoked_at"])
+
+
+class Profile(models.Model):
+    """Per-user settings."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="aihub_profile")
+    preferred_model = models.CharField(max_length=200, blank=True,
+                                       help_text="Model chosen for model=auto when it suits the task and fits.")
+
+    def __str__(self) -> str:
+        return f"settings of {self.user}"

@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.contrib.auth import get_user_model
 from django.utils import timezone
 
-from .models import KEY_PREFIX, ApiKey
+from .models import KEY_PREFIX, ApiKey, Profile
 
 
 def api_key_create(*, user, name: str = "") -> tuple[ApiKey, str]:
@@ -40,3 +40,11 @@ def bearer_token(authorization: str | None) -> str | None:
     if scheme.lower() != "bearer" or not token.strip():
         return None
     return token.strip()
+
+
+def preferred_model_get(*, user) -> str | None:
+    return Profile.objects.filter(user=user).values_list("preferred_model", flat=True).first() or None
+
+
+def preferred_model_set(*, user, model_id: str | None) -> None:
+    Profile.objects.update_or_create(user=user, defaults={"preferred_model": model_id or ""})

@@ -15,6 +15,29 @@ class ModelSource(models.TextChoices):
     HUB_CACHE = "hub_cache", "Hugging Face id from the local cache"
 
 
+class Quantization(models.TextChoices):
+    NONE = "none"
+    BNB_8BIT = "bnb-8bit", "bitsandbytes 8-bit"
+    BNB_4BIT = "bnb-4bit", "bitsandbytes 4-bit (nf4)"
+
+
+class Dtype(models.TextChoices):
+    AUTO = "auto", "auto (float16 on a GPU, float32 on the CPU)"
+    FLOAT32 = "float32"
+    FLOAT16 = "float16"
+    BFLOAT16 = "bfloat16"
+
+
+# What each kind can do; a model entry may list more.
+KIND_CAPABILITIES = {
+    ModelKind.CHAT: ["chat"],
+    ModelKind.CODE: ["chat", "code"],
+    ModelKind.VISION: ["chat", "vision"],
+    ModelKind.AUDIO: ["audio"],
+    ModelKind.EMBEDDING: ["embedding"],
+}
+
+
 class ModelEntry(models.Model):
     """A model the hub can serve. The worker loads it from `path`."""
 
@@ -23,7 +46,11 @@ class ModelEntry(models.Model):
     source = models.CharField(max_length=20, choices=ModelSource.choices, default=ModelSource.DIRECTORY)
     source_ref = models.CharField(max_length=500, blank=True, help_text="Where it came from (GGUF file, hub id).")
     path = models.CharField(max_length=500, help_text="Directory the worker loads (config + safetensors).")
+    capabilities = models.JSONField(default=list, blank=True, help_text="e.g. [\"chat\", \"code\"]")
+    dtype = models.CharField(max_length=20, choices=Dtype.choices, default=Dtype.AUTO)
+    quantization = models.CharField(max_length=20, choices=Quantization.choices, default=Quantization.NONE)
     context_length = models.PositiveIntegerField(help_text="Prompt plus completion tokens the model accepts.")
+    parameter_count = models.BigIntegerField(default=0)
     size_bytes = models.BigIntegerField(default=0, help_text="Size of the weights on disk.")
     owned_by = models.CharField(max_length=100, default="aihub")
     enabled = models.BooleanField(default=True)
@@ -35,3 +62,10 @@ class ModelEntry(models.Model):
 
     def __str__(self) -> str:
         return self.id
+
+    def estimated_bytes(self, device_type: str = "cuda") -> int:
+        """Memory when loaded on a device of this type (a CPU loads float32 where a GPU loads float16)."""
+        from .footprint import estimate_bytes
+
+        return estimate_bytes(parameter_count=self.parameter_count, dtype=self.dtype,
+                              quantization=self.quantization, device_type=device_type)

@@ -6,10 +6,19 @@ from .models import ModelEntry
 class ModelSerializer(serializers.ModelSerializer):
     object = serializers.SerializerMethodField()
     created = serializers.SerializerMethodField()
+    loaded = serializers.SerializerMethodField()
+    estimated_bytes = serializers.SerializerMethodField()
 
     class Meta:
         model = ModelEntry
-        fields = ["id", "object", "created", "owned_by", "kind", "context_length", "size_bytes"]
+        fields = ["id", "object", "created", "owned_by", "kind", "capabilities", "context_length", "dtype",
+                  "quantization", "parameter_count", "size_bytes", "estimated_bytes", "loaded"]
+
+    def get_loaded(self, obj) -> bool:
+        return obj.id in self.context.get("loaded", ())
+
+    def get_estimated_bytes(self, obj) -> dict:
+        return {"cuda": obj.estimated_bytes("cuda"), "cpu": obj.estimated_bytes("cpu")}
 
     def get_object(self, obj) -> str:
         return "model"

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from apps.core.errors import AppError
 
-from .models import ModelEntry, ModelKind, ModelSource
+from .footprint import safetensors_parameter_count
+from .models import KIND_CAPABILITIES, ModelEntry, ModelKind, ModelSource, Quantization
 
 
 def model_directory_facts(path: Path) -> tuple[int, int]:
@@ -22,16 +23,22 @@ def model_directory_facts(path: Path) -> tuple[int, int]:
 
 
 def model_register(*, model_id: str, path: Path, kind: str = ModelKind.CHAT, source: str = ModelSource.DIRECTORY,
-                   source_ref: str = "", context_length: int | None = None) -> ModelEntry:
+                   source_ref: str = "", context_length: int | None = None, dtype: str = "auto",
+                   quantization: str = Quantization.NONE, capabilities: list[str] | None = None) -> ModelEntry:
     """Create or update the catalog entry for a model directory."""
     path = Path(path).resolve()
     detected_context, size = model_directory_facts(path)
+    parameters = safetensors_parameter_count(path)
     entry, _ = ModelEntry.objects.update_or_create(id=model_id, defaults={
         "kind": kind,
+        "capabilities": capabilities or KIND_CAPABILITIES[ModelKind(kind)],
         "source": source,
         "source_ref": source_ref,
         "path": str(path),
         "context_length": context_length or detected_context,
+        "dtype": dtype,
+        "quantization": quantization,
+        "parameter_count": parameters,
         "size_bytes": size,
         "enabled": True,
     })

@@ -15,35 +15,15 @@ from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework.exceptions import ValidationError
 
-from apps.accounts.services import api_key_authenticate, bearer_token
 from apps.core import events
-from apps.core.errors import AppError, AuthenticationError, as_app_error, error_response
+from apps.core.async_views import authenticate_request, parse_json_body, require_method
+from apps.core.errors import AppError, as_app_error, error_response
 
 from .models import GenerationRequest
 from .serializers import ChatCompletionRequestSerializer
 from .services import chat_completion_create
 
 logger = logging.getLogger(__name__)
-
-
-async def authenticate_request(request: HttpRequest):
-    raw = bearer_token(request.headers.get("Authorization"))
-    if raw is None:
-        raise AuthenticationError("You didn't provide an API key. Send 'Authorization: Bearer <key>'.")
-    key = await sync_to_async(api_key_authenticate)(raw_key=raw)
-    if key is None:
-        raise AuthenticationError("Incorrect API key provided, or the key was revoked.")
-    return key
-
-
-def parse_json_body(request: HttpRequest) -> dict:
-    try:
-        body = json.loads(request.body or b"")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise AppError(f"We could not parse the JSON body of your request: {exc}", code="invalid_json")
-    if not isinstance(body, dict):
-        raise AppError("The request body must be a JSON object.", code="invalid_json")
-    return body
 
 
 def validate_chat_request(body: dict) -> dict:
@@ -64,9 +44,8 @@ async def chat_completion_submit(*, key, body: dict) -> tuple[GenerationRequest,
 
 @csrf_exempt
 async def chat_completions_view(request: HttpRequest):
-    if request.method != "POST":
-        return error_response(AppError("Use POST.", status=405, code="method_not_allowed"))
     try:
+        require_method(request, "POST")
         key = await authenticate_request(request)
         generation, data = await chat_completion_submit(key=key, body=parse_json_body(request))
     except AppError as error:
@@ -76,9 +55,15 @@ async def chat_completions_view(request: HttpRequest):
         response = StreamingHttpResponse(sse_stream(generation, include_usage), content_type="text/event-stream")
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"  # proxies must pass tokens through as they come
-        response["X-AIHub-Request-Id"] = str(generation.id)
+        _describe(response, generation)
         return response
-    return await wait_for_completion(generation)
+    return _describe(await wait_for_completion(generation), generation)
+
+
+def _describe(response, generation: GenerationRequest):
+    response["X-AIHub-Request-Id"] = str(generation.id)
+    response["X-AIHub-Route"] = generation.route
+    return response
 
 
 async def wait_for_completion(generation: GenerationRequest) -> JsonResponse:
@@ -91,9 +76,7 @@ async def wait_for_completion(generation: GenerationRequest) -> JsonResponse:
             if event["type"] == events.DONE:
                 finished = True
         stored = await GenerationRequest.objects.aget(id=generation.id)
-        response = JsonResponse(completion_body(stored))
-        response["X-AIHub-Request-Id"] = str(generation.id)
-        return response
+        return JsonResponse(completion_body(stored))
     finally:
         # The client went away (Django cancels the view) or we gave up: free the worker.
         if not finished:
@@ -102,7 +85,8 @@ async def wait_for_completion(generation: GenerationRequest) -> JsonResponse:
 
 def error_from_event(event: dict) -> JsonResponse:
     error = event["error"]
-    status = {"timeout": 504, "context_length_exceeded": 400, "model_not_found": 404}.get(error.get("code"), 500)
+    status = {"timeout": 504, "context_length_exceeded": 400, "model_not_found": 404,
+              "insufficient_memory": 507}.get(error.get("code"), 500)
     return JsonResponse({"error": error}, status=status)
 
 

@@ -110,7 +110,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         request_id = str(generation.id)
         self.graces[request_id] = grace
         await self.send_json({"type": "accepted", "request_id": request_id, "model": generation.model,
-                              "conversation_id": str(generation.conversation_id)})
+                              "conversation_id": str(generation.conversation_id), "route": generation.route})
         self._subscribe(request_id, after_seq=0)
 
     async def _owned_request(self, content: dict) -> str:

@@ -58,6 +58,7 @@ class GenerationRequest(models.Model):
     api_key = models.ForeignKey("accounts.ApiKey", null=True, blank=True, on_delete=models.SET_NULL)
     conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="generations")
     model = models.CharField(max_length=200)
+    route = models.CharField(max_length=300, blank=True, help_text="Why this model and worker were chosen.")
     params = models.JSONField(default=dict, help_text="Sampling parameters as sent to the engine.")
     prompt_messages = models.JSONField(help_text="The exact message list the model sees (history included).")
     state = models.CharField(max_length=20, choices=State.choices, default=State.QUEUED, db_index=True)

@@ -9,30 +9,37 @@ ACCEPTED_ROLES = {r.value for r in Role} | {"developer"}  # OpenAI's newer name 
 
 
 class MessageContentField(serializers.Field):
-    """A string, or a list of text content parts, returned as one string."""
+    """A string, or a list of content parts: returns {"text": joined text, "images": image part count}.
+
+    Image parts are counted (they make `model: auto` pick a vision model) but not
+    yet passed to a model: a request with images is refused after routing.
+    """
 
     default_error_messages = {
         "type": "must be a string or a list of content parts.",
-        "part": "content parts must be objects with type 'text' and a string 'text'.",
-        "unsupported": "content part type '{kind}' is not supported by this endpoint yet; send text parts.",
+        "part": "content parts must be objects with type 'text' and a string 'text', or type 'image_url'.",
+        "unsupported": "content part type '{kind}' is not supported; send 'text' or 'image_url' parts.",
     }
 
     def to_internal_value(self, data):
         if isinstance(data, str):
-            return data
+            return {"text": data, "images": 0}
         if not isinstance(data, list):
             self.fail("type")
-        texts = []
+        texts, images = [], 0
         for part in data:
             if not isinstance(part, dict):
                 self.fail("part")
             kind = part.get("type")
+            if kind == "image_url":
+                images += 1
+                continue
             if kind != "text":
                 self.fail("unsupported", kind=kind)
             if not isinstance(part.get("text"), str):
                 self.fail("part")
             texts.append(part["text"])
-        return "".join(texts)
+        return {"text": "".join(texts), "images": images}
 
     def to_representation(self, value):
         return value
@@ -42,6 +49,10 @@ class ChatMessageInputSerializer(serializers.Serializer):
     role = StrictCharField()
     content = MessageContentField()
     name = StrictCharField(required=False, max_length=64)
+
+    def validate(self, attrs):
+        content = attrs.pop("content")
+        return {**attrs, "content": content["text"], "images": content["images"]}
 
     def validate_role(self, value):
         if value not in ACCEPTED_ROLES:
@@ -71,7 +82,7 @@ class StopField(serializers.Field):
 
 
 class ChatCompletionRequestSerializer(serializers.Serializer):
-    model = StrictCharField(required=False, allow_blank=False)
+    model = StrictCharField(required=False, allow_blank=False, help_text='A model id, or "auto" to let the hub choose.')
     messages = ChatMessageInputSerializer(many=True, allow_empty=False)
     stream = StrictBooleanField(required=False, default=False)
     stream_options = StreamOptionsSerializer(required=False, allow_null=True)
@@ -83,6 +94,8 @@ class ChatCompletionRequestSerializer(serializers.Serializer):
     seed = StrictIntegerField(required=False, allow_null=True)
     user = StrictCharField(required=False, allow_blank=True, max_length=256)
     n = StrictIntegerField(required=False, allow_null=True)
+    keep_alive = StrictFloatField(required=False, allow_null=True, min_value=-1,
+                                  help_text="Seconds the model stays loaded after this request (-1 pins, 0 unloads).")
     ignore_eos = StrictBooleanField(required=False, default=False,
                                     help_text="vLLM extension: generate exactly max_tokens tokens (benchmarks).")
     conversation_id = serializers.UUIDField(required=False, allow_null=True,

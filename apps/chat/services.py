@@ -4,13 +4,16 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import transaction
 
-import celeryconfig
-from apps.catalog.selectors import model_get
+from apps.accounts.services import preferred_model_get
+from apps.catalog.models import ModelEntry
+from apps.catalog.routing import Candidate, Performance, Route, choose_model, choose_worker, task_type
+from apps.catalog.selectors import model_get, model_list
+from apps.catalog.workers import WorkerState, live_workers
 from apps.core.errors import AppError
 from apps.core.tasks import enqueue_on_commit
 
 from .models import Conversation, GenerationRequest, Message
-from .selectors import conversation_get
+from .selectors import conversation_get, model_performance
 
 GENERATE_TASK = "workers.tasks.generate_chat_completion"
 
@@ -20,6 +23,38 @@ def _title_from(messages: list[dict]) -> str:
     return " ".join(first_user.split())[:80]
 
 
+AUTO = "auto"
+
+
+def _candidate(entry: ModelEntry) -> Candidate:
+    return Candidate(entry.id, tuple(entry.capabilities),
+                     {"cuda": entry.estimated_bytes("cuda"), "cpu": entry.estimated_bytes("cpu")})
+
+
+def chat_route(*, user, requested: str | None, messages: list[dict], workers: list[WorkerState]) -> Route:
+    """Which model serves the request and which queue takes it (apps/catalog/routing.py)."""
+    has_images = any(m.get("images") for m in messages)
+    if requested == AUTO:
+        entries = {e.id: e for e in model_list().exclude(kind="embedding")}
+        performance = {model_id: Performance(*figures)
+                       for model_id, figures in model_performance(model_ids=list(entries)).items()}
+        model_id, reason = choose_model(
+            task=task_type(messages, has_images=has_images), candidates=[_candidate(e) for e in entries.values()],
+            workers=workers, performance=performance, preferred=preferred_model_get(user=user))
+        entry = entries[model_id]
+    else:
+        entry = model_get(model_id=requested or settings.AIHUB_DEFAULT_MODEL)
+        reason = "requested" if requested else "default model"
+    if has_images:
+        # Routing knows vision models; the engine does not take images yet.
+        raise AppError(f"Image input is not supported yet (model '{entry.id}').", param="messages",
+                       code="image_input_unsupported")
+    candidate = _candidate(entry)
+    queue, worker, worker_reason = choose_worker(model_id=entry.id, bytes_by_device=candidate.bytes_by_device,
+                                                 workers=workers)
+    return Route(entry.id, queue, worker, f"model={entry.id} ({reason}); {worker_reason}")
+
+
 @transaction.atomic
 def chat_completion_create(*, user, api_key, data: dict) -> GenerationRequest:
     """Store the request (and its new messages) and enqueue it for a GPU worker.
@@ -27,7 +62,11 @@ def chat_completion_create(*, user, api_key, data: dict) -> GenerationRequest:
     `data` is validated ChatCompletionRequestSerializer output. Nothing is
     stored when a check fails: the whole function is one transaction.
     """
-    model = model_get(model_id=data.get("model") or settings.AIHUB_DEFAULT_MODEL)
+    requested = data.get("model")
+    if requested is None and settings.AIHUB_DEFAULT_MODEL == AUTO:
+        requested = AUTO
+    route = chat_route(user=user, requested=requested, messages=data["messages"], workers=live_workers())
+    model = ModelEntry.objects.get(id=route.model_id)
     max_tokens = data.get("max_tokens") or min(settings.AIHUB_DEFAULT_MAX_TOKENS, model.context_length)
     if max_tokens >= model.context_length:
         raise AppError(
@@ -53,6 +92,7 @@ def chat_completion_create(*, user, api_key, data: dict) -> GenerationRequest:
         api_key=api_key,
         conversation=conversation,
         model=model.id,
+        route=route.reason,
         prompt_messages=history + new_messages,
         params={
             "max_tokens": max_tokens,
@@ -62,9 +102,10 @@ def chat_completion_create(*, user, api_key, data: dict) -> GenerationRequest:
             "seed": data.get("seed"),
             "ignore_eos": data.get("ignore_eos", False),
             "context_length": model.context_length,
+            "keep_alive": data.get("keep_alive"),
         },
     )
-    enqueue_on_commit(GENERATE_TASK, args=[str(generation.id)], queue=celeryconfig.INFERENCE_QUEUE)
+    enqueue_on_commit(GENERATE_TASK, args=[str(generation.id)], queue=route.queue)
     return generation
 
 

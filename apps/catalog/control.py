@@ -1,0 +1,91 @@
+"""POST /api/v1/models/load and /models/unload: commands to the worker that holds (or will hold) a model.
+
+Async views: the answer waits for the worker (a load can take seconds), and a
+sync view would hold Django's one shared thread for sync views meanwhile.
+The command goes to the worker's own queue; its answer comes back through an
+event log (apps/core/events.py), like tokens do.
+"""
+from __future__ import annotations
+
+import uuid
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.http import JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from apps.core import events
+from apps.core.async_views import authenticate_request, parse_json_body, require_method
+from apps.core.errors import AppError, error_response
+
+from .routing import choose_worker
+from .selectors import model_get
+from .workers import alive_workers
+
+CONTROL_TASK = "workers.tasks.model_control"
+
+
+async def _staff_request(request) -> tuple[dict, object]:
+    require_method(request, "POST")
+    key = await authenticate_request(request)
+    if not key.user.is_staff:
+        raise AppError("Loading and unloading models is for staff keys.", status=403, type="permission_error",
+                       code="forbidden")
+    body = parse_json_body(request)
+    model_id = body.get("model_id")
+    if not isinstance(model_id, str) or not model_id:
+        raise AppError("model_id: a model id is required.", param="model_id", code="invalid_value")
+    entry = await sync_to_async(model_get)(model_id=model_id)
+    return body, entry
+
+
+async def _command(action: str, worker, entry, options: dict) -> dict:
+    from aihub_project.celery import app
+
+    reply_id = f"control-{uuid.uuid4().hex}"
+    app.send_task(CONTROL_TASK, args=[action, entry.id, reply_id, options], queue=worker.control_queue)
+    async for event in events.read_events(reply_id, idle_timeout=settings.AIHUB_CONTROL_TIMEOUT_SECONDS):
+        if event["type"] == events.ERROR:
+            error = event["error"]
+            status = {"insufficient_memory": 507, "model_not_found": 404, "timeout": 504}.get(error["code"], 500)
+            raise AppError(error["message"], status=status, type=error["type"], param=error.get("param"),
+                           code=error["code"])
+        if event["type"] == events.DONE:
+            return {k: v for k, v in event.items() if k not in ("type", "seq")}
+    raise AppError("The worker did not answer.", status=504, type="server_error", code="timeout")
+
+
+@csrf_exempt
+async def model_load_view(request):
+    try:
+        body, entry = await _staff_request(request)
+        keep_alive = body.get("keep_alive")
+        if keep_alive is not None and (isinstance(keep_alive, bool) or not isinstance(keep_alive, (int, float))):
+            raise AppError("keep_alive: seconds (-1 pins the model, 0 unloads after the next request).",
+                           param="keep_alive", code="invalid_value")
+        if not isinstance(body.get("force_reload", False), bool):
+            raise AppError("force_reload: must be true or false.", param="force_reload", code="invalid_value")
+        workers = await alive_workers()
+        if not workers:
+            raise AppError("No inference worker is running.", status=503, type="server_error", code="no_worker")
+        _, hostname, reason = choose_worker(model_id=entry.id, workers=workers, bytes_by_device={
+            "cuda": entry.estimated_bytes("cuda"), "cpu": entry.estimated_bytes("cpu")})
+        worker = next(w for w in workers if w.hostname == hostname)
+        result = await _command("load", worker, entry, {"keep_alive": keep_alive,
+                                                        "force_reload": body.get("force_reload", False)})
+    except AppError as error:
+        return error_response(error)
+    return JsonResponse({"model_id": entry.id, "reason": reason, **result})
+
+
+@csrf_exempt
+async def model_unload_view(request):
+    try:
+        _, entry = await _staff_request(request)
+        holders = [w for w in await alive_workers() if entry.id in w.loaded]
+        results = [await _command("unload", worker, entry, {}) for worker in holders]
+    except AppError as error:
+        return error_response(error)
+    unloaded = [r["worker"] for r in results if r["status"] == "unloaded"]
+    return JsonResponse({"model_id": entry.id, "status": "unloaded" if unloaded else "not_loaded",
+                         "workers": unloaded})

@@ -1,0 +1,42 @@
+"""Load and unload commands, delivered on a worker's own queue; the answer goes back through an event log."""
+from __future__ import annotations
+
+import logging
+
+from apps.catalog.models import ModelEntry
+from apps.core import events
+
+from . import heartbeat
+from .model_manager import InsufficientMemory, ModelSpec, get_manager
+
+logger = logging.getLogger(__name__)
+
+
+def run_control(action: str, model_id: str, reply_id: str, options: dict) -> None:
+    writer = events.EventWriter(reply_id)
+    manager = get_manager()
+    try:
+        if action == "load":
+            entry = ModelEntry.objects.get(id=model_id)
+            state = manager.load(ModelSpec.from_entry(entry), keep_alive=options.get("keep_alive"),
+                                 force_reload=bool(options.get("force_reload")))
+            result = {"status": "loaded", "model": state}
+        elif action == "unload":
+            result = {"status": "unloaded" if manager.unload(model_id) else "not_loaded"}
+        else:
+            raise ValueError(f"unknown action {action}")
+    except InsufficientMemory as exc:
+        writer.append(events.ERROR, error=exc.error)
+        return
+    except ModelEntry.DoesNotExist:
+        writer.append(events.ERROR, error={"message": f"The model '{model_id}' does not exist.",
+                                           "type": "invalid_request_error", "param": "model_id",
+                                           "code": "model_not_found"})
+        return
+    except Exception as exc:  # noqa: BLE001 - the caller must get an answer, not a timeout
+        logger.exception("%s %s failed", action, model_id)
+        writer.append(events.ERROR, error={"message": f"{action} failed: {exc}", "type": "server_error",
+                                           "param": None, "code": "model_control_failed"})
+        return
+    heartbeat.beat_once(manager)  # status reflects the change at once
+    writer.append(events.DONE, worker=heartbeat.identity["nodename"], **result)

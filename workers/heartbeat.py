@@ -1,0 +1,53 @@
+"""Worker heartbeats: each inference worker's pool process reports its state to Redis.
+
+Key `aihub:workers:<nodename>`, a JSON document rewritten every
+AIHUB_HEARTBEAT_SECONDS with a TTL of three beats: a worker that stops
+reporting drops out of status (and out of routing) within three beats. The
+API reads these documents (apps/catalog/workers.py); the reaper that unloads
+idle models rides on the same thread.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+
+from django.conf import settings
+
+from apps.core.redis import sync_client
+
+logger = logging.getLogger(__name__)
+
+HEARTBEAT_PREFIX = "aihub:workers:"
+
+# Set in the worker's main process at start-up (celeryd_after_setup), inherited by the pool process.
+identity: dict = {"nodename": None, "queues": [], "control_queue": None}
+
+
+def worker_queue(nodename: str) -> str:
+    """The queue only this worker consumes: control commands and requests routed to it by model affinity."""
+    return f"worker.{nodename}"
+
+
+def beat_once(manager) -> None:
+    state = {**manager.snapshot(), "hostname": identity["nodename"], "queues": identity["queues"],
+             "control_queue": identity["control_queue"], "pid": os.getpid(), "reported_at": time.time()}
+    interval = settings.AIHUB_HEARTBEAT_SECONDS
+    sync_client().set(HEARTBEAT_PREFIX + identity["nodename"], json.dumps(state), px=int(interval * 3000))
+
+
+def start(manager) -> threading.Thread:
+    def loop():
+        while True:
+            try:
+                manager.unload_expired()
+                beat_once(manager)
+            except Exception:  # noqa: BLE001 - a missed beat must not kill the thread
+                logger.exception("heartbeat failed")
+            time.sleep(settings.AIHUB_HEARTBEAT_SECONDS)
+
+    thread = threading.Thread(target=loop, name="aihub-heartbeat", daemon=True)
+    thread.start()
+    return thread
