@@ -139,6 +139,9 @@ AIHUB_DEFAULT_MODEL = env("AIHUB_DEFAULT_MODEL", default="smollm2:135m")
 AIHUB_DEFAULT_MAX_TOKENS = env.int("AIHUB_DEFAULT_MAX_TOKENS", default=512)
 # How long a request's token log stays readable after it finishes (resume, late readers).
 AIHUB_EVENT_LOG_TTL_SECONDS = env.int("AIHUB_EVENT_LOG_TTL_SECONDS", default=3600)
+# An HTTP client (SSE or waiting for a whole answer) that is gone for this long has
+# its generation stopped: its reader renews a lease four times per period.
+AIHUB_HTTP_READER_LEASE_SECONDS = env.float("AIHUB_HTTP_READER_LEASE_SECONDS", default=0.8)
 # How long a websocket client may stay away and still resume a running generation.
 AIHUB_WS_RESUME_GRACE_SECONDS = env.float("AIHUB_WS_RESUME_GRACE_SECONDS", default=0.0)
 AIHUB_WS_RESUME_GRACE_MAX_SECONDS = env.float("AIHUB_WS_RESUME_GRACE_MAX_SECONDS", default=300.0)

@@ -50,3 +50,8 @@ def test_an_incomplete_utf8_character_waits_for_its_next_byte():
     for index in range(len(pieces)):
         stream.add([index])
     assert emitted == ["caf", "é!"] and stream.finish() == "café!"
+
+
+def test_nul_characters_are_replaced_so_the_answer_can_be_stored():
+    emitted, text, _ = _run(["a", "\x00", "b"], [])
+    assert text == "a\ufffdb" and "\x00" not in "".join(emitted)

@@ -47,6 +47,17 @@ def handle_redelivery(generation_id) -> None:
 
 
 def run_generation(generation_id: str, *, worker: str) -> None:
+    try:
+        _run_generation(generation_id, worker=worker)
+    except Exception:
+        # Whatever broke (storing the answer included), the request must end, or its client waits forever.
+        logger.exception("request %s failed", generation_id)
+        _fail(generation_id, events.EventWriter.continuing(generation_id), {
+            "message": "The request failed on the worker; see the worker log.", "type": "server_error",
+            "param": None, "code": "generation_failed"}, from_state=State.RUNNING)
+
+
+def _run_generation(generation_id: str, *, worker: str) -> None:
     started_at = timezone.now()
     claimed = GenerationRequest.objects.filter(id=generation_id, state=State.QUEUED).update(
         state=State.RUNNING, started_at=started_at, worker=worker)

@@ -12,7 +12,8 @@ from collections.abc import Callable
 
 class TextStream:
     def __init__(self, decode: Callable[[list[int]], str], stop: list[str], emit: Callable[[str], None]):
-        self.decode = decode
+        # NUL cannot be stored in a PostgreSQL text column; a model that emits it gets U+FFFD instead.
+        self.decode = lambda ids: decode(ids).replace("\x00", "\ufffd")
         self.stop = [s for s in stop if s]
         self.emit = emit
         self.token_ids: list[int] = []

@@ -68,9 +68,17 @@ async def model_load_view(request):
         workers = await alive_workers()
         if not workers:
             raise AppError("No inference worker is running.", status=503, type="server_error", code="no_worker")
-        _, hostname, reason = choose_worker(model_id=entry.id, workers=workers, bytes_by_device={
-            "cuda": entry.estimated_bytes("cuda"), "cpu": entry.estimated_bytes("cpu")})
-        worker = next(w for w in workers if w.hostname == hostname)
+        if body.get("worker") is not None:
+            # An operator may place a model on a given worker (e.g. the GPU with the room).
+            worker = next((w for w in workers if w.hostname == body["worker"]), None)
+            if worker is None:
+                raise AppError(f"No live worker named {body['worker']!r}.", status=404, param="worker",
+                               code="worker_not_found")
+            reason = "worker chosen by the caller"
+        else:
+            _, hostname, reason = choose_worker(model_id=entry.id, workers=workers, bytes_by_device={
+                "cuda": entry.estimated_bytes("cuda"), "cpu": entry.estimated_bytes("cpu")})
+            worker = next(w for w in workers if w.hostname == hostname)
         result = await _command("load", worker, entry, {"keep_alive": keep_alive,
                                                         "force_reload": body.get("force_reload", False)})
     except AppError as error:

@@ -11,6 +11,7 @@ import logging
 import time
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework.exceptions import ValidationError
@@ -24,6 +25,7 @@ from .serializers import ChatCompletionRequestSerializer
 from .services import chat_completion_create
 
 logger = logging.getLogger(__name__)
+READER_LEASE = settings.AIHUB_HTTP_READER_LEASE_SECONDS
 
 
 def validate_chat_request(body: dict) -> dict:
@@ -69,7 +71,7 @@ def _describe(response, generation: GenerationRequest):
 async def wait_for_completion(generation: GenerationRequest) -> JsonResponse:
     finished = False
     try:
-        async for event in events.read_events(generation.id):
+        async for event in events.read_events(generation.id, lease_seconds=READER_LEASE):
             if event["type"] == events.ERROR:
                 finished = True
                 return error_from_event(event)
@@ -78,7 +80,8 @@ async def wait_for_completion(generation: GenerationRequest) -> JsonResponse:
         stored = await GenerationRequest.objects.aget(id=generation.id)
         return JsonResponse(completion_body(stored))
     finally:
-        # The client went away (Django cancels the view) or we gave up: free the worker.
+        # The client went away (Django cancels the view) or we gave up: free the worker
+        # now; the reader lease would stop it shortly anyway.
         if not finished:
             await events.request_cancel(generation.id)
 
@@ -130,7 +133,7 @@ async def sse_stream(generation: GenerationRequest, include_usage: bool):
     finished = False
     try:
         yield _sse(_chunk(generation, created, {"role": "assistant", "content": ""}))
-        async for event in events.read_events(generation.id):
+        async for event in events.read_events(generation.id, lease_seconds=READER_LEASE):
             if event["type"] == events.TOKEN:
                 yield _sse(_chunk(generation, created, {"content": event["text"]}))
             elif event["type"] == events.DONE:

@@ -49,7 +49,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         # may still run, and stops unless a client resumes within its grace.
         for request_id, task in self.pumps.items():
             task.cancel()
-            await events.mark_detached(request_id, self.graces.get(request_id, 0.0))
+            await events.set_reader_deadline(request_id, self.graces.get(request_id, 0.0))
         self.pumps.clear()
 
     async def receive_json(self, content, **kwargs):
@@ -134,7 +134,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         if isinstance(after_seq, bool) or not isinstance(after_seq, int) or after_seq < 0:
             raise AppError("after_seq must be an integer >= 0.", param="after_seq")
         self.graces[request_id] = self._grace(content)
-        await events.mark_attached(request_id)
+        await events.clear_reader_deadline(request_id)
         self._subscribe(request_id, after_seq=after_seq)
 
     def _subscribe(self, request_id: str, *, after_seq: int) -> None:

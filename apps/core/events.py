@@ -7,7 +7,8 @@ missed, in order, exactly once. Entry ids are `0-<seq>`: the stream itself
 enforces that sequence numbers only grow, and "resume after N" is a plain
 XREAD from `0-N`. See docs/streaming.md.
 
-Stopping is cooperative: readers set flags that the worker polls between tokens.
+Stopping is cooperative: readers set a cancel flag, or hold a deadline that the
+worker enforces; the worker polls both between tokens.
 """
 from __future__ import annotations
 
@@ -33,8 +34,9 @@ def cancel_key(request_id) -> str:
     return f"aihub:gen:{request_id}:cancel"
 
 
-def detached_key(request_id) -> str:
-    return f"aihub:gen:{request_id}:detached_until"
+def deadline_key(request_id) -> str:
+    """Epoch seconds after which the worker stops unless a reader pushes it forward (a lease)."""
+    return f"aihub:gen:{request_id}:reader_deadline"
 
 
 def _ttl() -> int:
@@ -73,11 +75,17 @@ def _decode(entry_id: str, fields: dict) -> dict:
 
 
 async def read_events(request_id, *, after_seq: int = 0, idle_timeout: float | None = None,
-                      block_ms: int = 1000) -> AsyncIterator[dict]:
+                      lease_seconds: float | None = None) -> AsyncIterator[dict]:
     """Yield events after `after_seq` until the final one.
 
     Ends with a synthetic `error` event (code `timeout`) when nothing arrives for
     `idle_timeout` seconds, so a reader never hangs on a request that no worker takes.
+
+    With `lease_seconds`, the reader holds a lease on the request while it reads:
+    if it stops reading (its client went away and the server dropped the
+    response, however that happened) the lease runs out and the worker stops.
+    That does not rely on the server running any cleanup code of ours on
+    disconnect, which Django does not guarantee for a streaming response.
     """
     if idle_timeout is None:
         idle_timeout = settings.AIHUB_REQUEST_TIMEOUT_SECONDS
@@ -85,7 +93,12 @@ async def read_events(request_id, *, after_seq: int = 0, idle_timeout: float | N
     key = events_key(request_id)
     last_id = f"0-{after_seq}"
     last_event_at = time.monotonic()
+    renewed_at = 0.0
+    block_ms = int(lease_seconds * 250) if lease_seconds else 1000
     while True:
+        if lease_seconds and time.monotonic() - renewed_at > lease_seconds / 4:
+            await set_reader_deadline(request_id, lease_seconds)
+            renewed_at = time.monotonic()
         response = await client.xread({key: last_id}, block=block_ms, count=256)
         if not response:
             if time.monotonic() - last_event_at > idle_timeout:
@@ -116,16 +129,16 @@ def request_cancel_sync(request_id) -> None:
     sync_client().set(cancel_key(request_id), "1", ex=_ttl())
 
 
-async def mark_detached(request_id, grace_seconds: float) -> None:
-    """The last reader left; the worker stops unless one comes back within the grace."""
-    if grace_seconds <= 0:
+async def set_reader_deadline(request_id, seconds: float) -> None:
+    """The worker stops unless a reader comes back (or renews) within `seconds`."""
+    if seconds <= 0:
         await request_cancel(request_id)
         return
-    await async_client().set(detached_key(request_id), repr(time.time() + grace_seconds), ex=_ttl())
+    await async_client().set(deadline_key(request_id), repr(time.time() + seconds), ex=_ttl())
 
 
-async def mark_attached(request_id) -> None:
-    await async_client().delete(detached_key(request_id))
+async def clear_reader_deadline(request_id) -> None:
+    await async_client().delete(deadline_key(request_id))
 
 
 class StopSignal:
@@ -136,7 +149,7 @@ class StopSignal:
     """
 
     def __init__(self, request_id, *, interval: float = 0.1):
-        self.keys = (cancel_key(request_id), detached_key(request_id))
+        self.keys = (cancel_key(request_id), deadline_key(request_id))
         self.interval = interval
         self.client = sync_client()
         self._checked_at = 0.0
@@ -149,9 +162,9 @@ class StopSignal:
         if now - self._checked_at < self.interval:
             return False
         self._checked_at = now
-        cancelled, detached_until = self.client.mget(self.keys)
+        cancelled, deadline = self.client.mget(self.keys)
         if cancelled:
             self.reason = "cancelled"
-        elif detached_until and float(detached_until) <= time.time():
+        elif deadline and float(deadline) <= time.time():
             self.reason = "client_disconnected"
         return self.reason is not None

@@ -23,16 +23,16 @@ class ProcessGroup:
         self.log_dir = log_dir
         self.processes: dict[str, subprocess.Popen] = {}
 
-    def start(self, name: str, argv: list[str]) -> subprocess.Popen:
+    def start(self, name: str, argv: list[str], env: dict | None = None) -> subprocess.Popen:
         log = open(self.log_dir / f"{name}.log", "ab")
-        process = subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        process = subprocess.Popen(argv, cwd=ROOT, env={**self.env, **(env or {})}, stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         self.processes[name] = process
         return process
 
-    def start_worker(self, name: str, queue: str, concurrency: int = 1) -> subprocess.Popen:
-        return self.start(name, celery_worker(name, queue, concurrency))
+    def start_worker(self, name: str, queue: str, concurrency: int = 1, env: dict | None = None) -> subprocess.Popen:
+        return self.start(name, celery_worker(name, queue, concurrency), env)
 
     def start_web(self, port: int) -> subprocess.Popen:
         return self.start("web", [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
@@ -40,6 +40,11 @@ class ProcessGroup:
 
     def log(self, name: str) -> str:
         return (self.log_dir / f"{name}.log").read_text(errors="replace")
+
+    def kill(self, name: str) -> None:
+        process = self.processes.pop(name)
+        _killpg(process, signal.SIGKILL)
+        process.wait()
 
     def stop(self) -> None:
         for process in self.processes.values():

@@ -17,7 +17,8 @@ CORPUS = [
 ] * 20
 
 
-def build_tiny_chat_model(out_dir: Path, *, seed: int = 0, context_length: int = 4096) -> Path:
+def build_tiny_chat_model(out_dir: Path, *, seed: int = 0, context_length: int = 4096, hidden_size: int = 64,
+                          layers: int = 2) -> Path:
     """A 2-layer Llama with a byte-level BPE tokenizer and a ChatML template, saved as safetensors.
 
     The end-of-turn token's output row is zeroed, so greedy decoding never
@@ -43,7 +44,8 @@ def build_tiny_chat_model(out_dir: Path, *, seed: int = 0, context_length: int =
 
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=len(fast), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        vocab_size=len(fast), hidden_size=hidden_size, intermediate_size=hidden_size * 2, num_hidden_layers=layers,
+        num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=context_length, tie_word_embeddings=False,
         eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id, bos_token_id=None,
     )
