@@ -38,5 +38,4 @@ def run_control(action: str, model_id: str, reply_id: str, options: dict) -> Non
         writer.append(events.ERROR, error={"message": f"{action} failed: {exc}", "type": "server_error",
                                            "param": None, "code": "model_control_failed"})
         return
-    heartbeat.beat_once(manager)  # status reflects the change at once
     writer.append(events.DONE, worker=heartbeat.identity["nodename"], **result)

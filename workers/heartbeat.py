@@ -39,6 +39,8 @@ def beat_once(manager) -> None:
 
 
 def start(manager) -> threading.Thread:
+    manager.on_change = lambda: _beat_quietly(manager)
+
     def loop():
         while True:
             try:
@@ -51,3 +53,10 @@ def start(manager) -> threading.Thread:
     thread = threading.Thread(target=loop, name="aihub-heartbeat", daemon=True)
     thread.start()
     return thread
+
+
+def _beat_quietly(manager) -> None:
+    try:
+        beat_once(manager)
+    except Exception:  # noqa: BLE001 - the periodic beat will catch up
+        logger.exception("heartbeat after a model change failed")

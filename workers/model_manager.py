@@ -46,12 +46,14 @@ class ModelSpec:
     path: str
     context_length: int
     parameter_count: int
+    quantisable_count: int = 0
     dtype: str = "auto"
     quantization: str = "none"
 
     @classmethod
     def from_entry(cls, entry) -> "ModelSpec":
-        return cls(entry.id, entry.path, entry.context_length, entry.parameter_count, entry.dtype, entry.quantization)
+        return cls(entry.id, entry.path, entry.context_length, entry.parameter_count,
+                   entry.quantisable_parameter_count, entry.dtype, entry.quantization)
 
 
 @dataclass
@@ -78,6 +80,8 @@ class ModelManager:
         self._slots: OrderedDict[str, Slot] = OrderedDict()  # least recently used first
         self._lock = threading.RLock()
         self.current_task: str | None = None
+        # Called after every load and unload, so status never lags a change (the heartbeat sets it).
+        self.on_change = lambda: None
 
     # -- what callers use -------------------------------------------------
 
@@ -162,13 +166,14 @@ class ModelManager:
                 slot.keep_alive = self._keep_alive(keep_alive)
             slot.last_used_at = time.time()
             return slot
-        estimate = estimate_bytes(parameter_count=spec.parameter_count, dtype=spec.dtype,
-                                  quantization=spec.quantization, device_type=self.device.type)
+        estimate = estimate_bytes(parameter_count=spec.parameter_count, quantisable_count=spec.quantisable_count,
+                                  dtype=spec.dtype, quantization=spec.quantization, device_type=self.device.type)
         self._make_room(spec.model_id, estimate)
         loaded = load_model(model_id=spec.model_id, path=spec.path, context_length=spec.context_length,
                             device=self.device, dtype=spec.dtype, quantization=spec.quantization)
         slot = Slot(loaded, module_bytes(loaded.model), self._keep_alive(keep_alive))
         self._slots[spec.model_id] = slot
+        self.on_change()
         logger.info("%s: %d bytes measured (estimate %d); %d of %d budget bytes used", spec.model_id,
                     slot.size_bytes, estimate, self.used_bytes, self.budget_bytes)
         return slot
@@ -192,6 +197,7 @@ class ModelManager:
         slot = self._slots.pop(model_id)
         del slot
         free_cached(self.device)
+        self.on_change()
         logger.info("unloaded %s (%s)", model_id, reason)
 
 

@@ -1,10 +1,48 @@
-from django.contrib import admin
+from asgiref.sync import async_to_sync
+from django.contrib import admin, messages
 
+from apps.core.errors import AppError
+
+from .control import model_command
 from .models import ModelEntry
+from .workers import live_workers
 
 
 @admin.register(ModelEntry)
 class ModelEntryAdmin(admin.ModelAdmin):
-    list_display = ("id", "kind", "source", "context_length", "size_bytes", "enabled", "created_at")
-    list_filter = ("kind", "source", "enabled")
+    list_display = ("id", "kind", "quantization", "context_length", "parameter_count", "size_bytes",
+                    "live_state", "enabled")
+    list_filter = ("kind", "source", "quantization", "enabled")
     search_fields = ("id", "source_ref", "path")
+    actions = ["load_models", "unload_models"]
+
+    def changelist_view(self, request, extra_context=None):
+        # One heartbeat read per page, not one per row.
+        self._workers = live_workers()
+        return super().changelist_view(request, extra_context)
+
+    @admin.display(description="loaded on")
+    def live_state(self, obj):
+        holders = [w.hostname for w in getattr(self, "_workers", []) if obj.id in w.loaded]
+        return ", ".join(holders) or "—"
+
+    def _run(self, request, queryset, action: str):
+        for entry in queryset:
+            try:
+                result = async_to_sync(model_command)(action, entry)
+                where = ", ".join(result["workers"])
+                self.message_user(request, {
+                    "loaded": f"Loaded {entry.id} on {where}.",
+                    "unloaded": f"Unloaded {entry.id} from {where}.",
+                    "not_loaded": f"Model {entry.id} was not loaded anywhere.",
+                }[result["status"]])
+            except AppError as error:
+                self.message_user(request, f"{entry.id}: {error.message}", level=messages.ERROR)
+
+    @admin.action(description="Load on the best worker")
+    def load_models(self, request, queryset):
+        self._run(request, queryset, "load")
+
+    @admin.action(description="Unload everywhere")
+    def unload_models(self, request, queryset):
+        self._run(request, queryset, "unload")

@@ -55,6 +55,36 @@ async def _command(action: str, worker, entry, options: dict) -> dict:
     raise AppError("The worker did not answer.", status=504, type="server_error", code="timeout")
 
 
+async def model_command(action: str, entry, *, keep_alive=None, force_reload: bool = False,
+                        worker_name: str | None = None) -> dict:
+    """Load on one worker (named, holding it, or with the most free memory) or unload everywhere.
+
+    Returns {"status", "workers", "reason", "model"?}; shared by the API and the admin actions.
+    """
+    workers = await alive_workers()
+    if action == "unload":
+        holders = [w for w in workers if entry.id in w.loaded]
+        results = [await _command("unload", worker, entry, {}) for worker in holders]
+        unloaded = [r["worker"] for r in results if r["status"] == "unloaded"]
+        return {"status": "unloaded" if unloaded else "not_loaded", "workers": unloaded}
+    if not workers:
+        raise AppError("No inference worker is running.", status=503, type="server_error", code="no_worker")
+    if worker_name is not None:
+        # An operator may place a model on a given worker (e.g. the GPU with the room).
+        worker = next((w for w in workers if w.hostname == worker_name), None)
+        if worker is None:
+            raise AppError(f"No live worker named {worker_name!r}.", status=404, param="worker",
+                           code="worker_not_found")
+        reason = "worker chosen by the caller"
+    else:
+        _, hostname, reason = choose_worker(model_id=entry.id, workers=workers, bytes_by_device={
+            "cuda": entry.estimated_bytes("cuda"), "cpu": entry.estimated_bytes("cpu")})
+        worker = next(w for w in workers if w.hostname == hostname)
+    result = await _command("load", worker, entry, {"keep_alive": keep_alive, "force_reload": force_reload})
+    return {"status": result["status"], "workers": [result["worker"]], "worker": result["worker"],
+            "model": result["model"], "reason": reason}
+
+
 @csrf_exempt
 async def model_load_view(request):
     try:
@@ -63,37 +93,21 @@ async def model_load_view(request):
         if keep_alive is not None and (isinstance(keep_alive, bool) or not isinstance(keep_alive, (int, float))):
             raise AppError("keep_alive: seconds (-1 pins the model, 0 unloads after the next request).",
                            param="keep_alive", code="invalid_value")
-        if not isinstance(body.get("force_reload", False), bool):
+        force_reload = body.get("force_reload", False)
+        if not isinstance(force_reload, bool):
             raise AppError("force_reload: must be true or false.", param="force_reload", code="invalid_value")
-        workers = await alive_workers()
-        if not workers:
-            raise AppError("No inference worker is running.", status=503, type="server_error", code="no_worker")
-        if body.get("worker") is not None:
-            # An operator may place a model on a given worker (e.g. the GPU with the room).
-            worker = next((w for w in workers if w.hostname == body["worker"]), None)
-            if worker is None:
-                raise AppError(f"No live worker named {body['worker']!r}.", status=404, param="worker",
-                               code="worker_not_found")
-            reason = "worker chosen by the caller"
-        else:
-            _, hostname, reason = choose_worker(model_id=entry.id, workers=workers, bytes_by_device={
-                "cuda": entry.estimated_bytes("cuda"), "cpu": entry.estimated_bytes("cpu")})
-            worker = next(w for w in workers if w.hostname == hostname)
-        result = await _command("load", worker, entry, {"keep_alive": keep_alive,
-                                                        "force_reload": body.get("force_reload", False)})
+        result = await model_command("load", entry, keep_alive=keep_alive, force_reload=force_reload,
+                                     worker_name=body.get("worker"))
     except AppError as error:
         return error_response(error)
-    return JsonResponse({"model_id": entry.id, "reason": reason, **result})
+    return JsonResponse({"model_id": entry.id, **result})
 
 
 @csrf_exempt
 async def model_unload_view(request):
     try:
         _, entry = await _staff_request(request)
-        holders = [w for w in await alive_workers() if entry.id in w.loaded]
-        results = [await _command("unload", worker, entry, {}) for worker in holders]
+        result = await model_command("unload", entry)
     except AppError as error:
         return error_response(error)
-    unloaded = [r["worker"] for r in results if r["status"] == "unloaded"]
-    return JsonResponse({"model_id": entry.id, "status": "unloaded" if unloaded else "not_loaded",
-                         "workers": unloaded})
+    return JsonResponse({"model_id": entry.id, **result})

@@ -16,14 +16,28 @@ BYTES_PER_PARAMETER = {"float32": 4.0, "float16": 2.0, "bfloat16": 2.0, "bnb-8bi
 OVERHEAD = 1.2  # activations, KV cache for a typical request, allocator slack
 
 
-def safetensors_parameter_count(path: Path) -> int:
-    total = 0
+NOT_QUANTISED = ("embed", "lm_head", "wte", "wpe", "norm")
+
+
+def safetensors_parameter_counts(path: Path) -> tuple[int, int]:
+    """(all parameters, parameters of the linear layers that bitsandbytes quantises).
+
+    bitsandbytes replaces 2-D linear weights; embeddings, the output head and
+    norms stay at the compute precision, which matters for small models.
+    """
+    total = quantisable = 0
     for file in sorted(path.glob("*.safetensors")):
         with open(file, "rb") as f:
             (header_size,) = struct.unpack("<Q", f.read(8))
             header = json.loads(f.read(header_size))
-        total += sum(prod(t["shape"]) for name, t in header.items() if name != "__metadata__")
-    return total
+        for name, tensor in header.items():
+            if name == "__metadata__":
+                continue
+            count = prod(tensor["shape"])
+            total += count
+            if len(tensor["shape"]) == 2 and not any(part in name for part in NOT_QUANTISED):
+                quantisable += count
+    return total, quantisable
 
 
 def load_precision(*, dtype: str, quantization: str, device_type: str) -> str:
@@ -34,6 +48,12 @@ def load_precision(*, dtype: str, quantization: str, device_type: str) -> str:
     return dtype
 
 
-def estimate_bytes(*, parameter_count: int, dtype: str, quantization: str, device_type: str) -> int:
+def estimate_bytes(*, parameter_count: int, quantisable_count: int, dtype: str, quantization: str,
+                   device_type: str) -> int:
     precision = load_precision(dtype=dtype, quantization=quantization, device_type=device_type)
-    return int(parameter_count * BYTES_PER_PARAMETER[precision] * OVERHEAD)
+    if precision not in ("bnb-8bit", "bnb-4bit"):
+        return int(parameter_count * BYTES_PER_PARAMETER[precision] * OVERHEAD)
+    compute = load_precision(dtype=dtype, quantization="none", device_type=device_type)
+    weights = (quantisable_count * BYTES_PER_PARAMETER[precision]
+               + (parameter_count - quantisable_count) * BYTES_PER_PARAMETER[compute])
+    return int(weights * OVERHEAD)

@@ -51,6 +51,8 @@ class ModelEntry(models.Model):
     quantization = models.CharField(max_length=20, choices=Quantization.choices, default=Quantization.NONE)
     context_length = models.PositiveIntegerField(help_text="Prompt plus completion tokens the model accepts.")
     parameter_count = models.BigIntegerField(default=0)
+    quantisable_parameter_count = models.BigIntegerField(
+        default=0, help_text="Parameters in linear layers (what bitsandbytes quantises).")
     size_bytes = models.BigIntegerField(default=0, help_text="Size of the weights on disk.")
     owned_by = models.CharField(max_length=100, default="aihub")
     enabled = models.BooleanField(default=True)
@@ -67,5 +69,6 @@ class ModelEntry(models.Model):
         """Memory when loaded on a device of this type (a CPU loads float32 where a GPU loads float16)."""
         from .footprint import estimate_bytes
 
-        return estimate_bytes(parameter_count=self.parameter_count, dtype=self.dtype,
+        return estimate_bytes(parameter_count=self.parameter_count,
+                              quantisable_count=self.quantisable_parameter_count, dtype=self.dtype,
                               quantization=self.quantization, device_type=device_type)

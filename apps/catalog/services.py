@@ -6,7 +6,7 @@ from pathlib import Path
 
 from apps.core.errors import AppError
 
-from .footprint import safetensors_parameter_count
+from .footprint import safetensors_parameter_counts
 from .models import KIND_CAPABILITIES, ModelEntry, ModelKind, ModelSource, Quantization
 
 
@@ -28,7 +28,7 @@ def model_register(*, model_id: str, path: Path, kind: str = ModelKind.CHAT, sou
     """Create or update the catalog entry for a model directory."""
     path = Path(path).resolve()
     detected_context, size = model_directory_facts(path)
-    parameters = safetensors_parameter_count(path)
+    parameters, quantisable = safetensors_parameter_counts(path)
     entry, _ = ModelEntry.objects.update_or_create(id=model_id, defaults={
         "kind": kind,
         "capabilities": capabilities or KIND_CAPABILITIES[ModelKind(kind)],
@@ -39,6 +39,7 @@ def model_register(*, model_id: str, path: Path, kind: str = ModelKind.CHAT, sou
         "dtype": dtype,
         "quantization": quantization,
         "parameter_count": parameters,
+        "quantisable_parameter_count": quantisable,
         "size_bytes": size,
         "enabled": True,
     })
