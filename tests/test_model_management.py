@@ -44,7 +44,8 @@ def pool(mid_models):
     processes = ProcessGroup(env, log_dir)
     port = free_port()
     processes.start_web(port)
-    processes.start_worker("small", "gpu.inference", env={"AIHUB_GPU_MEMORY_BUDGET": str(4 * MB)})
+    processes.start_worker("small", "gpu.inference", env={"AIHUB_GPU_MEMORY_BUDGET": str(4 * MB),
+                                                          "MODEL_UNLOAD_TIMEOUT": "2"})
     processes.start_worker("large", "gpu.inference", env={"AIHUB_GPU_MEMORY_BUDGET": str(64 * MB)})
     processes.start_worker("training", "gpu.training")
     base_url = f"http://127.0.0.1:{port}"
@@ -187,6 +188,17 @@ def test_an_idle_model_is_unloaded_when_its_keep_alive_runs_out(pool, staff, mid
     loaded = _post(base_url, "models/load", staff, {"model_id": mid_models["a"], "keep_alive": 1}).json()
     assert loaded["model"]["expires_at"] - loaded["model"]["last_used_at"] == pytest.approx(1, abs=0.01)
     _wait_for(lambda: all(mid_models["a"] not in ids for ids in _loaded(base_url, staff).values()), timeout=5)
+
+
+def test_models_unused_for_model_unload_timeout_are_unloaded(pool, staff, mid_models):
+    base_url, _ = pool
+    _unload_everything(base_url, staff, mid_models)
+    small = _workers(base_url, staff)["small"]["hostname"]  # MODEL_UNLOAD_TIMEOUT=2 on this worker
+    loaded = _post(base_url, "models/load", staff, {"model_id": mid_models["b"], "worker": small}).json()
+    assert loaded["model"]["expires_at"] - loaded["model"]["last_used_at"] == pytest.approx(2, abs=0.01)
+    assert _loaded(base_url, staff)["small"] == [mid_models["b"]]
+    _wait_for(lambda: _loaded(base_url, staff)["small"] == [], timeout=6)
+    assert "unloaded mid-b:1m (idle)" in pool[1].log("small")
 
 
 def test_keep_alive_zero_unloads_after_the_request_and_minus_one_pins(pool, staff, mid_models):

@@ -152,7 +152,9 @@ def _run_generation(generation_id: str, *, worker: str) -> None:
 def _is_out_of_memory(exc: Exception) -> bool:
     import torch
 
-    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+    message = str(exc).lower()
+    return (isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in message
+            or "can't allocate memory" in message)  # the CPU allocator's wording
 
 
 def _finish_cancelled(generation, writer, *, text: str, completion_tokens: int, prompt_tokens: int,
