@@ -16,15 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
-import sys
-import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from stack import django_on_embedded_services
 
 PROMPTS = [
     "Write a short story about a lighthouse keeper.",
@@ -131,51 +127,31 @@ def main():
     parser.add_argument("--tokens", type=int, default=32)
     args = parser.parse_args()
 
-    from tests.support.processes import start_hub, start_services
-
-    run_dir = Path(tempfile.mkdtemp(prefix="aihub-bench-"))
-    servers, env = start_services(run_dir)
-    os.environ.update(env)
-    processes = None
-    try:
-        import django
-
-        django.setup()
-        from django.core.management import call_command
-
+    with django_on_embedded_services() as run_dir:
         from apps.accounts.services import api_key_create, user_get_or_create
         from apps.catalog.models import ModelEntry
+        from tests.support.processes import start_hub
 
-        call_command("migrate", interactive=False, verbosity=0)
-        call_command("importmodel", builtin="smollm2:135m", verbosity=0)
         entry = ModelEntry.objects.get(id="smollm2:135m")
         _, key = api_key_create(user=user_get_or_create(username="bench"))
         base_url, processes = start_hub(dict(os.environ), run_dir / "logs")
-
-        print(f"model {entry.id}, {args.tokens} tokens, greedy, {args.runs} runs each (+2 warm-up), p50:")
-        hub_total, sse_ttft, ws_ttft = through_hub(base_url, key, entry.id, PROMPTS, args.tokens, args.runs)
-        local_total, local_ttft = in_process(Path(entry.path), PROMPTS, args.tokens, args.runs)
-        rows = [
-            ("in-process latency", p50(local_total) * 1000, "ms"),
-            ("hub end-to-end latency", p50(hub_total) * 1000, "ms"),
-            ("in-process TTFT", p50(local_ttft) * 1000, "ms"),
-            ("hub TTFT over SSE", p50(sse_ttft) * 1000, "ms"),
-            ("hub TTFT over websocket", p50(ws_ttft) * 1000, "ms"),
-        ]
-        for name, value, unit in rows:
-            print(f"  {name:<28} {value:8.1f} {unit}")
-        ratio = p50(hub_total) / p50(local_total)
-        ws_extra = (p50(ws_ttft) - p50(local_ttft)) * 1000
-        sse_extra = (p50(sse_ttft) - p50(local_ttft)) * 1000
-        print(f"end-to-end latency ratio hub / in-process: {ratio:.3f}x   (target <= 1.10x)")
-        print(f"TTFT websocket - in-process:               {ws_extra:+.1f} ms (target <= 50 ms)")
-        print(f"TTFT SSE - in-process:                     {sse_extra:+.1f} ms (target <= 50 ms)")
-    finally:
-        if processes:
+        try:
+            hub_total, sse_ttft, ws_ttft = through_hub(base_url, key, entry.id, PROMPTS, args.tokens, args.runs)
+        finally:
             processes.stop()
-        for server in reversed(servers):
-            server.stop()
-        shutil.rmtree(run_dir, ignore_errors=True)
+        local_total, local_ttft = in_process(Path(entry.path), PROMPTS, args.tokens, args.runs)
+
+    print(f"model smollm2:135m, {args.tokens} tokens, greedy, {args.runs} runs each (+2 warm-up), p50:")
+    for name, values in [("in-process latency", local_total), ("hub end-to-end latency", hub_total),
+                         ("in-process TTFT", local_ttft), ("hub TTFT over SSE", sse_ttft),
+                         ("hub TTFT over websocket", ws_ttft)]:
+        print(f"  {name:<28} {p50(values) * 1000:8.1f} ms")
+    ratio = p50(hub_total) / p50(local_total)
+    ws_extra = (p50(ws_ttft) - p50(local_ttft)) * 1000
+    sse_extra = (p50(sse_ttft) - p50(local_ttft)) * 1000
+    print(f"end-to-end latency ratio hub / in-process: {ratio:.3f}x   (target <= 1.10x)")
+    print(f"TTFT websocket - in-process:               {ws_extra:+.1f} ms (target <= 50 ms)")
+    print(f"TTFT SSE - in-process:                     {sse_extra:+.1f} ms (target <= 50 ms)")
 
 
 if __name__ == "__main__":

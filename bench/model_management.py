@@ -13,16 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import statistics
-import sys
-import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from stack import django_on_embedded_services
 
 
 def timed(fn, runs):
@@ -40,28 +35,17 @@ def main():
     parser.add_argument("--route-runs", type=int, default=500)
     args = parser.parse_args()
 
-    from tests.support.processes import MODEL_CACHE, start_services
-    from tests.support.tiny_models import build_tiny_chat_model
-
-    run_dir = Path(tempfile.mkdtemp(prefix="aihub-bench-"))
-    servers, env = start_services(run_dir)
-    os.environ.update(env)
-    try:
-        import django
-
-        django.setup()
-        from django.core.management import call_command
-
+    with django_on_embedded_services():
         from apps.accounts.services import user_get_or_create
         from apps.catalog.models import ModelEntry
         from apps.catalog.services import model_register
         from apps.chat.services import chat_route
         from apps.catalog.workers import live_workers
         from apps.core.redis import sync_client
+        from tests.support.processes import MODEL_CACHE
+        from tests.support.tiny_models import build_tiny_chat_model
         from workers.model_manager import ModelManager, ModelSpec
 
-        call_command("migrate", interactive=False, verbosity=0)
-        call_command("importmodel", builtin="smollm2:135m", verbosity=0)
         default = ModelSpec.from_entry(ModelEntry.objects.get(id="smollm2:135m"))
         other = ModelSpec.from_entry(model_register(
             model_id="mid:1m", path=build_tiny_chat_model(MODEL_CACHE / "mid-a", hidden_size=128, layers=4, seed=3)))
@@ -113,10 +97,6 @@ def main():
         print(f"  model=auto                {route_auto * 1000:9.2f} ms")
         print(f"  explicit model            {route_explicit * 1000:9.2f} ms")
         print(f"  auto / cold load          {route_auto / cold_s:.2e}")
-    finally:
-        for server in reversed(servers):
-            server.stop()
-        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":
