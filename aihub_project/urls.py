@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from apps.accounts.views import MeView
+from apps.accounts.views import ApiKeyDetailView, ApiKeyListView, MeView
 from apps.catalog.control import model_load_view, model_unload_view
 from apps.catalog.views import ModelDetailView, ModelListView, ModelStatusView
 from apps.chat.completions import chat_completions_view
@@ -19,6 +19,8 @@ api_v1 = [
     path("models/load", model_load_view, name="model-load"),
     path("models/unload", model_unload_view, name="model-unload"),
     path("me", MeView.as_view(), name="me"),
+    path("keys", ApiKeyListView.as_view(), name="key-list"),
+    path("keys/<int:key_id>", ApiKeyDetailView.as_view(), name="key-detail"),
     path("models/<path:model_id>", ModelDetailView.as_view(), name="model-detail"),
 ]
 

@@ -94,11 +94,12 @@ class Account:
         self.auth = {"Authorization": f"Bearer {raw_key}"}
 
 
-def make_account(prefix: str = "user") -> Account:
+def make_account(prefix: str = "user", *, staff: bool = False, scopes: list[str] | None = None,
+                 expires_at=None) -> Account:
     from django.contrib.auth import get_user_model
 
-    user = get_user_model().objects.create_user(username=f"{prefix}-{uuid.uuid4().hex[:8]}")
-    key, raw = api_key_create(user=user, name="tests")
+    user = get_user_model().objects.create_user(username=f"{prefix}-{uuid.uuid4().hex[:8]}", is_staff=staff)
+    key, raw = api_key_create(user=user, name="tests", scopes=scopes, expires_at=expires_at)
     return Account(user, key, raw)
 
 

@@ -9,7 +9,6 @@ import time
 
 import httpx
 import pytest
-from django.contrib.auth import get_user_model
 
 from apps.catalog.models import ModelEntry
 from apps.catalog.services import model_register
@@ -58,9 +57,7 @@ def pool(mid_models):
 
 @pytest.fixture(scope="module")
 def staff():
-    account = make_account("ops")
-    get_user_model().objects.filter(pk=account.user.pk).update(is_staff=True)
-    return account
+    return make_account("ops", staff=True, scopes=["inference", "admin"])
 
 
 def _status(base_url, staff):
@@ -112,7 +109,7 @@ def test_status_reports_each_worker_its_device_memory_and_queues(pool, staff):
 def test_load_and_unload_are_staff_only(pool, staff, alice, mid_models):
     base_url, _ = pool
     response = _post(base_url, "models/load", alice, {"model_id": mid_models["a"]})
-    assert response.status_code == 403 and response.json()["error"]["code"] == "forbidden"
+    assert response.status_code == 403 and response.json()["error"]["code"] == "insufficient_scope"
     assert _post(base_url, "models/unload", alice, {"model_id": mid_models["a"]}).status_code == 403
     assert httpx.get(f"{base_url}/api/v1/models/status", headers=alice.auth).status_code == 403
     missing = _post(base_url, "models/load", staff, {"model_id": "nope:0"})

@@ -73,14 +73,14 @@ def test_an_api_key_made_in_the_admin_is_shown_once_and_works(hub, alice):
     admin = get_user_model().objects.create_superuser(username=f"ops-{alice.user.username}", password="pw-123456")
     client = Client(SERVER_NAME="localhost")
     client.force_login(admin)
-    response = client.post("/admin/accounts/apikey/add/", {"user": alice.user.pk, "name": "from admin"},
-                           follow=True)
+    response = client.post("/admin/accounts/apikey/add/", {"user": alice.user.pk, "name": "from admin",
+                                                           "scopes": '["inference"]'}, follow=True)
     assert response.status_code == 200
     shown = re.findall(r"ahk_[0-9a-f]{12}_[A-Za-z0-9_-]{43}", response.content.decode())
     assert len(shown) == 1
     raw = shown[0]
     key = ApiKey.objects.get(user=alice.user, name="from admin")
-    assert api_key_authenticate(raw_key=raw) == key
+    assert api_key_authenticate(raw_key=raw) == key and key.scopes == ["inference"]
     client.post("/admin/accounts/apikey/", {"action": "revoke_keys", "_selected_action": [key.pk]})
     assert api_key_authenticate(raw_key=raw) is None
 

@@ -10,17 +10,18 @@ from .services import api_key_create
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
-    list_display = ("display_prefix", "name", "user", "created_at", "last_used_at", "revoked_at")
-    list_filter = ("revoked_at",)
+    list_display = ("display_prefix", "name", "user", "scopes", "created_at", "last_used_at", "expires_at",
+                    "revoked_at")
+    list_filter = ("revoked_at", "expires_at")
     search_fields = ("name", "user__username", "lookup")
     readonly_fields = ("display_prefix", "created_at", "last_used_at")
-    fields = ("user", "name", "display_prefix", "created_at", "last_used_at", "revoked_at")
+    fields = ("user", "name", "scopes", "expires_at", "display_prefix", "created_at", "last_used_at", "revoked_at")
     actions = ["revoke_keys"]
 
     def save_model(self, request, obj, form, change):
         if change:
             return super().save_model(request, obj, form, change)
-        key, raw = api_key_create(user=obj.user, name=obj.name)
+        key, raw = api_key_create(user=obj.user, name=obj.name, scopes=obj.scopes, expires_at=obj.expires_at)
         obj.pk = key.pk
         obj.refresh_from_db()
         # The only time the key is visible: it is stored as a hash.

@@ -11,6 +11,19 @@ from django.utils import timezone
 KEY_PREFIX = "ahk"  # readable: a leaked string is recognisable as an AI Hub key
 
 
+class Scope(models.TextChoices):
+    INFERENCE = "inference", "inference (chat, models, conversations)"
+    TRAINING = "training", "training (files, fine-tuning jobs)"
+    ADMIN = "admin", "admin (load/unload, status; staff users only)"
+
+
+DEFAULT_SCOPES = [Scope.INFERENCE.value, Scope.TRAINING.value]
+
+
+def default_scopes() -> list[str]:
+    return list(DEFAULT_SCOPES)
+
+
 def hash_key(raw_key: str) -> str:
     # Keys carry 256 bits of randomness, so a fast hash is enough; a slow KDF
     # would only add latency to every request.
@@ -27,6 +40,8 @@ class ApiKey(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="Empty: never expires.")
+    scopes = models.JSONField(default=default_scopes, help_text='Any of "inference", "training", "admin".')
 
     class Meta:
         verbose_name = "API key"
@@ -41,7 +56,11 @@ class ApiKey(models.Model):
 
     @property
     def is_active(self) -> bool:
-        return self.revoked_at is None
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > timezone.now())
+
+    def has_scope(self, scope: str) -> bool:
+        # Admin also needs a staff user: a scope never grants more than the user has.
+        return scope in self.scopes and (scope != Scope.ADMIN or self.user.is_staff)
 
     @staticmethod
     def generate() -> tuple[str, str, str]:

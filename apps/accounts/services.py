@@ -3,14 +3,38 @@ from __future__ import annotations
 from django.contrib.auth import get_user_model
 from django.utils import timezone
 
-from .models import KEY_PREFIX, ApiKey, Profile
+from apps.core.errors import AppError, NotFoundError
+
+from .models import DEFAULT_SCOPES, KEY_PREFIX, ApiKey, Profile, Scope
 
 
-def api_key_create(*, user, name: str = "") -> tuple[ApiKey, str]:
+def api_key_create(*, user, name: str = "", scopes: list[str] | None = None, expires_at=None) -> tuple[ApiKey, str]:
     """Create a key and return it with the raw value, which is shown once and never stored."""
+    scopes = list(DEFAULT_SCOPES if scopes is None else scopes)
+    unknown = set(scopes) - set(Scope.values)
+    if unknown:
+        raise AppError(f"Unknown scope(s): {', '.join(sorted(unknown))}.", param="scopes", code="invalid_value")
+    if Scope.ADMIN in scopes and not user.is_staff:
+        raise AppError("Only staff users can hold the admin scope.", status=403, type="permission_error",
+                       param="scopes", code="forbidden")
     raw, lookup, key_hash = ApiKey.generate()
-    key = ApiKey.objects.create(user=user, name=name, lookup=lookup, key_hash=key_hash)
+    key = ApiKey.objects.create(user=user, name=name, lookup=lookup, key_hash=key_hash, scopes=scopes,
+                                expires_at=expires_at)
     return key, raw
+
+
+def api_key_revoke(*, user, key_id: int) -> ApiKey:
+    key = ApiKey.objects.filter(user=user, id=key_id).first()
+    if key is None:
+        raise NotFoundError(f"No API key with id {key_id}.", param="id")
+    key.revoke()
+    return key
+
+
+def require_scope(key: ApiKey, scope: str) -> None:
+    if not key.has_scope(scope):
+        raise AppError(f"This API key lacks the '{scope}' scope.", status=403, type="permission_error",
+                       code="insufficient_scope")
 
 
 def user_get_or_create(*, username: str):

@@ -1,11 +1,16 @@
+from datetime import timedelta
+
+from django.utils import timezone
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.catalog.selectors import model_get
+from apps.core.errors import AppError
 
-from .services import preferred_model_get, preferred_model_set
+from .models import ApiKey, Scope
+from .services import api_key_create, api_key_revoke, preferred_model_get, preferred_model_set
 
 
 class MeSerializer(serializers.Serializer):
@@ -16,6 +21,8 @@ class MeSerializer(serializers.Serializer):
 
 
 class MeView(APIView):
+    required_scope = None
+
     def _body(self, user):
         return {"username": user.username, "is_staff": user.is_staff,
                 "preferred_model": preferred_model_get(user=user)}
@@ -34,3 +41,52 @@ class MeView(APIView):
                 model_get(model_id=model_id)  # 404 for an unknown model
             preferred_model_set(user=request.user, model_id=model_id)
         return Response(self._body(request.user))
+
+
+class ApiKeySerializer(serializers.ModelSerializer):
+    prefix = serializers.CharField(source="display_prefix", read_only=True)
+    active = serializers.BooleanField(source="is_active", read_only=True)
+
+    class Meta:
+        model = ApiKey
+        fields = ["id", "name", "prefix", "scopes", "created_at", "last_used_at", "expires_at", "revoked_at", "active"]
+
+
+class ApiKeyCreateSerializer(serializers.Serializer):
+    name = serializers.CharField(required=False, allow_blank=True, max_length=100, default="")
+    scopes = serializers.ListField(child=serializers.ChoiceField(choices=Scope.values), required=False,
+                                   allow_empty=False)
+    expires_in_days = serializers.IntegerField(required=False, min_value=1, max_value=3650)
+
+
+class ApiKeyListView(APIView):
+    required_scope = None  # any valid key manages its own user's keys
+
+    @extend_schema(summary="Your API keys (never their secrets)", responses=ApiKeySerializer(many=True))
+    def get(self, request):
+        keys = ApiKey.objects.filter(user=request.user)
+        return Response({"object": "list", "data": ApiKeySerializer(keys, many=True).data})
+
+    @extend_schema(summary="Create a key: the response is the only time it is shown",
+                   request=ApiKeyCreateSerializer, responses={201: ApiKeySerializer})
+    def post(self, request):
+        serializer = ApiKeyCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        scopes = data.get("scopes", request.auth.scopes)
+        beyond = set(scopes) - set(request.auth.scopes)
+        if beyond:
+            # A key can only hand out what it has itself.
+            raise AppError(f"This key cannot grant scope(s) it lacks: {', '.join(sorted(beyond))}.",
+                           status=403, type="permission_error", param="scopes", code="insufficient_scope")
+        expires_at = timezone.now() + timedelta(days=data["expires_in_days"]) if "expires_in_days" in data else None
+        key, raw = api_key_create(user=request.user, name=data["name"], scopes=scopes, expires_at=expires_at)
+        return Response({**ApiKeySerializer(key).data, "key": raw}, status=201)
+
+
+class ApiKeyDetailView(APIView):
+    required_scope = None
+
+    @extend_schema(summary="Revoke one of your keys (refused at once afterwards)", responses=ApiKeySerializer)
+    def delete(self, request, key_id: int):
+        return Response(ApiKeySerializer(api_key_revoke(user=request.user, key_id=key_id)).data)

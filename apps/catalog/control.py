@@ -14,6 +14,8 @@ from django.conf import settings
 from django.http import JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from apps.accounts.models import Scope
+from apps.accounts.services import require_scope
 from apps.core import events
 from apps.core.async_views import authenticate_request, parse_json_body, require_method
 from apps.core.errors import AppError, error_response
@@ -28,9 +30,7 @@ CONTROL_TASK = "workers.tasks.model_control"
 async def _staff_request(request) -> tuple[dict, object]:
     require_method(request, "POST")
     key = await authenticate_request(request)
-    if not key.user.is_staff:
-        raise AppError("Loading and unloading models is for staff keys.", status=403, type="permission_error",
-                       code="forbidden")
+    require_scope(key, Scope.ADMIN)
     body = parse_json_body(request)
     model_id = body.get("model_id")
     if not isinstance(model_id, str) or not model_id:

@@ -1,8 +1,9 @@
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers
-from rest_framework.permissions import IsAdminUser
 from rest_framework.response import Response
 from rest_framework.views import APIView
+
+from apps.accounts.models import Scope
 
 from .selectors import model_get, model_list
 from .serializers import ModelListSerializer, ModelSerializer
@@ -27,7 +28,7 @@ class ModelDetailView(APIView):
 
 
 class ModelStatusView(APIView):
-    permission_classes = [IsAdminUser]
+    required_scope = Scope.ADMIN
 
     @extend_schema(summary="Workers, their device memory and loaded models; queue depths (staff)",
                    responses=inline_serializer("ModelStatus", {"workers": serializers.ListField(),

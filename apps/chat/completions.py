@@ -16,6 +16,8 @@ from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework.exceptions import ValidationError
 
+from apps.accounts.models import Scope
+from apps.accounts.services import require_scope
 from apps.core import events
 from apps.core.async_views import authenticate_request, parse_json_body, require_method
 from apps.core.errors import AppError, as_app_error, error_response
@@ -39,6 +41,7 @@ def validate_chat_request(body: dict) -> dict:
 
 async def chat_completion_submit(*, key, body: dict) -> tuple[GenerationRequest, dict]:
     """Validate, store and enqueue; shared by the REST view and the websocket consumer."""
+    require_scope(key, Scope.INFERENCE)
     data = validate_chat_request(body)
     generation = await sync_to_async(chat_completion_create)(user=key.user, api_key=key, data=data)
     return generation, data

@@ -84,7 +84,9 @@ def as_app_error(exc: Exception) -> AppError | None:
     if isinstance(exc, (drf_exceptions.NotAuthenticated, drf_exceptions.AuthenticationFailed)):
         return AuthenticationError(str(exc.detail))
     if isinstance(exc, drf_exceptions.PermissionDenied):
-        return AppError(str(exc.detail), status=403, type="permission_error", code="forbidden")
+        code = exc.get_codes()
+        code = code if isinstance(code, str) and code != "permission_denied" else "forbidden"
+        return AppError(str(exc.detail), status=403, type="permission_error", code=code)
     if isinstance(exc, drf_exceptions.NotFound):
         return NotFoundError(str(exc.detail))
     if isinstance(exc, drf_exceptions.MethodNotAllowed):
