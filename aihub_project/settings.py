@@ -137,6 +137,18 @@ SPECTACULAR_SETTINGS = {
 CELERY_BROKER_URL = env("CELERY_BROKER_URL", default=REDIS_URL)
 CELERY_RESULT_BACKEND = env("CELERY_RESULT_BACKEND", default=REDIS_URL)
 
+# Default limits per API key when neither the key nor its user sets one (0 = unlimited).
+AIHUB_DEFAULT_LIMITS = {
+    "requests_per_minute": env.int("AIHUB_DEFAULT_RPM", default=0),
+    "tokens_per_minute": env.int("AIHUB_DEFAULT_TPM", default=0),
+    "max_concurrent_generations": env.int("AIHUB_DEFAULT_MAX_CONCURRENT", default=0),
+    "token_budget": env.int("AIHUB_DEFAULT_TOKEN_BUDGET", default=0),
+    "budget_period_days": env.int("AIHUB_DEFAULT_BUDGET_PERIOD_DAYS", default=30),
+}
+# Requests waiting for a GPU beyond this get 503 with Retry-After (0 = unbounded), like OLLAMA_MAX_QUEUE.
+AIHUB_MAX_QUEUE = env.int("AIHUB_MAX_QUEUE", default=512)
+AIHUB_QUEUE_RETRY_AFTER_SECONDS = env.int("AIHUB_QUEUE_RETRY_AFTER_SECONDS", default=5)
+
 # Generation knobs.
 AIHUB_DEFAULT_MODEL = env("AIHUB_DEFAULT_MODEL", default="smollm2:135m")
 AIHUB_DEFAULT_MAX_TOKENS = env.int("AIHUB_DEFAULT_MAX_TOKENS", default=512)

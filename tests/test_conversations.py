@@ -52,13 +52,16 @@ def test_someone_elses_conversation_is_not_found(hub, alice, bob, openai_client,
     assert Conversation.objects.filter(id=conversation_id).exists()
 
 
-def test_deleting_a_conversation_removes_its_messages(hub, alice, openai_client, models):
-    conversation_id = _chat(openai_client, models).model_extra["conversation_id"]
+def test_deleting_a_conversation_removes_its_text_and_keeps_usage(hub, alice, openai_client, models):
+    completion = _chat(openai_client, models, "secret question")
+    conversation_id = completion.model_extra["conversation_id"]
     url = f"{hub.api_url}/chat/conversations/{conversation_id}"
     assert httpx.delete(url, headers=alice.auth).status_code == 204
     assert httpx.get(url, headers=alice.auth).status_code == 404
     assert not Message.objects.filter(conversation_id=conversation_id).exists()
-    assert not GenerationRequest.objects.filter(conversation_id=conversation_id).exists()
+    record = GenerationRequest.objects.get(id=completion.id.removeprefix("chatcmpl-"))
+    assert record.conversation_id is None and record.prompt_messages == [] and record.completion == ""
+    assert record.completion_tokens == 3 and record.prompt_tokens > 0
 
 
 def test_models_are_listed_in_the_openai_shape(hub, alice, openai_client, models):

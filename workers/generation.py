@@ -13,6 +13,7 @@ import time
 from django.db import transaction
 from django.utils import timezone
 
+from apps.accounts.limits import limits_settle
 from apps.catalog.models import ModelEntry
 from apps.chat.models import Conversation, GenerationRequest, Message
 from apps.core import events
@@ -55,6 +56,16 @@ def run_generation(generation_id: str, *, worker: str) -> None:
         _fail(generation_id, events.EventWriter.continuing(generation_id), {
             "message": "The request failed on the worker; see the worker log.", "type": "server_error",
             "param": None, "code": "generation_failed"}, from_state=State.RUNNING)
+    finally:
+        settle_limits(generation_id)
+
+
+def settle_limits(generation_id) -> None:
+    """Give back the request's concurrency slot and unused token reservation once it is final."""
+    generation = GenerationRequest.objects.filter(id=generation_id).first()
+    if generation is not None and generation.is_finished:
+        limits_settle(generation.params.get("limits"),
+                      used_tokens=generation.prompt_tokens + generation.completion_tokens)
 
 
 def _run_generation(generation_id: str, *, worker: str) -> None:
@@ -175,5 +186,6 @@ def fail_orphaned_requests(nodename: str) -> int:
     for generation_id in GenerationRequest.objects.filter(
             state=State.RUNNING, worker__startswith=f"{nodename}:").values_list("id", flat=True):
         handle_redelivery(generation_id)
+        settle_limits(generation_id)
         count += 1
     return count

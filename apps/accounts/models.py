@@ -30,7 +30,23 @@ def hash_key(raw_key: str) -> str:
     return hashlib.sha256(raw_key.encode()).hexdigest()
 
 
-class ApiKey(models.Model):
+class LimitFields(models.Model):
+    """Per-user defaults (Profile) and per-key overrides (ApiKey); empty means "inherit", 0 means unlimited."""
+
+    requests_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    tokens_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    max_concurrent_generations = models.PositiveIntegerField(null=True, blank=True)
+    token_budget = models.PositiveBigIntegerField(null=True, blank=True, help_text="Tokens per budget period.")
+    budget_period_days = models.PositiveIntegerField(null=True, blank=True)
+
+    LIMIT_NAMES = ("requests_per_minute", "tokens_per_minute", "max_concurrent_generations", "token_budget",
+                   "budget_period_days")
+
+    class Meta:
+        abstract = True
+
+
+class ApiKey(LimitFields):
     """An API key; the database keeps a lookup prefix and a hash, never the key."""
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_keys")
@@ -78,7 +94,7 @@ class ApiKey(models.Model):
             self.save(update_fields=["revoked_at"])
 
 
-class Profile(models.Model):
+class Profile(LimitFields):
     """Per-user settings."""
 
     user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="aihub_profile")

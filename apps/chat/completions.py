@@ -110,8 +110,12 @@ def completion_body(generation: GenerationRequest) -> dict:
             "finish_reason": generation.finish_reason or "stop",
         }],
         "usage": generation.usage,
-        "conversation_id": str(generation.conversation_id),
+        "conversation_id": _conversation_id(generation),
     }
+
+
+def _conversation_id(generation: GenerationRequest) -> str | None:
+    return str(generation.conversation_id) if generation.conversation_id else None
 
 
 def _chunk(generation: GenerationRequest, created: int, delta: dict, finish_reason=None) -> dict:
@@ -121,7 +125,7 @@ def _chunk(generation: GenerationRequest, created: int, delta: dict, finish_reas
         "created": created,
         "model": generation.model,
         "system_fingerprint": None,
-        "conversation_id": str(generation.conversation_id),
+        "conversation_id": _conversation_id(generation),
         "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
     }
 

@@ -56,7 +56,9 @@ class GenerationRequest(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="generations")
     api_key = models.ForeignKey("accounts.ApiKey", null=True, blank=True, on_delete=models.SET_NULL)
-    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="generations")
+    # Usage records outlive their conversation: deleting it scrubs their text and keeps the numbers.
+    conversation = models.ForeignKey(Conversation, null=True, blank=True, on_delete=models.SET_NULL,
+                                     related_name="generations")
     model = models.CharField(max_length=200)
     route = models.CharField(max_length=300, blank=True, help_text="Why this model and worker were chosen.")
     params = models.JSONField(default=dict, help_text="Sampling parameters as sent to the engine.")

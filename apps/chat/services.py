@@ -1,15 +1,19 @@
 """Writes of the chat app: creating completions, deleting conversations."""
 from __future__ import annotations
 
+import uuid
+
 from django.conf import settings
 from django.db import transaction
 
+from apps.accounts.limits import estimate_prompt_tokens, limits_admit, limits_settle
 from apps.accounts.services import preferred_model_get
 from apps.catalog.models import ModelEntry
 from apps.catalog.routing import Candidate, Performance, Route, choose_model, choose_worker, task_type
 from apps.catalog.selectors import model_get, model_list
 from apps.catalog.workers import WorkerState, live_workers
 from apps.core.errors import AppError
+from apps.core.events import request_cancel_sync
 from apps.core.tasks import enqueue_on_commit
 
 from .models import Conversation, GenerationRequest, Message
@@ -78,16 +82,42 @@ def chat_completion_create(*, user, api_key, data: dict) -> GenerationRequest:
     if data.get("conversation_id"):
         conversation = conversation_get(user=user, conversation_id=data["conversation_id"], for_update=True)
         history = list(conversation.messages.values("role", "content"))
+    else:
+        conversation, history = None, []
+    queue_check()
+    generation_id = uuid.uuid4()
+    reservation = limits_admit(key=api_key, request_id=str(generation_id),
+                               cost=estimate_prompt_tokens(history + new_messages) + max_tokens)
+    try:
+        return _store_and_enqueue(generation_id, user=user, api_key=api_key, data=data, model=model, route=route,
+                                  conversation=conversation, history=history, new_messages=new_messages,
+                                  max_tokens=max_tokens, reservation=reservation)
+    except BaseException:
+        limits_settle(reservation, used_tokens=0)  # the transaction rolls back: give the share back
+        raise
+
+
+def queue_check() -> None:
+    """Bound the wait for a GPU: past AIHUB_MAX_QUEUE waiting requests, ask clients to come back later."""
+    limit = settings.AIHUB_MAX_QUEUE
+    if limit and GenerationRequest.objects.filter(state=GenerationRequest.State.QUEUED).count() >= limit:
+        raise AppError(f"The hub has {limit} requests waiting for a GPU; retry shortly.", status=503,
+                       type="server_error", code="queue_full", retry_after=settings.AIHUB_QUEUE_RETRY_AFTER_SECONDS)
+
+
+def _store_and_enqueue(generation_id, *, user, api_key, data, model, route, conversation, history, new_messages,
+                       max_tokens, reservation) -> GenerationRequest:
+    if conversation is None:
+        conversation = Conversation.objects.create(user=user, model=model.id, title=_title_from(new_messages))
+    else:
         conversation.model = model.id
         conversation.save(update_fields=["model", "updated_at"])
-    else:
-        conversation = Conversation.objects.create(user=user, model=model.id, title=_title_from(new_messages))
-        history = []
     Message.objects.bulk_create([Message(conversation=conversation, **m) for m in new_messages])
 
     temperature = data.get("temperature")
     top_p = data.get("top_p")
     generation = GenerationRequest.objects.create(
+        id=generation_id,
         user=user,
         api_key=api_key,
         conversation=conversation,
@@ -103,18 +133,19 @@ def chat_completion_create(*, user, api_key, data: dict) -> GenerationRequest:
             "ignore_eos": data.get("ignore_eos", False),
             "context_length": model.context_length,
             "keep_alive": data.get("keep_alive"),
+            "limits": reservation,
         },
     )
     enqueue_on_commit(GENERATE_TASK, args=[str(generation.id)], queue=route.queue)
     return generation
 
 
+@transaction.atomic
 def conversation_delete(*, user, conversation_id) -> None:
-    conversation = conversation_get(user=user, conversation_id=conversation_id)
-    # Running generations keep their rows until they finish; cancel them first.
-    from apps.core.events import request_cancel_sync
-
-    for generation_id in conversation.generations.filter(
-            state__in=[GenerationRequest.State.QUEUED, GenerationRequest.State.RUNNING]).values_list("id", flat=True):
+    """Delete the conversation and its messages; its requests stay as usage records without their text."""
+    conversation = conversation_get(user=user, conversation_id=conversation_id, for_update=True)
+    live = conversation.generations.filter(state__in=[GenerationRequest.State.QUEUED, GenerationRequest.State.RUNNING])
+    for generation_id in live.values_list("id", flat=True):
         request_cancel_sync(generation_id)
+    conversation.generations.update(prompt_messages=[], completion="")
     conversation.delete()

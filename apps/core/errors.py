@@ -15,8 +15,9 @@ class AppError(Exception):
     """An error a client can act on, raised by services and views alike."""
 
     def __init__(self, message: str, *, status: int = 400, type: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None):
+                 param: str | None = None, code: str | None = None, retry_after: int | None = None):
         super().__init__(message)
+        self.retry_after = retry_after
         self.message = message
         self.status = status
         self.type = type
@@ -44,9 +45,14 @@ def error_body(message: str, *, type: str = "invalid_request_error", param: str 
 
 def error_response(error: AppError) -> JsonResponse:
     """For plain (async) Django views, which DRF's handler does not reach."""
-    response = JsonResponse(error.as_body(), status=error.status)
+    return _with_headers(JsonResponse(error.as_body(), status=error.status), error)
+
+
+def _with_headers(response, error: AppError):
     if error.status == 401:
         response["WWW-Authenticate"] = 'Bearer realm="api"'
+    if error.retry_after is not None:
+        response["Retry-After"] = str(error.retry_after)
     return response
 
 
@@ -108,10 +114,7 @@ def drf_exception_handler(exc, context):
     error = as_app_error(exc)
     if error is None:
         return None  # a bug: let Django log it and answer 500
-    response = Response(error.as_body(), status=error.status)
-    if error.status == 401:
-        response["WWW-Authenticate"] = 'Bearer realm="api"'
-    return response
+    return _with_headers(Response(error.as_body(), status=error.status), error)
 
 
 def json_404(request, exception=None):

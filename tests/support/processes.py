@@ -34,9 +34,9 @@ class ProcessGroup:
     def start_worker(self, name: str, queue: str, concurrency: int = 1, env: dict | None = None) -> subprocess.Popen:
         return self.start(name, celery_worker(name, queue, concurrency), env)
 
-    def start_web(self, port: int) -> subprocess.Popen:
-        return self.start("web", [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
-                                  "aihub_project.asgi:application"])
+    def start_web(self, port: int, name: str = "web", env: dict | None = None) -> subprocess.Popen:
+        return self.start(name, [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
+                                 "aihub_project.asgi:application"], env)
 
     def log(self, name: str) -> str:
         return (self.log_dir / f"{name}.log").read_text(errors="replace")
