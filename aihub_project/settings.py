@@ -17,6 +17,17 @@ SECRET_KEY = env("DJANGO_SECRET_KEY", default="insecure-local-development-key-ch
 DEBUG = env.bool("DJANGO_DEBUG", default=False)
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
 
+# Behind TLS in production (DJANGO_SECURE=true): HTTPS only, secure cookies, HSTS.
+# `manage.py check --deploy` passes with it and a strong DJANGO_SECRET_KEY.
+if env.bool("DJANGO_SECURE", default=False):
+    SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=True)
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_HSTS_SECONDS = env.int("DJANGO_SECURE_HSTS_SECONDS", default=31536000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+
 # Where the hub keeps its own state: embedded database data, Valkey data, the model store.
 AIHUB_VAR_DIR = Path(env("AIHUB_VAR_DIR", default=str(BASE_DIR / "var")))
 AIHUB_LOG_DIR = Path(env("AIHUB_LOG_DIR", default=str(BASE_DIR / "logs")))
@@ -39,6 +50,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "channels",
+    "django_prometheus",
     "apps.core",
     "apps.accounts",
     "apps.catalog",
@@ -47,6 +59,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -55,6 +68,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
 ROOT_URLCONF = "aihub_project.urls"
@@ -124,10 +138,6 @@ SPECTACULAR_SETTINGS = {
         "drf_spectacular.hooks.postprocess_schema_enums",
         "apps.chat.openapi.add_chat_completions_path",
     ],
-    "APPEND_COMPONENTS": {
-        "securitySchemes": {"ApiKey": {"type": "http", "scheme": "bearer"}},
-    },
-    "SECURITY": [{"ApiKey": []}],
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
@@ -148,6 +158,11 @@ AIHUB_DEFAULT_LIMITS = {
 # Requests waiting for a GPU beyond this get 503 with Retry-After (0 = unbounded), like OLLAMA_MAX_QUEUE.
 AIHUB_MAX_QUEUE = env.int("AIHUB_MAX_QUEUE", default=512)
 AIHUB_QUEUE_RETRY_AFTER_SECONDS = env.int("AIHUB_QUEUE_RETRY_AFTER_SECONDS", default=5)
+
+# Response cache for deterministic requests (temperature 0 or a seed), per user. A request's
+# `cache` field decides; this is the answer when it says nothing.
+AIHUB_RESPONSE_CACHE_DEFAULT = env.bool("AIHUB_RESPONSE_CACHE_DEFAULT", default=False)
+AIHUB_RESPONSE_CACHE_TTL_SECONDS = env.int("AIHUB_RESPONSE_CACHE_TTL_SECONDS", default=3600)
 
 # Generation knobs.
 AIHUB_DEFAULT_MODEL = env("AIHUB_DEFAULT_MODEL", default="smollm2:135m")

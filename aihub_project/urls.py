@@ -7,7 +7,7 @@ from apps.catalog.control import model_load_view, model_unload_view
 from apps.catalog.views import ModelDetailView, ModelListView, ModelStatusView
 from apps.chat.completions import chat_completions_view
 from apps.chat.views import ConversationDetailView, ConversationListView
-from apps.monitoring.views import HealthView
+from apps.monitoring.views import HealthView, LivenessView, SystemAnalyticsView, SystemMetricsView
 
 api_v1 = [
     path("chat/completions", chat_completions_view, name="chat-completions"),
@@ -19,6 +19,8 @@ api_v1 = [
     path("models/load", model_load_view, name="model-load"),
     path("models/unload", model_unload_view, name="model-unload"),
     path("me", MeView.as_view(), name="me"),
+    path("system/metrics", SystemMetricsView.as_view(), name="system-metrics"),
+    path("system/analytics", SystemAnalyticsView.as_view(), name="system-analytics"),
     path("keys", ApiKeyListView.as_view(), name="key-list"),
     path("keys/<int:key_id>", ApiKeyDetailView.as_view(), name="key-detail"),
     path("models/<path:model_id>", ModelDetailView.as_view(), name="model-detail"),
@@ -27,9 +29,12 @@ api_v1 = [
 urlpatterns = [
     path("api/v1/", include(api_v1)),
     path("health", HealthView.as_view(), name="health"),
+    path("health/ready", HealthView.as_view(), name="health-ready"),
+    path("health/live", LivenessView.as_view(), name="health-live"),
     path("api/schema", SpectacularAPIView.as_view(), name="schema"),
     path("docs", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("admin/", admin.site.urls),
+    path("", include("django_prometheus.urls")),  # /metrics
 ]
 
 handler404 = "apps.core.errors.json_404"

@@ -54,7 +54,10 @@ def test_runhub_starts_everything_stops_everything_and_keeps_its_data(tmp_path):
 
     process = _start(env, log_path)
     _wait_healthy(process, f"http://127.0.0.1:{port}/health", log_path)
-    assert httpx.get(f"http://127.0.0.1:{flower_port}/", timeout=10).status_code == 200
+    flower = f"http://127.0.0.1:{flower_port}/"
+    assert httpx.get(flower, timeout=10).status_code == 401  # Flower shows task arguments: never open
+    user, password = (tmp_path / "var" / "flower-credentials.txt").read_text().strip().split(":", 1)
+    assert httpx.get(flower, auth=(user, password), timeout=10).status_code == 200
     assert (tmp_path / "var" / "admin-credentials.txt").is_file()
     _interrupt_and_check_nothing_is_left(process)
     first_output = log_path.read_text()

@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from apps.accounts.limits import limits_settle
 from apps.catalog.models import ModelEntry
+from apps.chat.cache import cache_put
 from apps.chat.models import Conversation, GenerationRequest, Message
 from apps.core import events
 
@@ -153,6 +154,9 @@ def _run_generation(generation_id: str, *, worker: str) -> None:
             Message.objects.create(conversation_id=generation.conversation_id, role="assistant",
                                    content=result.text, generation_id=generation.id)
             Conversation.objects.filter(id=generation.conversation_id).update(updated_at=finished_at)
+    if changed and generation.params.get("cache_key"):
+        cache_put(generation.params["cache_key"], completion=result.text, finish_reason=result.finish_reason,
+                  prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens)
     if changed:
         # Announced only after the commit: a reader that sees `done` finds the row final.
         writer.append(events.DONE, finish_reason=result.finish_reason, usage={

@@ -47,6 +47,11 @@ def device_memory(device: torch.device) -> dict:
                 pass
             info.update(memory_total_bytes=memory.total, memory_used_bytes=memory.used,
                         process_bytes=process_bytes or info["reserved_bytes"], source="nvml")
+            try:
+                info["utilization_percent"] = pynvml.nvmlDeviceGetUtilizationRates(handle).gpu
+                info["temperature_c"] = pynvml.nvmlDeviceGetTemperature(handle, pynvml.NVML_TEMPERATURE_GPU)
+            except pynvml.NVMLError:
+                pass
         else:
             free, total = torch.cuda.mem_get_info(index)
             info.update(memory_total_bytes=total, memory_used_bytes=total - free,
@@ -55,7 +60,8 @@ def device_memory(device: torch.device) -> dict:
     memory = psutil.virtual_memory()
     return {"device": "cpu", "name": "cpu", "memory_total_bytes": memory.total,
             "memory_used_bytes": memory.total - memory.available,
-            "process_bytes": psutil.Process().memory_info().rss, "source": "psutil"}
+            "process_bytes": psutil.Process().memory_info().rss, "source": "psutil",
+            "utilization_percent": psutil.cpu_percent(interval=None)}
 
 
 def module_bytes(model: torch.nn.Module) -> int:

@@ -68,6 +68,8 @@ async def chat_completions_view(request: HttpRequest):
 def _describe(response, generation: GenerationRequest):
     response["X-AIHub-Request-Id"] = str(generation.id)
     response["X-AIHub-Route"] = generation.route
+    if "cache_key" in generation.params:
+        response["X-AIHub-Cache"] = "hit" if generation.cache_hit else "miss"
     return response
 
 

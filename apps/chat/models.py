@@ -70,6 +70,7 @@ class GenerationRequest(models.Model):
     prompt_tokens = models.PositiveIntegerField(default=0)
     completion_tokens = models.PositiveIntegerField(default=0)
     worker = models.CharField(max_length=200, blank=True, help_text="hostname:pid of the worker that ran it.")
+    cache_hit = models.BooleanField(default=False, help_text="Answered from the response cache, not a GPU.")
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
     first_token_at = models.DateTimeField(null=True, blank=True)

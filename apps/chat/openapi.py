@@ -74,6 +74,7 @@ def add_chat_completions_path(result, generator, request, public):
         "operationId": "chat_completions_create",
         "summary": "Create a chat completion (OpenAI-compatible; SSE when stream is true)",
         "tags": ["chat"],
+        "security": [{"ApiKey": []}],
         "requestBody": {"required": True, "content": {"application/json": {
             "schema": {"$ref": "#/components/schemas/ChatCompletionRequest"}}}},
         "responses": {

@@ -96,6 +96,8 @@ class ChatCompletionRequestSerializer(serializers.Serializer):
     n = StrictIntegerField(required=False, allow_null=True)
     keep_alive = StrictFloatField(required=False, allow_null=True, min_value=-1,
                                   help_text="Seconds the model stays loaded after this request (-1 pins, 0 unloads).")
+    cache = StrictBooleanField(required=False, allow_null=True, default=None,
+                               help_text="Answer deterministic requests from the response cache (per user).")
     ignore_eos = StrictBooleanField(required=False, default=False,
                                     help_text="vLLM extension: generate exactly max_tokens tokens (benchmarks).")
     conversation_id = serializers.UUIDField(required=False, allow_null=True,

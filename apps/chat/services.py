@@ -5,6 +5,7 @@ import uuid
 
 from django.conf import settings
 from django.db import transaction
+from django.utils import timezone
 
 from apps.accounts.limits import estimate_prompt_tokens, limits_admit, limits_settle
 from apps.accounts.services import preferred_model_get
@@ -13,9 +14,10 @@ from apps.catalog.routing import Candidate, Performance, Route, choose_model, ch
 from apps.catalog.selectors import model_get, model_list
 from apps.catalog.workers import WorkerState, live_workers
 from apps.core.errors import AppError
-from apps.core.events import request_cancel_sync
+from apps.core.events import DONE, TOKEN, EventWriter, request_cancel_sync
 from apps.core.tasks import enqueue_on_commit
 
+from .cache import cache_get, cache_key, cache_wanted
 from .models import Conversation, GenerationRequest, Message
 from .selectors import conversation_get, model_performance
 
@@ -84,17 +86,64 @@ def chat_completion_create(*, user, api_key, data: dict) -> GenerationRequest:
         history = list(conversation.messages.values("role", "content"))
     else:
         conversation, history = None, []
-    queue_check()
+    params = _params(data, model=model, max_tokens=max_tokens)
+    cached = None
+    if cache_wanted(data.get("cache"), params):
+        params["cache_key"] = cache_key(user_id=user.id, model=model.id, messages=history + new_messages,
+                                        params=params)
+        cached = cache_get(params["cache_key"])
+    if cached is None:
+        queue_check()
     generation_id = uuid.uuid4()
-    reservation = limits_admit(key=api_key, request_id=str(generation_id),
-                               cost=estimate_prompt_tokens(history + new_messages) + max_tokens)
+    # A cache hit uses no GPU: it counts as a request, not against token limits.
+    cost = 0 if cached else estimate_prompt_tokens(history + new_messages) + max_tokens
+    reservation = limits_admit(key=api_key, request_id=str(generation_id), cost=cost)
     try:
-        return _store_and_enqueue(generation_id, user=user, api_key=api_key, data=data, model=model, route=route,
-                                  conversation=conversation, history=history, new_messages=new_messages,
-                                  max_tokens=max_tokens, reservation=reservation)
+        params["limits"] = reservation
+        generation = _store(generation_id, user=user, api_key=api_key, model=model, route=route, params=params,
+                            conversation=conversation, history=history, new_messages=new_messages)
     except BaseException:
         limits_settle(reservation, used_tokens=0)  # the transaction rolls back: give the share back
         raise
+    if cached:
+        generation.cache_hit = True  # the row is updated once committed; the response says so now
+        transaction.on_commit(lambda: _answer_from_cache(generation, cached, reservation))
+    else:
+        enqueue_on_commit(GENERATE_TASK, args=[str(generation.id)], queue=route.queue)
+    return generation
+
+
+def _params(data: dict, *, model, max_tokens: int) -> dict:
+    """Sampling parameters as the engine takes them."""
+    temperature, top_p = data.get("temperature"), data.get("top_p")
+    return {
+        "max_tokens": max_tokens,
+        "temperature": 1.0 if temperature is None else temperature,
+        "top_p": 1.0 if top_p is None else top_p,
+        "stop": data.get("stop") or [],
+        "seed": data.get("seed"),
+        "ignore_eos": data.get("ignore_eos", False),
+        "context_length": model.context_length,
+        "keep_alive": data.get("keep_alive"),
+    }
+
+
+def _answer_from_cache(generation: GenerationRequest, cached: dict, reservation: dict) -> None:
+    now = timezone.now()
+    GenerationRequest.objects.filter(id=generation.id).update(
+        state=GenerationRequest.State.SUCCEEDED, cache_hit=True, completion=cached["completion"],
+        finish_reason=cached["finish_reason"], prompt_tokens=cached["prompt_tokens"],
+        completion_tokens=cached["completion_tokens"], started_at=now, first_token_at=now, finished_at=now,
+        queue_wait_ms=0, time_to_first_token_ms=0, total_ms=0, worker="cache")
+    Message.objects.create(conversation_id=generation.conversation_id, role="assistant",
+                           content=cached["completion"], generation_id=generation.id)
+    limits_settle(reservation, used_tokens=0)
+    writer = EventWriter(generation.id)
+    if cached["completion"]:
+        writer.append(TOKEN, text=cached["completion"])
+    writer.append(DONE, finish_reason=cached["finish_reason"], usage={
+        "prompt_tokens": cached["prompt_tokens"], "completion_tokens": cached["completion_tokens"],
+        "total_tokens": cached["prompt_tokens"] + cached["completion_tokens"]}, cache_hit=True)
 
 
 def queue_check() -> None:
@@ -105,8 +154,8 @@ def queue_check() -> None:
                        type="server_error", code="queue_full", retry_after=settings.AIHUB_QUEUE_RETRY_AFTER_SECONDS)
 
 
-def _store_and_enqueue(generation_id, *, user, api_key, data, model, route, conversation, history, new_messages,
-                       max_tokens, reservation) -> GenerationRequest:
+def _store(generation_id, *, user, api_key, model, route, params, conversation, history,
+           new_messages) -> GenerationRequest:
     if conversation is None:
         conversation = Conversation.objects.create(user=user, model=model.id, title=_title_from(new_messages))
     else:
@@ -114,9 +163,7 @@ def _store_and_enqueue(generation_id, *, user, api_key, data, model, route, conv
         conversation.save(update_fields=["model", "updated_at"])
     Message.objects.bulk_create([Message(conversation=conversation, **m) for m in new_messages])
 
-    temperature = data.get("temperature")
-    top_p = data.get("top_p")
-    generation = GenerationRequest.objects.create(
+    return GenerationRequest.objects.create(
         id=generation_id,
         user=user,
         api_key=api_key,
@@ -124,20 +171,8 @@ def _store_and_enqueue(generation_id, *, user, api_key, data, model, route, conv
         model=model.id,
         route=route.reason,
         prompt_messages=history + new_messages,
-        params={
-            "max_tokens": max_tokens,
-            "temperature": 1.0 if temperature is None else temperature,
-            "top_p": 1.0 if top_p is None else top_p,
-            "stop": data.get("stop") or [],
-            "seed": data.get("seed"),
-            "ignore_eos": data.get("ignore_eos", False),
-            "context_length": model.context_length,
-            "keep_alive": data.get("keep_alive"),
-            "limits": reservation,
-        },
+        params=params,
     )
-    enqueue_on_commit(GENERATE_TASK, args=[str(generation.id)], queue=route.queue)
-    return generation
 
 
 @transaction.atomic

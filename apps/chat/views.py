@@ -26,6 +26,7 @@ def _int_param(request, name: str, default: int, *, low: int, high: int) -> int:
 
 class ConversationListView(APIView):
     @extend_schema(
+        operation_id="conversations_list",
         summary="List your conversations, most recently updated first",
         parameters=[OpenApiParameter("limit", int, description=f"1..{MAX_PAGE}, default 20"),
                     OpenApiParameter("offset", int, description="default 0")],

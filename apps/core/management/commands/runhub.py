@@ -102,4 +102,18 @@ class Command(BaseCommand):
         supervisor.start("default worker", celery_worker("default", celeryconfig.DEFAULT_QUEUE, 2))
         if flower:
             supervisor.start("flower", [python, "-m", "celery", "-A", "aihub_project", "flower",
-                                        f"--port={flower_port}", f"--address={host}"])
+                                        f"--port={flower_port}", f"--address={host}"],
+                             env={**os.environ, "FLOWER_BASIC_AUTH": self._flower_credentials()})
+
+    def _flower_credentials(self) -> str:
+        """Flower sees every task's arguments: it always runs behind basic auth."""
+        credentials = os.environ.get("AIHUB_FLOWER_BASIC_AUTH")
+        if credentials:
+            return credentials
+        stored = settings.AIHUB_VAR_DIR / "flower-credentials.txt"
+        if not stored.exists():
+            stored.write_text(f"admin:{secrets.token_urlsafe(12)}\n")
+            stored.chmod(0o600)
+        credentials = stored.read_text().strip()
+        self.stdout.write(f"Flower login: {credentials} (from {stored}; set AIHUB_FLOWER_BASIC_AUTH to choose)")
+        return credentials

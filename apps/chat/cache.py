@@ -1,0 +1,42 @@
+"""The response cache for deterministic requests (temperature 0, or a seed), scoped per user.
+
+A hit is answered by the web process without a GPU: it writes the cached
+answer into the request's event log, so SSE, websocket and plain responses
+work unchanged, and the request row records `cache_hit` for analytics.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+
+from django.conf import settings
+
+from apps.core.redis import sync_client
+
+CACHED_PARAMS = ("max_tokens", "temperature", "top_p", "stop", "seed", "ignore_eos")
+
+
+def is_deterministic(params: dict) -> bool:
+    return params.get("temperature") == 0 or params.get("seed") is not None
+
+
+def cache_wanted(requested: bool | None, params: dict) -> bool:
+    wanted = settings.AIHUB_RESPONSE_CACHE_DEFAULT if requested is None else requested
+    return bool(wanted) and is_deterministic(params)
+
+
+def cache_key(*, user_id: int, model: str, messages: list[dict], params: dict) -> str:
+    material = json.dumps({"user": user_id, "model": model, "messages": messages,
+                           "params": {name: params.get(name) for name in CACHED_PARAMS}}, sort_keys=True)
+    return "aihub:cache:" + hashlib.sha256(material.encode()).hexdigest()
+
+
+def cache_get(key: str) -> dict | None:
+    value = sync_client().get(key)
+    return json.loads(value) if value else None
+
+
+def cache_put(key: str, *, completion: str, finish_reason: str, prompt_tokens: int, completion_tokens: int) -> None:
+    sync_client().set(key, json.dumps({"completion": completion, "finish_reason": finish_reason,
+                                       "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}),
+                      ex=settings.AIHUB_RESPONSE_CACHE_TTL_SECONDS)

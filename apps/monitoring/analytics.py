@@ -1,0 +1,53 @@
+"""Usage analytics over the request records (GenerationRequest rows)."""
+from __future__ import annotations
+
+from datetime import datetime
+
+from django.db.models import Avg, Count, F, Q, Sum
+from django.db.models.functions import Coalesce, TruncDay, TruncHour
+
+from apps.chat.models import GenerationRequest
+
+State = GenerationRequest.State
+GROUPINGS = {
+    "model": F("model"),
+    "user": F("user__username"),
+    "hour": TruncHour("created_at"),
+    "day": TruncDay("created_at"),
+}
+
+
+def usage_analytics(*, users=None, group_by: str, since: datetime, until: datetime) -> dict:
+    """Aggregates by `group_by`; `users` None means everyone (staff)."""
+    rows = GenerationRequest.objects.filter(created_at__gte=since, created_at__lt=until)
+    if users is not None:
+        rows = rows.filter(user__in=users)
+    measures = {
+        "requests": Count("id"),
+        "succeeded": Count("id", filter=Q(state=State.SUCCEEDED)),
+        "failed": Count("id", filter=Q(state=State.FAILED)),
+        "cancelled": Count("id", filter=Q(state=State.CANCELLED)),
+        "cache_hits": Count("id", filter=Q(cache_hit=True)),
+        "prompt_tokens": Coalesce(Sum("prompt_tokens"), 0),
+        "completion_tokens": Coalesce(Sum("completion_tokens"), 0),
+        "avg_queue_wait_ms": Avg("queue_wait_ms"),
+        "avg_time_to_first_token_ms": Avg("time_to_first_token_ms"),
+        "avg_total_ms": Avg("total_ms"),
+    }
+    grouped = rows.annotate(key=GROUPINGS[group_by]).values("key").annotate(**measures).order_by("key")
+    return {
+        "data": [_shape(row) for row in grouped],
+        "totals": _shape(rows.aggregate(**measures)),
+    }
+
+
+def _shape(row: dict) -> dict:
+    row = dict(row)
+    if isinstance(row.get("key"), datetime):
+        row["key"] = row["key"].isoformat()
+    row["total_tokens"] = row["prompt_tokens"] + row["completion_tokens"]
+    finished = row["succeeded"] + row["failed"]
+    row["error_rate"] = round(row["failed"] / finished, 4) if finished else 0.0
+    for name in ("avg_queue_wait_ms", "avg_time_to_first_token_ms", "avg_total_ms"):
+        row[name] = round(row[name], 2) if row[name] is not None else None
+    return row
