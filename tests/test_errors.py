@@ -85,6 +85,26 @@ def test_max_tokens_over_the_models_limit_is_a_400(hub, alice, models):
     _nothing_stored(alice.user)
 
 
+def test_a_models_own_max_tokens_cap_applies(hub, alice, models):
+    from apps.catalog.models import ModelEntry
+
+    ModelEntry.objects.filter(id=models["tiny"]).update(max_completion_tokens=3500)
+    try:
+        error = _assert_error(_post(hub, alice, {"model": models["tiny"], "messages": OK_MESSAGES,
+                                                 "max_tokens": 3501}), 400, param="max_tokens")
+        assert "at most 3500" in error["message"]
+    finally:
+        ModelEntry.objects.filter(id=models["tiny"]).update(max_completion_tokens=None)
+    _nothing_stored(alice.user)
+
+
+def test_a_prompt_far_beyond_the_context_is_refused_before_queueing(hub, alice, models):
+    huge = "word " * 40000
+    _assert_error(_post(hub, alice, {"model": models["tiny"], "messages": [{"role": "user", "content": huge}]}),
+                  400, code="context_length_exceeded", param="messages")
+    _nothing_stored(alice.user)
+
+
 def test_a_prompt_longer_than_the_context_fails_cleanly(hub, alice, models):
     long_text = "The quick brown fox jumps over the lazy dog. " * 600
     response = _post(hub, alice, {"model": models["tiny"], "max_tokens": 10,

@@ -67,6 +67,8 @@ def test_the_admin_shows_every_model_to_staff(hub, alice, openai_client, models)
         assert response.status_code == 200, page
     listing = client.get("/admin/chat/generationrequest/").content.decode()
     assert "succeeded" in listing
+    users = client.get(f"/admin/auth/user/?q={alice.user.username}").content.decode()
+    assert 'class="field-requests">1<' in users  # usage per user
 
 
 def test_an_api_key_made_in_the_admin_is_shown_once_and_works(hub, alice):

@@ -3,6 +3,8 @@ from django.utils import timezone
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
+from django.db.models import Count, Sum
+from django.db.models.functions import Coalesce
 
 from .models import ApiKey, Profile
 from .services import api_key_create
@@ -44,4 +46,21 @@ admin.site.unregister(User)
 
 @admin.register(User)
 class UserWithProfileAdmin(UserAdmin):
+    """Users with their settings, limits and usage (details: GET /api/v1/system/analytics)."""
+
     inlines = [ProfileInline]
+    list_display = ("username", "is_staff", "is_active", "requests", "tokens", "last_login")
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(
+            request_count=Count("generations"),
+            token_count=Coalesce(Sum("generations__prompt_tokens"), 0) + Coalesce(
+                Sum("generations__completion_tokens"), 0))
+
+    @admin.display(description="requests", ordering="request_count")
+    def requests(self, obj):
+        return obj.request_count
+
+    @admin.display(description="tokens", ordering="token_count")
+    def tokens(self, obj):
+        return obj.token_count

@@ -9,6 +9,7 @@ concurrency slot and refunds the tokens it reserved but did not use.
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -32,7 +33,10 @@ class Limits:
 
 def effective_limits(key: ApiKey) -> Limits:
     """The key's own value, else the user's, else the setting; 0 means unlimited."""
-    profile = Profile.objects.filter(user_id=key.user_id).first()
+    try:
+        profile = key.user.aihub_profile  # loaded with the key (api_key_authenticate)
+    except Profile.DoesNotExist:
+        profile = None
     values = {}
     for name in LimitFields.LIMIT_NAMES:
         for source in (key, profile):
@@ -73,6 +77,12 @@ return {'ok', '', 0}
 """
 
 
+@functools.cache
+def _admit_script():
+    # EVALSHA: the script travels once per connection pool, not with every request.
+    return sync_client().register_script(_ADMIT)
+
+
 def _keys(key_id: int, now: float, period_days: int) -> tuple[list[str], int, int]:
     minute = int(now // 60)
     period_seconds = max(1, period_days) * 86400
@@ -89,10 +99,9 @@ def limits_admit(*, key: ApiKey, request_id: str, cost: int) -> dict:
     limits = effective_limits(key)
     now = time.time()
     keys, minute_left, budget_left = _keys(key.id, now, limits.budget_period_days)
-    client = sync_client()
-    result = client.eval(_ADMIT, 4, *keys, limits.requests_per_minute, limits.tokens_per_minute,
+    result = _admit_script()(keys, [limits.requests_per_minute, limits.tokens_per_minute,
                          limits.token_budget, limits.max_concurrent_generations, cost, request_id, now,
-                         minute_left, budget_left, int(settings.AIHUB_REQUEST_TIMEOUT_SECONDS))
+                                     minute_left, budget_left, int(settings.AIHUB_REQUEST_TIMEOUT_SECONDS)])
     verdict, what, retry_after = result
     if verdict != "ok":
         kind = "insufficient_quota" if verdict == "insufficient_quota" else "rate_limit_exceeded"

@@ -47,7 +47,8 @@ def api_key_authenticate(*, raw_key: str) -> ApiKey | None:
     parts = raw_key.split("_", 2)
     if len(parts) != 3 or parts[0] != KEY_PREFIX:
         return None
-    key = ApiKey.objects.select_related("user").filter(lookup=parts[1]).first()
+    # The profile comes along: limits need it on every request.
+    key = ApiKey.objects.select_related("user", "user__aihub_profile").filter(lookup=parts[1]).first()
     if key is None or not key.matches(raw_key) or not key.is_active or not key.user.is_active:
         return None
     now = timezone.now()

@@ -50,6 +50,8 @@ class ModelEntry(models.Model):
     dtype = models.CharField(max_length=20, choices=Dtype.choices, default=Dtype.AUTO)
     quantization = models.CharField(max_length=20, choices=Quantization.choices, default=Quantization.NONE)
     context_length = models.PositiveIntegerField(help_text="Prompt plus completion tokens the model accepts.")
+    max_completion_tokens = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Cap on max_tokens for this model (empty: the context length).")
     parameter_count = models.BigIntegerField(default=0)
     quantisable_parameter_count = models.BigIntegerField(
         default=0, help_text="Parameters in linear layers (what bitsandbytes quantises).")

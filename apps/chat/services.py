@@ -73,11 +73,12 @@ def chat_completion_create(*, user, api_key, data: dict) -> GenerationRequest:
         requested = AUTO
     route = chat_route(user=user, requested=requested, messages=data["messages"], workers=live_workers())
     model = ModelEntry.objects.get(id=route.model_id)
-    max_tokens = data.get("max_tokens") or min(settings.AIHUB_DEFAULT_MAX_TOKENS, model.context_length)
-    if max_tokens >= model.context_length:
+    cap = model.max_completion_tokens or model.context_length - 1
+    max_tokens = data.get("max_tokens") or min(settings.AIHUB_DEFAULT_MAX_TOKENS, cap)
+    if max_tokens > cap:
         raise AppError(
-            f"max_tokens is {max_tokens}, but the model '{model.id}' accepts at most "
-            f"{model.context_length} tokens including the prompt.",
+            f"max_tokens is {max_tokens}, but the model '{model.id}' allows at most {cap} "
+            f"(its context holds {model.context_length} tokens including the prompt).",
             param="max_tokens", code="context_length_exceeded")
 
     new_messages = [{"role": m["role"], "content": m["content"]} for m in data["messages"]]
@@ -86,6 +87,10 @@ def chat_completion_create(*, user, api_key, data: dict) -> GenerationRequest:
         history = list(conversation.messages.values("role", "content"))
     else:
         conversation, history = None, []
+    # A prompt far beyond the context is refused here; the worker checks the exact token count.
+    if estimate_prompt_tokens(history + new_messages) > 2 * model.context_length:
+        raise AppError(f"The messages are far longer than the model '{model.id}' accepts "
+                       f"({model.context_length} tokens).", param="messages", code="context_length_exceeded")
     params = _params(data, model=model, max_tokens=max_tokens)
     cached = None
     if cache_wanted(data.get("cache"), params):
