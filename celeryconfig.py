@@ -20,6 +20,9 @@ task_default_queue = DEFAULT_QUEUE
 task_queues = (Queue(DEFAULT_QUEUE), Queue(INFERENCE_QUEUE), Queue(TRAINING_QUEUE))
 task_routes = {
     "workers.tasks.generate_chat_completion": {"queue": INFERENCE_QUEUE},
+    "workers.tasks.run_training_job": {"queue": TRAINING_QUEUE},
+    "workers.tasks.validate_training_file": {"queue": DEFAULT_QUEUE},
+    "workers.tasks.validate_training_job": {"queue": DEFAULT_QUEUE},
 }
 
 # Acknowledge after the task ran, not when it was received: a worker that dies

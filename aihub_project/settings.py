@@ -56,6 +56,7 @@ INSTALLED_APPS = [
     "apps.catalog",
     "apps.chat",
     "apps.monitoring",
+    "apps.training",
 ]
 
 MIDDLEWARE = [
@@ -154,6 +155,7 @@ AIHUB_DEFAULT_LIMITS = {
     "max_concurrent_generations": env.int("AIHUB_DEFAULT_MAX_CONCURRENT", default=0),
     "token_budget": env.int("AIHUB_DEFAULT_TOKEN_BUDGET", default=0),
     "budget_period_days": env.int("AIHUB_DEFAULT_BUDGET_PERIOD_DAYS", default=30),
+    "max_queued_training_jobs": env.int("AIHUB_DEFAULT_MAX_QUEUED_TRAINING_JOBS", default=3),
 }
 # Requests waiting for a GPU beyond this get 503 with Retry-After (0 = unbounded), like OLLAMA_MAX_QUEUE.
 AIHUB_MAX_QUEUE = env.int("AIHUB_MAX_QUEUE", default=512)
@@ -163,6 +165,15 @@ AIHUB_QUEUE_RETRY_AFTER_SECONDS = env.int("AIHUB_QUEUE_RETRY_AFTER_SECONDS", def
 # `cache` field decides; this is the answer when it says nothing.
 AIHUB_RESPONSE_CACHE_DEFAULT = env.bool("AIHUB_RESPONSE_CACHE_DEFAULT", default=False)
 AIHUB_RESPONSE_CACHE_TTL_SECONDS = env.int("AIHUB_RESPONSE_CACHE_TTL_SECONDS", default=3600)
+
+# Training: uploaded datasets, the operator's datasets root for `dataset_path`, limits and checkpoints.
+AIHUB_FILES_DIR = Path(env("AIHUB_FILES_DIR", default=str(AIHUB_VAR_DIR / "files")))
+AIHUB_DATASETS_ROOT = env("AIHUB_DATASETS_ROOT", default="") or None
+AIHUB_MAX_FILE_BYTES = env.int("AIHUB_MAX_FILE_BYTES", default=512 * 2**20)
+AIHUB_MAX_FILE_LINES = env.int("AIHUB_MAX_FILE_LINES", default=1_000_000)
+AIHUB_TRAINING_DIR = Path(env("AIHUB_TRAINING_DIR", default=str(AIHUB_VAR_DIR / "training")))
+AIHUB_TRAINING_CHECKPOINT_STEPS = env.int("AIHUB_TRAINING_CHECKPOINT_STEPS", default=50)
+AIHUB_TRAINING_MAX_ATTEMPTS = env.int("AIHUB_TRAINING_MAX_ATTEMPTS", default=3)
 
 # Generation knobs.
 AIHUB_DEFAULT_MODEL = env("AIHUB_DEFAULT_MODEL", default="smollm2:135m")

@@ -7,6 +7,7 @@ from apps.catalog.control import model_load_view, model_unload_view
 from apps.catalog.views import ModelDetailView, ModelListView, ModelStatusView
 from apps.chat.completions import chat_completions_view
 from apps.chat.views import ConversationDetailView, ConversationListView
+from apps.training import views as training
 from apps.monitoring.views import HealthView, LivenessView, SystemAnalyticsView, SystemMetricsView
 
 api_v1 = [
@@ -21,6 +22,15 @@ api_v1 = [
     path("me", MeView.as_view(), name="me"),
     path("system/metrics", SystemMetricsView.as_view(), name="system-metrics"),
     path("system/analytics", SystemAnalyticsView.as_view(), name="system-analytics"),
+    path("files", training.FileListView.as_view(), name="file-list"),
+    path("files/<str:file_id>", training.FileDetailView.as_view(), name="file-detail"),
+    path("training/jobs", training.JobListView.as_view(), name="training-job-list"),
+    path("training/jobs/<str:job_id>", training.JobDetailView.as_view(), name="training-job-detail"),
+    path("training/jobs/<str:job_id>/status", training.JobStatusView.as_view(), name="training-job-status"),
+    path("training/jobs/<str:job_id>/cancel", training.JobCancelView.as_view(), name="training-job-cancel"),
+    path("training/jobs/<str:job_id>/events", training.JobEventsView.as_view(), name="training-job-events"),
+    path("training/jobs/<str:job_id>/checkpoints", training.JobCheckpointsView.as_view(),
+         name="training-job-checkpoints"),
     path("keys", ApiKeyListView.as_view(), name="key-list"),
     path("keys/<int:key_id>", ApiKeyDetailView.as_view(), name="key-detail"),
     path("models/<path:model_id>", ModelDetailView.as_view(), name="model-detail"),

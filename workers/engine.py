@@ -4,7 +4,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList
@@ -34,6 +35,34 @@ class LoadedModel:
     device: torch.device
     context_length: int
     load_seconds: float
+    adapters: set = field(default_factory=set)
+
+
+def attach_adapter(loaded: LoadedModel, name: str, path: str) -> None:
+    """Put a LoRA adapter on the loaded base; several adapters share one base in memory."""
+    if name in loaded.adapters:
+        return
+    from peft import PeftModel
+
+    if not loaded.adapters:
+        loaded.model = PeftModel.from_pretrained(loaded.model, path, adapter_name=name).eval()
+    else:
+        loaded.model.load_adapter(path, adapter_name=name)
+    loaded.adapters.add(name)
+    logger.info("attached adapter %s to %s", name, loaded.model_id)
+
+
+@contextmanager
+def active_adapter(loaded: LoadedModel, name: str | None):
+    """Generate with adapter `name`, or with the plain base when None."""
+    if not loaded.adapters:
+        yield
+    elif name is None:
+        with loaded.model.disable_adapter():
+            yield
+    else:
+        loaded.model.set_adapter(name)
+        yield
 
 
 def load_model(*, model_id: str, path: str, context_length: int, device: torch.device, dtype: str = "auto",

@@ -84,7 +84,7 @@ def _run_generation(generation_id: str, *, worker: str) -> None:
         _finish_cancelled(generation, writer, text="", completion_tokens=0, prompt_tokens=0)
         return
 
-    from .engine import GenerationError, generate
+    from .engine import GenerationError, active_adapter, attach_adapter, generate
     from .model_manager import InsufficientMemory, ModelSpec, get_manager
 
     first_token_at = None
@@ -99,10 +99,15 @@ def _run_generation(generation_id: str, *, worker: str) -> None:
     manager.current_task = str(generation_id)
     try:
         entry = ModelEntry.objects.get(id=generation.model)
-        with manager.use(ModelSpec.from_entry(entry), keep_alive=generation.params.get("keep_alive")) as loaded:
+        # A fine-tuned model is its base plus an adapter: the base stays loaded once for all its adapters.
+        base = ModelEntry.objects.get(id=entry.base_model) if entry.adapter_path else entry
+        with manager.use(ModelSpec.from_entry(base), keep_alive=generation.params.get("keep_alive")) as loaded:
+            if entry.adapter_path:
+                attach_adapter(loaded, entry.id, entry.adapter_path)
             tic = time.perf_counter()
-            result = generate(loaded, messages=generation.prompt_messages, params=generation.params,
-                              on_text=on_text, should_stop=stop_signal)
+            with active_adapter(loaded, entry.id if entry.adapter_path else None):
+                result = generate(loaded, messages=generation.prompt_messages, params=generation.params,
+                                  on_text=on_text, should_stop=stop_signal)
         logger.info("request %s: %d tokens in %.3fs (%s)", generation_id, result.completion_tokens,
                     time.perf_counter() - tic, result.finish_reason)
     except (GenerationError, InsufficientMemory) as exc:

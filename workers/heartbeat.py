@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 HEARTBEAT_PREFIX = "aihub:workers:"
 
 # Set in the worker's main process at start-up (celeryd_after_setup), inherited by the pool process.
-identity: dict = {"nodename": None, "queues": [], "control_queue": None}
+identity: dict = {"nodename": None, "queues": [], "control_queue": None, "trains": False}
 
 
 def worker_queue(nodename: str) -> str:

@@ -26,11 +26,40 @@ def model_control(action: str, model_id: str, reply_id: str, options: dict) -> N
     run_control(action, model_id, reply_id, options)
 
 
+@shared_task(name="workers.tasks.validate_training_file", ignore_result=True)
+def validate_training_file(file_id: str) -> None:
+    from apps.training.models import TrainingFile
+    from apps.training.validation import training_file_validate
+
+    file = TrainingFile.objects.filter(id=file_id).first()
+    if file is not None:
+        training_file_validate(file)
+
+
+@shared_task(name="workers.tasks.validate_training_job", ignore_result=True)
+def validate_training_job(job_id: str) -> None:
+    from apps.training.models import TrainingJob
+    from apps.training.validation import training_job_validate
+
+    job = TrainingJob.objects.filter(id=job_id, status=TrainingJob.Status.VALIDATING_FILES).first()
+    if job is not None:
+        training_job_validate(job)
+
+
+@shared_task(name="workers.tasks.run_training_job", bind=True, ignore_result=True)
+def run_training_job(self, job_id: str) -> None:
+    from .training import run_training_job as train
+
+    train(job_id, worker=f"{self.request.hostname}:{os.getpid()}")
+
+
 @celeryd_after_setup.connect
 def _add_worker_queue(sender, instance, **kwargs):
     """Inference workers also consume a queue of their own (model affinity, load/unload)."""
     queues = instance.app.amqp.queues
     consumed = sorted(queues.consume_from) if queues.consume_from else []
+    if celeryconfig.TRAINING_QUEUE in consumed:
+        heartbeat.identity["trains"] = True
     if celeryconfig.INFERENCE_QUEUE not in consumed:
         return
     own = heartbeat.worker_queue(sender)
@@ -44,6 +73,16 @@ def _start_heartbeat(**kwargs):
         from .model_manager import get_manager
 
         heartbeat.start(get_manager())
+
+
+@worker_ready.connect
+def _resume_training_jobs_orphaned_by_a_crash(sender=None, **kwargs):
+    if heartbeat.identity.get("trains"):
+        from .training import requeue_orphaned_jobs
+
+        count = requeue_orphaned_jobs()
+        if count:
+            logger.warning("re-queued %d training job(s) whose worker died", count)
 
 
 @worker_ready.connect

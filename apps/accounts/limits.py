@@ -29,6 +29,7 @@ class Limits:
     max_concurrent_generations: int
     token_budget: int
     budget_period_days: int
+    max_queued_training_jobs: int
 
 
 def effective_limits(key: ApiKey) -> Limits:

@@ -38,9 +38,10 @@ class LimitFields(models.Model):
     max_concurrent_generations = models.PositiveIntegerField(null=True, blank=True)
     token_budget = models.PositiveBigIntegerField(null=True, blank=True, help_text="Tokens per budget period.")
     budget_period_days = models.PositiveIntegerField(null=True, blank=True)
+    max_queued_training_jobs = models.PositiveIntegerField(null=True, blank=True)
 
     LIMIT_NAMES = ("requests_per_minute", "tokens_per_minute", "max_concurrent_generations", "token_budget",
-                   "budget_period_days")
+                   "budget_period_days", "max_queued_training_jobs")
 
     class Meta:
         abstract = True

@@ -57,6 +57,9 @@ class ModelEntry(models.Model):
         default=0, help_text="Parameters in linear layers (what bitsandbytes quantises).")
     size_bytes = models.BigIntegerField(default=0, help_text="Size of the weights on disk.")
     owned_by = models.CharField(max_length=100, default="aihub")
+    base_model = models.CharField(max_length=200, blank=True,
+                                  help_text="For a fine-tuned adapter: the catalog id of its base model.")
+    adapter_path = models.CharField(max_length=500, blank=True, help_text="LoRA adapter directory (safetensors).")
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
 

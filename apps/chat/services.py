@@ -56,8 +56,9 @@ def chat_route(*, user, requested: str | None, messages: list[dict], workers: li
         raise AppError(f"Image input is not supported yet (model '{entry.id}').", param="messages",
                        code="image_input_unsupported")
     candidate = _candidate(entry)
-    queue, worker, worker_reason = choose_worker(model_id=entry.id, bytes_by_device=candidate.bytes_by_device,
-                                                 workers=workers)
+    # An adapter runs on its base: follow the worker that holds the base.
+    queue, worker, worker_reason = choose_worker(model_id=entry.base_model or entry.id,
+                                                 bytes_by_device=candidate.bytes_by_device, workers=workers)
     return Route(entry.id, queue, worker, f"model={entry.id} ({reason}); {worker_reason}")
 
 

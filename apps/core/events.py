@@ -27,7 +27,7 @@ FINAL_TYPES = frozenset({DONE, ERROR})
 
 
 def events_key(request_id) -> str:
-    return f"aihub:gen:{request_id}:events"
+    return f"aihub:stream:{request_id}:events"
 
 
 def cancel_key(request_id) -> str:

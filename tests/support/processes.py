@@ -75,6 +75,7 @@ def start_hub(env: dict, log_dir: Path) -> tuple[str, ProcessGroup]:
     processes.start_web(port)
     processes.start_worker("inference", "gpu.inference")
     processes.start_worker("training", "gpu.training")
+    processes.start_worker("default", "default")
     base_url = f"http://127.0.0.1:{port}"
     try:
         wait_until_healthy(base_url, processes)
@@ -108,8 +109,10 @@ def start_services(run_dir: Path) -> tuple[list, dict]:
         "AIHUB_VAR_DIR": str(run_dir / "var"),
         "AIHUB_LOG_DIR": str(run_dir / "logs"),
         "AIHUB_MODEL_STORE": str(MODEL_CACHE),
+        "AIHUB_DATASETS_ROOT": str(run_dir / "datasets"),
         "DJANGO_SETTINGS_MODULE": "aihub_project.settings",
     }
+    (run_dir / "datasets").mkdir(parents=True, exist_ok=True)
     return started, env
 
 

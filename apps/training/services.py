@@ -1,0 +1,153 @@
+"""Writes of the training app: files, jobs, their events and cancellation."""
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+import celeryconfig
+from apps.accounts.limits import effective_limits
+from apps.catalog.selectors import model_get
+from apps.core import events
+from apps.core.errors import AppError
+from apps.core.tasks import enqueue_on_commit
+
+from .datasets import resolve_dataset_path
+from .models import TrainingEvent, TrainingFile, TrainingJob
+from .selectors import training_file_get, training_job_get
+
+VALIDATE_FILE_TASK = "workers.tasks.validate_training_file"
+VALIDATE_JOB_TASK = "workers.tasks.validate_training_job"
+TRAIN_TASK = "workers.tasks.run_training_job"
+Status = TrainingJob.Status
+
+DEFAULT_HYPERPARAMETERS = {
+    "learning_rate": 2e-4, "num_epochs": 3, "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.05,
+    "target_modules": None, "batch_size": 4, "gradient_accumulation_steps": 1, "max_seq_length": 512, "seed": 42,
+    "checkpoint_every": None,
+}
+
+
+def training_file_create(*, user, upload, purpose: str) -> TrainingFile:
+    if purpose != "fine-tune":
+        raise AppError("purpose must be 'fine-tune'.", param="purpose", code="invalid_value")
+    if upload.size > settings.AIHUB_MAX_FILE_BYTES:
+        raise AppError(f"The file is {upload.size} bytes; the limit is {settings.AIHUB_MAX_FILE_BYTES}.",
+                       status=413, param="file", code="file_too_large")
+    file_id = uuid.uuid4()
+    directory = Path(settings.AIHUB_FILES_DIR) / str(user.id)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{file_id.hex}.jsonl"
+    with open(path, "wb") as out:
+        for chunk in upload.chunks():
+            out.write(chunk)
+    with transaction.atomic():
+        record = TrainingFile.objects.create(id=file_id, user=user, filename=Path(upload.name).name[:255],
+                                             purpose=purpose, bytes=upload.size, path=str(path))
+        enqueue_on_commit(VALIDATE_FILE_TASK, args=[str(file_id)], queue=celeryconfig.DEFAULT_QUEUE)
+    return record
+
+
+def training_file_delete(*, user, file_id: str) -> None:
+    record = training_file_get(user=user, file_id=file_id)
+    Path(record.path).unlink(missing_ok=True)
+    record.delete()
+
+
+def _hyperparameters(data: dict) -> dict:
+    values = {name: data.get(name, default) for name, default in DEFAULT_HYPERPARAMETERS.items()}
+    return {name: value if value is not None or name in ("target_modules", "checkpoint_every")
+            else DEFAULT_HYPERPARAMETERS[name] for name, value in values.items()}
+
+
+@transaction.atomic
+def training_job_create(*, user, api_key, data: dict) -> TrainingJob:
+    base = model_get(model_id=data["base_model"])
+    if base.adapter_path:
+        raise AppError("Fine-tune a base model, not an adapter.", param="base_model", code="invalid_value")
+    training_file = validation_file = None
+    dataset_path = ""
+    if data.get("training_file"):
+        training_file = training_file_get(user=user, file_id=data["training_file"], param="training_file")
+    elif data.get("dataset_path"):
+        dataset_path = str(resolve_dataset_path(data["dataset_path"]))
+    else:
+        raise AppError("Give training_file (an uploaded file id) or dataset_path.", param="training_file",
+                       code="invalid_value")
+    if data.get("validation_file"):
+        validation_file = training_file_get(user=user, file_id=data["validation_file"], param="validation_file")
+    limit = effective_limits(api_key).max_queued_training_jobs
+    live = TrainingJob.objects.select_for_update().filter(
+        user=user, status__in=[Status.VALIDATING_FILES, Status.QUEUED, Status.RUNNING])
+    if limit and len(live) >= limit:
+        raise AppError(f"You have {limit} training jobs waiting or running; wait for one to finish.", status=429,
+                       type="rate_limit_error", code="rate_limit_exceeded", retry_after=60)
+    job = TrainingJob.objects.create(
+        user=user, api_key=api_key, name=data.get("name") or "", base_model=base.id,
+        training_type=data.get("training_type") or TrainingJob.Type.LORA, training_file=training_file,
+        validation_file=validation_file, dataset_path=dataset_path, hyperparameters=_hyperparameters(data),
+        suffix=data.get("suffix") or "")
+    job_event(job, "Validating training data.")
+    enqueue_on_commit(VALIDATE_JOB_TASK, args=[str(job.id)], queue=celeryconfig.DEFAULT_QUEUE)
+    return job
+
+
+def job_event(job: TrainingJob, message: str, *, type: str = "message", data: dict | None = None,
+              level: str = "info", final: str | None = None) -> None:
+    """Record an event (API: /events) and append it to the job's live stream (websocket)."""
+    event = TrainingEvent.objects.create(job=job, message=message, type=type, data=data, level=level)
+    payload = {"event": event_body(event), "status": job.status}
+    writer = events.EventWriter.continuing(job.id)
+    writer.append(final or "event", **payload)
+
+
+def event_body(event: TrainingEvent) -> dict:
+    return {"id": f"ftevent-{event.id}", "object": "fine_tuning.job.event", "created_at": int(
+        event.created_at.timestamp()), "level": event.level, "message": event.message, "type": event.type,
+        "data": event.data}
+
+
+def job_queue(job: TrainingJob) -> None:
+    """validating_files -> queued, then the GPU training queue takes it."""
+    if TrainingJob.objects.filter(id=job.id, status=Status.VALIDATING_FILES).update(status=Status.QUEUED):
+        job.status = Status.QUEUED
+        job_event(job, "Training data validated; the job is queued.")
+        from aihub_project.celery import app
+
+        app.send_task(TRAIN_TASK, args=[str(job.id)], queue=celeryconfig.TRAINING_QUEUE)
+
+
+def job_finish(job: TrainingJob, status: str, *, from_states, message: str, error: dict | None = None,
+               **fields) -> bool:
+    """Compare-and-set to a final status, with its final event; False when someone else got there first."""
+    changed = TrainingJob.objects.filter(id=job.id, status__in=list(from_states)).update(
+        status=status, error=error, finished_at=timezone.now(), status_reason="", **fields)
+    if changed:
+        job.refresh_from_db()
+        job_event(job, message, level="error" if error else "info", data={"error": error} if error else None,
+                  final=events.ERROR if status == Status.FAILED else events.DONE)
+    return bool(changed)
+
+
+def training_job_cancel(*, user, job_id: str) -> TrainingJob:
+    job = training_job_get(user=user, job_id=job_id)
+    if job.is_finished:
+        return job
+    # Not started yet: cancelled here. Running: the worker stops at its next step and confirms.
+    if not job_finish(job, Status.CANCELLED, from_states=[Status.VALIDATING_FILES, Status.QUEUED],
+                      message="The job was cancelled before it started."):
+        events.request_cancel_sync(job.id)
+    job.refresh_from_db()
+    return job
+
+
+def training_job_delete(*, user, job_id: str) -> TrainingJob | None:
+    """A live job is cancelled (and kept, so its end can be followed); a finished one is deleted."""
+    job = training_job_get(user=user, job_id=job_id)
+    if not job.is_finished:
+        return training_job_cancel(user=user, job_id=job_id)
+    job.delete()
+    return None
