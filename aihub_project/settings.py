@@ -174,6 +174,8 @@ AIHUB_MAX_FILE_LINES = env.int("AIHUB_MAX_FILE_LINES", default=1_000_000)
 AIHUB_TRAINING_DIR = Path(env("AIHUB_TRAINING_DIR", default=str(AIHUB_VAR_DIR / "training")))
 AIHUB_TRAINING_CHECKPOINT_STEPS = env.int("AIHUB_TRAINING_CHECKPOINT_STEPS", default=50)
 AIHUB_TRAINING_MAX_ATTEMPTS = env.int("AIHUB_TRAINING_MAX_ATTEMPTS", default=3)
+# A job that does not fit beside the inference models on its device waits this long between tries.
+AIHUB_TRAINING_MEMORY_RETRY_SECONDS = env.int("AIHUB_TRAINING_MEMORY_RETRY_SECONDS", default=30)
 
 # Generation knobs.
 AIHUB_DEFAULT_MODEL = env("AIHUB_DEFAULT_MODEL", default="smollm2:135m")

@@ -46,7 +46,10 @@ def pool(mid_models):
     processes.start_worker("small", "gpu.inference", env={"AIHUB_GPU_MEMORY_BUDGET": str(4 * MB),
                                                           "MODEL_UNLOAD_TIMEOUT": "2"})
     processes.start_worker("large", "gpu.inference", env={"AIHUB_GPU_MEMORY_BUDGET": str(64 * MB)})
-    processes.start_worker("training", "gpu.training")
+    # Training shares the CPU "device" with both inference workers, within a 6 MiB budget.
+    processes.start_worker("training", "gpu.training", env={"AIHUB_GPU_MEMORY_BUDGET": str(6 * MB),
+                                                            "AIHUB_TRAINING_MEMORY_RETRY_SECONDS": "1"})
+    processes.start_worker("default", "default")
     base_url = f"http://127.0.0.1:{port}"
     try:
         wait_until_healthy(base_url, processes)
@@ -57,7 +60,7 @@ def pool(mid_models):
 
 @pytest.fixture(scope="module")
 def staff():
-    return make_account("ops", staff=True, scopes=["inference", "admin"])
+    return make_account("ops", staff=True, scopes=["inference", "training", "admin"])
 
 
 def _status(base_url, staff):
@@ -232,6 +235,44 @@ def test_auto_honours_the_users_preferred_model(pool, staff, mid_models):
     bad = httpx.patch(f"{base_url}/api/v1/me", json={"preferred_model": "nope:0"}, headers=staff.auth)
     assert bad.status_code == 404
     httpx.patch(f"{base_url}/api/v1/me", json={"preferred_model": None}, headers=staff.auth)
+
+
+def test_training_makes_inference_unload_idle_models_or_waits_queued_with_a_reason(pool, staff, mid_models):
+    import json
+
+    base_url, _ = pool
+    _unload_everything(base_url, staff, mid_models)
+    upload = httpx.post(f"{base_url}/api/v1/files", headers=staff.auth, data={"purpose": "fine-tune"}, files={
+        "file": ("d.jsonl", json.dumps({"instruction": "Say yes", "output": "yes"}).encode() * 1 + b"\n")})
+    file_id = upload.json()["id"]
+
+    def create():
+        response = httpx.post(f"{base_url}/api/v1/training/jobs", headers=staff.auth, json={
+            "base_model": mid_models["b"], "training_file": file_id, "num_epochs": 1})
+        assert response.status_code == 201, response.text
+        return response.json()["id"]
+
+    def job(job_id):
+        return httpx.get(f"{base_url}/api/v1/training/jobs/{job_id}", headers=staff.auth).json()
+
+    # A pinned model leaves too little room (2.6 MiB held, training mid-b needs ~4.7 of 6): the job waits.
+    _post(base_url, "models/load", staff, {"model_id": mid_models["a"], "keep_alive": -1})
+    waiting = create()
+    queued = _wait_for(lambda: job(waiting)["status_reason"] and job(waiting), timeout=60)
+    assert queued["status"] == "queued" and "MiB of device memory" in queued["status_reason"]
+    # Once the model goes, the job runs.
+    _post(base_url, "models/unload", staff, {"model_id": mid_models["a"]})
+    done = _wait_for(lambda: job(waiting)["status"] in ("succeeded", "failed") and job(waiting), timeout=60)
+    assert done["status"] == "succeeded", done
+
+    # An idle (unpinned) model is unloaded by the inference worker to make room.
+    _post(base_url, "models/load", staff, {"model_id": mid_models["a"]})
+    evicting = create()
+    done = _wait_for(lambda: job(evicting)["status"] in ("succeeded", "failed") and job(evicting), timeout=60)
+    assert done["status"] == "succeeded", done
+    events = httpx.get(f"{base_url}/api/v1/training/jobs/{evicting}/events", headers=staff.auth).json()["data"]
+    assert any(f"unloaded idle models to make room: {mid_models['a']}" in e["message"] for e in events)
+    assert all(mid_models["a"] not in ids for ids in _loaded(base_url, staff).values())
 
 
 def test_a_worker_that_stops_reporting_drops_out_of_status(pool, staff):

@@ -23,6 +23,8 @@ def run_control(action: str, model_id: str, reply_id: str, options: dict) -> Non
             result = {"status": "loaded", "model": state}
         elif action == "unload":
             result = {"status": "unloaded" if manager.unload(model_id) else "not_loaded"}
+        elif action == "unload_idle":
+            result = {"status": "unloaded", "models": manager.unload_idle(), "models_bytes": manager.used_bytes}
         else:
             raise ValueError(f"unknown action {action}")
     except InsufficientMemory as exc:

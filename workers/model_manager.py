@@ -117,6 +117,14 @@ class ModelManager:
             self._unload(model_id, reason="requested")
             return True
 
+    def unload_idle(self) -> list[str]:
+        """Make room for training on the same device: every model not in use and not pinned goes."""
+        with self._lock:
+            idle = [m for m, s in self._slots.items() if s.in_use == 0 and s.keep_alive != PINNED]
+            for model_id in idle:
+                self._unload(model_id, reason="room for training")
+            return idle
+
     def unload_expired(self, now: float | None = None) -> list[str]:
         now = time.time() if now is None else now
         with self._lock:

@@ -39,6 +39,13 @@ class Cancelled(Exception):
     pass
 
 
+class WaitForMemory(Exception):
+    """Not enough room on the device even after the inference side unloaded its idle models."""
+
+
+TRAINING_OVERHEAD = 1.5  # adapter gradients and optimizer state, activations of a batch
+
+
 class JobLock:
     """Held while a worker trains a job; renewed in the background, gone within LOCK_SECONDS of a crash."""
 
@@ -108,6 +115,16 @@ def _claim(job_id: str, worker: str) -> TrainingJob | None:
 def _train_or_fail(job: TrainingJob) -> None:
     try:
         Trainer(job).run()
+    except WaitForMemory as reason:
+        # Back to the queue, without spending an attempt; the message comes back later.
+        if TrainingJob.objects.filter(id=job.id, status=Status.RUNNING).update(
+                status=Status.QUEUED, status_reason=str(reason), attempts=job.attempts - 1):
+            job.status = Status.QUEUED
+            job_event(job, f"Waiting: {reason}")
+            from aihub_project.celery import app
+
+            app.send_task("workers.tasks.run_training_job", args=[str(job.id)], queue=celeryconfig.TRAINING_QUEUE,
+                          countdown=settings.AIHUB_TRAINING_MEMORY_RETRY_SECONDS)
     except Cancelled:
         job_finish(job, Status.CANCELLED, from_states=[Status.RUNNING], message="The job was cancelled.")
     except Exception as exc:  # noqa: BLE001 - the job must end with its reason
@@ -185,8 +202,42 @@ class Trainer:
 
     # -- the loop -------------------------------------------------------
 
+    def _reserve_memory(self) -> None:
+        """Training shares the device with inference workers: fit beside their models, or make them unload idle ones.
+
+        The budget is the device's (AIHUB_GPU_MEMORY_BUDGET); the inference
+        workers on this host and device report what their models hold.
+        """
+        from apps.catalog.footprint import estimate_bytes
+        from apps.catalog.workers import live_workers
+
+        from .memory import device_memory, resolve_budget
+
+        quantization = "bnb-4bit" if self.job.training_type == TrainingJob.Type.QLORA else self.base.quantization
+        need = int(TRAINING_OVERHEAD * estimate_bytes(
+            parameter_count=self.base.parameter_count, quantisable_count=self.base.quantisable_parameter_count,
+            dtype=self.base.dtype, quantization=quantization, device_type=self.device.type))
+        budget = resolve_budget(settings.AIHUB_GPU_MEMORY_BUDGET, device_memory(self.device)["memory_total_bytes"])
+        host = self.job.worker.split("@", 1)[-1].split(":", 1)[0]
+        device = "cpu" if self.device.type == "cpu" else f"cuda:{self.device.index or 0}"
+        neighbours = [w for w in live_workers() if w.hostname.split("@", 1)[-1] == host and w.device == device]
+        held = sum(w.models_bytes for w in neighbours)
+        if held + need <= budget:
+            return
+        unloaded, held = [], 0
+        for worker in neighbours:
+            reply = _control(worker, "unload_idle")
+            unloaded += reply.get("models", []) if reply else []
+            held += reply["models_bytes"] if reply else worker.models_bytes
+        if unloaded:
+            job_event(self.job, f"Inference unloaded idle models to make room: {', '.join(unloaded)}.")
+        if held + need > budget:
+            raise WaitForMemory(f"needs about {need / 2**20:.1f} MiB of device memory; "
+                                f"{max(0, budget - held) / 2**20:.1f} MiB is free beside pinned or busy models")
+
     def run(self):
         torch.manual_seed(self.hp["seed"])
+        self._reserve_memory()
         self._load()
         self.examples = self._examples()
         accumulation = self.hp["gradient_accumulation_steps"]
@@ -283,6 +334,17 @@ class Trainer:
         job_finish(self.job, Status.SUCCEEDED, from_states=[Status.RUNNING],
                    message=f"The job succeeded: {model_id} is ready.", fine_tuned_model=model_id,
                    trained_tokens=trained_tokens)
+
+
+def _control(worker, action: str) -> dict | None:
+    import uuid
+
+    from aihub_project.celery import app
+
+    reply_id = f"control-{uuid.uuid4().hex}"
+    app.send_task("workers.tasks.model_control", args=[action, "", reply_id, {}], queue=worker.control_queue)
+    event = events.wait_final_sync(reply_id, timeout=60)
+    return event if event and event["type"] == events.DONE else None
 
 
 def requeue_orphaned_jobs() -> int:

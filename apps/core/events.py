@@ -116,6 +116,20 @@ async def read_events(request_id, *, after_seq: int = 0, idle_timeout: float | N
                 return
 
 
+def wait_final_sync(stream_id, *, timeout: float) -> dict | None:
+    """Worker side: block until the stream's final event (or None after `timeout` seconds)."""
+    client = sync_client()
+    last_id, deadline = "0-0", time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        response = client.xread({events_key(stream_id): last_id}, block=500, count=256)
+        for entry_id, fields in (response[0][1] if response else []):
+            last_id = entry_id
+            event = _decode(entry_id, fields)
+            if event["type"] in FINAL_TYPES:
+                return event
+    return None
+
+
 async def last_seq(request_id) -> int:
     last = await async_client().xrevrange(events_key(request_id), count=1)
     return int(last[0][0].split("-")[1]) if last else 0
