@@ -93,7 +93,9 @@ class JobCancelView(TrainingView):
 
 
 class JobEventsView(TrainingView):
-    @extend_schema(summary="Events of a job (OpenAI's fine_tuning.job.event), oldest first")
+    @extend_schema(summary="Events of a job (OpenAI's fine_tuning.job.event), oldest first",
+                   responses=inline_serializer("JobEvents", {"object": serializers.CharField(),
+                                                             "data": serializers.ListField()}))
     def get(self, request, job_id):
         job = training_job_get(user=request.user, job_id=job_id)
         return Response(_list([event_body(event) for event in job.events.all()]))
