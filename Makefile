@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: run test install install-dev bench clean-var
+.PHONY: run test install install-dev bench lint
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -32,3 +32,6 @@ test: install-dev
 
 bench: install-dev
 	$(PY) bench/chat_latency.py
+
+lint: install-dev
+	$(PY) -m ruff check apps workers aihub_project bench tests celeryconfig.py

@@ -7,8 +7,8 @@ from apps.catalog.control import model_load_view, model_unload_view
 from apps.catalog.views import ModelDetailView, ModelListView, ModelStatusView
 from apps.chat.completions import chat_completions_view
 from apps.chat.views import ConversationDetailView, ConversationListView
-from apps.training import views as training
 from apps.monitoring.views import HealthView, LivenessView, SystemAnalyticsView, SystemMetricsView
+from apps.training import views as training
 
 api_v1 = [
     path("chat/completions", chat_completions_view, name="chat-completions"),

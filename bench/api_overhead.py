@@ -45,7 +45,7 @@ def main():
         from apps.accounts.models import ApiKey
         from apps.accounts.services import api_key_authenticate, api_key_create, user_get_or_create
         from apps.chat.models import GenerationRequest
-        from tests.support.processes import ProcessGroup, wait_until_healthy
+        from tests.support.processes import ProcessGroup
 
         user = user_get_or_create(username="bench")
         key, raw = api_key_create(user=user)

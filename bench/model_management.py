@@ -39,8 +39,8 @@ def main():
         from apps.accounts.services import user_get_or_create
         from apps.catalog.models import ModelEntry
         from apps.catalog.services import model_register
-        from apps.chat.services import chat_route
         from apps.catalog.workers import live_workers
+        from apps.chat.services import chat_route
         from apps.core.redis import sync_client
         from tests.support.processes import MODEL_CACHE
         from tests.support.tiny_models import build_tiny_chat_model

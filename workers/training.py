@@ -18,10 +18,9 @@ from pathlib import Path
 
 import torch
 from django.conf import settings
-
-import celeryconfig
 from django.utils import timezone
 
+import celeryconfig
 from apps.catalog.models import ModelEntry, ModelKind
 from apps.catalog.services import model_register
 from apps.core import events

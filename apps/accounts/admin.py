@@ -1,10 +1,9 @@
 from django.contrib import admin, messages
-from django.utils import timezone
-
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
 from django.db.models import Count, Sum
 from django.db.models.functions import Coalesce
+from django.utils import timezone
 
 from .models import ApiKey, Profile
 from .services import api_key_create

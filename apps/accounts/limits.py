@@ -52,7 +52,8 @@ def effective_limits(key: ApiKey) -> Limits:
 
 # KEYS: rpm, tpm, budget, concurrency.  ARGV: limits..., cost, request id, now, ttls...
 _ADMIT = """
-local rpm_limit, tpm_limit, budget_limit, conc_limit = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local rpm_limit, tpm_limit = tonumber(ARGV[1]), tonumber(ARGV[2])
+local budget_limit, conc_limit = tonumber(ARGV[3]), tonumber(ARGV[4])
 local cost, request_id, now = tonumber(ARGV[5]), ARGV[6], tonumber(ARGV[7])
 local minute_left, budget_left, stale_after = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
 if rpm_limit > 0 and tonumber(redis.call('GET', KEYS[1]) or '0') + 1 > rpm_limit then

@@ -58,6 +58,12 @@ def api_key_authenticate(*, raw_key: str) -> ApiKey | None:
     return key
 
 
+def bearer_token_from_scope(scope: dict) -> str | None:
+    """The Bearer key of a websocket handshake (non-browser clients send it as a header)."""
+    headers = dict(scope.get("headers", []))
+    return bearer_token(headers.get(b"authorization", b"").decode("latin1"))
+
+
 def bearer_token(authorization: str | None) -> str | None:
     if not authorization:
         return None

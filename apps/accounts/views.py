@@ -62,7 +62,8 @@ class ApiKeyCreateSerializer(serializers.Serializer):
 class ApiKeyListView(APIView):
     required_scope = None  # any valid key manages its own user's keys
 
-    @extend_schema(operation_id="keys_list", summary="Your API keys (never their secrets)", responses=ApiKeySerializer(many=True))
+    @extend_schema(operation_id="keys_list", summary="Your API keys (never their secrets)",
+                   responses=ApiKeySerializer(many=True))
     def get(self, request):
         keys = ApiKey.objects.filter(user=request.user)
         return Response({"object": "list", "data": ApiKeySerializer(keys, many=True).data})

@@ -15,7 +15,8 @@ def _loaded_ids() -> set[str]:
 
 
 class ModelListView(APIView):
-    @extend_schema(operation_id="models_list", responses=ModelListSerializer, summary="List models (OpenAI shape, plus kind and state)")
+    @extend_schema(operation_id="models_list", responses=ModelListSerializer,
+                   summary="List models (OpenAI shape, plus kind and state)")
     def get(self, request):
         context = {"loaded": _loaded_ids()}
         return Response({"object": "list", "data": ModelSerializer(model_list(), many=True, context=context).data})

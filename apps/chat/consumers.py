@@ -15,7 +15,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
 from apps.accounts.models import Scope
-from apps.accounts.services import api_key_authenticate, bearer_token
+from apps.accounts.services import api_key_authenticate, bearer_token_from_scope
 from apps.core import events
 from apps.core.errors import AppError, AuthenticationError, NotFoundError
 
@@ -40,8 +40,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         self.pumps: dict[str, asyncio.Task] = {}
         self.graces: dict[str, float] = {}
         await self.accept()
-        headers = dict(self.scope.get("headers", []))
-        raw = bearer_token(headers.get(b"authorization", b"").decode("latin1"))
+        raw = bearer_token_from_scope(self.scope)
         if raw:
             await self._authenticate(raw)
 

@@ -7,7 +7,7 @@ from asgiref.sync import sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from apps.accounts.models import Scope
-from apps.accounts.services import api_key_authenticate, bearer_token
+from apps.accounts.services import api_key_authenticate, bearer_token_from_scope
 from apps.core import events
 from apps.core.errors import AppError, AuthenticationError, NotFoundError
 
@@ -21,8 +21,7 @@ class TrainingProgressConsumer(AsyncJsonWebsocketConsumer):
         self.job = None
         self.pump = None
         await self.accept()
-        headers = dict(self.scope.get("headers", []))
-        raw = bearer_token(headers.get(b"authorization", b"").decode("latin1"))
+        raw = bearer_token_from_scope(self.scope)
         if raw:
             await self._authenticate(raw)
 

@@ -9,8 +9,14 @@ from apps.core.errors import AppError
 
 from .selectors import training_file_get, training_job_get
 from .serializers import CheckpointSerializer, FileSerializer, JobCreateSerializer, JobSerializer
-from .services import (event_body, training_file_create, training_file_delete, training_job_cancel,
-                       training_job_create, training_job_delete)
+from .services import (
+    event_body,
+    training_file_create,
+    training_file_delete,
+    training_job_cancel,
+    training_job_create,
+    training_job_delete,
+)
 
 
 class TrainingView(APIView):

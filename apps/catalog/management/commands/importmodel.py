@@ -52,7 +52,8 @@ class Command(BaseCommand):
         except AppError as exc:
             raise CommandError(exc.message)
         self.stdout.write(self.style.SUCCESS(
-            f"{entry.id}: {entry.kind}, {entry.context_length} tokens, {entry.size_bytes / 1e6:.0f} MB at {entry.path}"))
+            f"{entry.id}: {entry.kind}, {entry.context_length} tokens, {entry.size_bytes / 1e6:.0f} MB "
+            f"at {entry.path}"))
 
     def _from_hub_cache(self, hub_id: str) -> Path:
         from huggingface_hub import snapshot_download
