@@ -31,7 +31,7 @@ def test_a_directory_is_registered_with_its_size_and_parameters(tmp_path):
     assert entry.estimated_bytes("cpu") < entry.parameter_count * 4 * 0.35
 
 
-def test_a_hugging_face_id_is_found_in_the_local_cache_and_never_downloaded(tmp_path):
+def test_a_hugging_face_id_is_found_in_the_local_cache_and_never_downloaded(tmp_path, models):
     snapshot = tmp_path / "hub" / "models--acme--tiny-chat" / "snapshots" / "abc123"
     shutil.copytree(MODEL_CACHE / "tiny-chat", snapshot)
     (tmp_path / "hub" / "models--acme--tiny-chat" / "refs").mkdir()
