@@ -197,3 +197,22 @@ def test_other_users_jobs_and_files_are_not_found(hub, alice, bob):
         assert httpx.request(method, f"{hub.api_url}{path}", headers=bob.auth).status_code == 404, path
     assert httpx.get(f"{hub.api_url}/training/jobs", headers=bob.auth).json()["data"] == []
     _finished(hub, alice, job["id"])
+
+
+def test_queued_training_jobs_are_limited_per_user(hub, alice):
+    from apps.accounts.models import ApiKey
+
+    ApiKey.objects.filter(pk=alice.key.pk).update(max_queued_training_jobs=2)
+    first = _many_steps(hub, alice)
+    second = _many_steps(hub, alice)
+    data = _upload(hub, alice, _jsonl(SECRET))
+    refused = _create(hub, alice, training_file=data["id"])
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limit_exceeded"
+    assert int(refused.headers["retry-after"]) > 0
+    metrics = httpx.get(f"{hub.base_url}/metrics").text
+    assert "aihub_training_jobs{" in metrics
+    for job in (first, second):
+        httpx.post(f"{hub.api_url}/training/jobs/{job['id']}/cancel", headers=alice.auth)
+    for job in (first, second):  # the first may finish before its cancel lands
+        assert _finished(hub, alice, job["id"], timeout=30)["status"] in ("cancelled", "succeeded")
+    assert _create(hub, alice, training_file=data["id"], num_epochs=1).status_code == 201

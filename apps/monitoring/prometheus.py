@@ -23,6 +23,7 @@ class AIHubCollector:
         try:
             yield from self._requests()
             yield from self._workers()
+            yield from self._training()
         except Exception:  # noqa: BLE001 - a scrape must not fail because one source is down
             logger.exception("collecting aihub metrics failed")
 
@@ -74,6 +75,21 @@ class AIHubCollector:
             cumulative.append(("+Inf", row["n"]))
             family.add_metric([row["model"]], cumulative, sum_value=(row["total"] or 0) / 1000)
         return family
+
+    def _training(self):
+        from apps.training.models import TrainingJob
+
+        jobs = GaugeMetricFamily("aihub_training_jobs", "Fine-tuning jobs by status", labels=["status"])
+        for row in TrainingJob.objects.values("status").annotate(n=Count("id")):
+            jobs.add_metric([row["status"]], row["n"])
+        progress = GaugeMetricFamily("aihub_training_progress_ratio", "Steps done / total steps of running jobs",
+                                     labels=["job", "model"])
+        loss = GaugeMetricFamily("aihub_training_loss", "Latest training loss of running jobs", labels=["job"])
+        for job in TrainingJob.objects.filter(status=TrainingJob.Status.RUNNING):
+            progress.add_metric([job.public_id, job.base_model], job.step / job.total_steps if job.total_steps else 0)
+            if job.loss is not None:
+                loss.add_metric([job.public_id], job.loss)
+        yield from (jobs, progress, loss)
 
     def _workers(self):
         from apps.catalog.workers import live_workers
