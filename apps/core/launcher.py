@@ -63,20 +63,28 @@ class Supervisor:
         return exit_code
 
     @staticmethod
-    def treat_sigterm_as_interrupt() -> None:
+    def stop_on_signals() -> None:
+        """SIGINT and SIGTERM both stop the hub.
+
+        SIGINT is set explicitly: a process started in the background by a
+        shell inherits SIGINT as ignored, and Python then never raises
+        KeyboardInterrupt.
+        """
         def on_signal(signum, frame):
             raise KeyboardInterrupt
 
         signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
 
     def stop_all(self) -> None:
         if self._stopping:
             return
         self._stopping = True
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not abandon children
+        # A second Ctrl-C (or SIGTERM) must not abandon children half-stopped; the process is on its way out.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         for child in reversed(self.children):
             self._stop(child)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def _stop(self, child: Child) -> None:
         process = child.process

@@ -28,7 +28,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, host, port, flower_port, no_flower, **options):
         supervisor = Supervisor()
-        supervisor.treat_sigterm_as_interrupt()
+        supervisor.stop_on_signals()
         servers = []
         try:
             servers = self._start_embedded_services()
