@@ -10,4 +10,4 @@ COPY . .
 RUN useradd --create-home aihub && mkdir -p /app/var /app/logs && chown -R aihub /app/var /app/logs
 USER aihub
 EXPOSE 8000 5555
-CMD ["python", "-m", "daphne", "-b", "0.0.0.0", "-p", "8000", "aihub_project.asgi:application"]
+CMD ["python", "-m", "aihub_project.web", "-b", "0.0.0.0", "-p", "8000", "aihub_project.asgi:application"]

@@ -237,6 +237,8 @@ class Trainer:
     def run(self):
         torch.manual_seed(self.hp["seed"])
         self._reserve_memory()
+        logger.info("job %s: %s on %s (%d torch threads)", self.job.id, self.job.training_type, self.device,
+                    torch.get_num_threads())
         self._load()
         self.examples = self._examples()
         accumulation = self.hp["gradient_accumulation_steps"]

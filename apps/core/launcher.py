@@ -19,6 +19,11 @@ class Child:
     process: subprocess.Popen | None = field(default=None, repr=False)
 
 
+def web_server(host: str, port: int) -> list[str]:
+    # daphne with TCP_NODELAY (aihub_project/web.py)
+    return [sys.executable, "-m", "aihub_project.web", "-b", host, "-p", str(port), "aihub_project.asgi:application"]
+
+
 def celery_worker(name: str, queue: str, concurrency: int) -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "aihub_project", "worker", "-Q", queue,
             "-c", str(concurrency), "-n", f"{name}@%h", "--pool", "prefork", "-l", "INFO",

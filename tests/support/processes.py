@@ -4,13 +4,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 
-from apps.core.launcher import celery_worker
+from apps.core.launcher import celery_worker, web_server
 
 ROOT = Path(__file__).resolve().parents[2]
 # Converting the real default model takes ~20 s; the tests and benchmarks keep it between runs.
@@ -35,8 +34,7 @@ class ProcessGroup:
         return self.start(name, celery_worker(name, queue, concurrency), env)
 
     def start_web(self, port: int, name: str = "web", env: dict | None = None) -> subprocess.Popen:
-        return self.start(name, [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
-                                 "aihub_project.asgi:application"], env)
+        return self.start(name, web_server("127.0.0.1", port), env)
 
     def log(self, name: str) -> str:
         return (self.log_dir / f"{name}.log").read_text(errors="replace")

@@ -12,7 +12,7 @@ from django.core.management.base import BaseCommand
 import celeryconfig
 from aihub_project.embedded import EmbeddedPostgres, EmbeddedValkey
 from apps.catalog.models import ModelEntry
-from apps.core.launcher import Supervisor, celery_worker
+from apps.core.launcher import Supervisor, celery_worker, web_server
 
 logger = logging.getLogger("aihub.launcher")
 
@@ -96,7 +96,7 @@ class Command(BaseCommand):
 
     def _start_processes(self, supervisor, host, port, flower_port, flower):
         python = sys.executable
-        supervisor.start("web", [python, "-m", "daphne", "-b", host, "-p", str(port), "aihub_project.asgi:application"])
+        supervisor.start("web", web_server(host, port))
         supervisor.start("inference worker", celery_worker("inference", celeryconfig.INFERENCE_QUEUE, 1))
         supervisor.start("training worker", celery_worker("training", celeryconfig.TRAINING_QUEUE, 1))
         supervisor.start("default worker", celery_worker("default", celeryconfig.DEFAULT_QUEUE, 2))
