@@ -92,19 +92,13 @@ TEMPLATES = [
 ]
 
 DATABASES = {"default": env.db_url_config(DATABASE_URL)}
-if env.bool("AIHUB_DB_POOL", default=False):
-    # The ASGI server (aihub_project/web.py sets this): a psycopg connection pool. Opening a
-    # connection per request cost ~20 ms of the time to first token; Django wants CONN_MAX_AGE 0 here.
-    DATABASES["default"]["CONN_MAX_AGE"] = 0
-    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
-        "min_size": env.int("DATABASE_POOL_MIN_SIZE", default=1),
-        "max_size": env.int("DATABASE_POOL_MAX_SIZE", default=10),
-    }
-else:
-    # Workers and commands are plain sync processes: one persistent connection each (Celery's
-    # Django fixup closes it around forks), checked before reuse.
-    DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=600)
-    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# Workers and commands keep one persistent connection each, checked before reuse (Celery's Django
+# fixup closes it around forks). The web process sets DATABASE_CONN_MAX_AGE=0 (aihub_project/web.py):
+# under ASGI, concurrent requests sharing a persistent connection failed with 500s, and
+# psycopg_pool lost connections on cancelled streams (enqueue rate 40 -> 5 req/s). Both measured
+# with bench/api_overhead.py; a per-request connection costs the web path ~15 ms.
+DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=600)
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [

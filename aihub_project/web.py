@@ -8,8 +8,8 @@ websocket upgrade) sets it on each new connection. Arguments are daphne's.
 """
 import os
 
-# The web process pools its database connections (settings.py).
-os.environ.setdefault("AIHUB_DB_POOL", "true")
+# A connection per request in the web process (settings.py says why).
+os.environ.setdefault("DATABASE_CONN_MAX_AGE", "0")
 
 from daphne import http_protocol  # noqa: E402
 from daphne.cli import CommandLineInterface  # noqa: E402

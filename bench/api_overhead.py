@@ -17,6 +17,7 @@ import os
 import statistics
 import time
 import uuid
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 from stack import django_on_embedded_services
@@ -109,7 +110,7 @@ def main():
     print(f"  total added in the web path   {auth_ms + limits_ms:6.3f} ms   (target <= 2 ms)")
     print(f"  settlement (on the worker)    {settle_ms:6.3f} ms")
     print(f"enqueue rate, two web processes, {args.requests} requests, 16 clients:")
-    print(f"  {stored / elapsed:8.1f} requests/s accepted ({statuses.count(200)} x 200, {stored} stored)")
+    print(f"  {stored / elapsed:8.1f} requests/s accepted (statuses {dict(Counter(statuses))}, {stored} stored)")
 
 
 if __name__ == "__main__":
