@@ -46,7 +46,7 @@ def main():
         from apps.accounts.models import ApiKey
         from apps.accounts.services import api_key_authenticate, api_key_create, user_get_or_create
         from apps.chat.models import GenerationRequest
-        from tests.support.processes import ProcessGroup
+        from tests.support.processes import ProcessGroup, wait_until_listening
 
         user = user_get_or_create(username="bench")
         key, raw = api_key_create(user=user)
@@ -74,15 +74,7 @@ def main():
             processes.start_web(port, name=f"web{index}")
         try:
             for port in ports:
-                deadline = time.monotonic() + 60
-                while True:
-                    try:
-                        httpx.get(f"http://127.0.0.1:{port}/health/live", timeout=2)
-                        break
-                    except httpx.HTTPError:
-                        if time.monotonic() > deadline:
-                            raise
-                        time.sleep(0.2)
+                wait_until_listening(f"http://127.0.0.1:{port}")
             body = {"model": "smollm2:135m", "stream": True, "max_tokens": 8,
                     "messages": [{"role": "user", "content": "hello"}]}
             headers = {"Authorization": f"Bearer {raw}"}

@@ -11,7 +11,7 @@ from websockets.sync.client import connect
 from apps.accounts.models import ApiKey, Profile
 from apps.chat.models import GenerationRequest
 from tests.conftest import RUN_DIR, make_account
-from tests.support.processes import ProcessGroup, wait_until_healthy
+from tests.support.processes import ProcessGroup, wait_until_healthy, wait_until_listening
 
 HI = [{"role": "user", "content": "hi"}]
 
@@ -127,14 +127,7 @@ def test_a_full_queue_answers_503_with_retry_after(hub, models):
     processes.start_web(port, name="web-queue")
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(f"{base}/health", timeout=2)
-                break
-            except httpx.HTTPError:
-                assert time.monotonic() < deadline
-                time.sleep(0.2)
+        wait_until_listening(base)
         account = make_account("queued")
         waiting = GenerationRequest.objects.filter(state="queued").count()
         responses = []

@@ -114,6 +114,19 @@ def start_services(run_dir: Path) -> tuple[list, dict]:
     return started, env
 
 
+def wait_until_listening(base_url: str, timeout: float = 60.0) -> None:
+    """For a web process without workers (so never healthy): wait until it answers /health/live."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            httpx.get(f"{base_url}/health/live", timeout=2)
+            return
+        except httpx.HTTPError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def wait_until_healthy(base_url: str, processes: ProcessGroup, timeout: float = 90.0) -> None:
     deadline = time.monotonic() + timeout
     last = None
