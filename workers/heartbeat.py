@@ -16,11 +16,10 @@ import time
 
 from django.conf import settings
 
+from apps.catalog.workers import HEARTBEAT_PREFIX
 from apps.core.redis import sync_client
 
 logger = logging.getLogger(__name__)
-
-HEARTBEAT_PREFIX = "aihub:workers:"
 
 # Set in the worker's main process at start-up (celeryd_after_setup), inherited by the pool process.
 identity: dict = {"nodename": None, "queues": [], "control_queue": None, "trains": False}

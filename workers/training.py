@@ -21,13 +21,14 @@ from django.conf import settings
 from django.utils import timezone
 
 import celeryconfig
+from apps.catalog.control import CONTROL_TASK
 from apps.catalog.models import ModelEntry, ModelKind
 from apps.catalog.services import model_register
 from apps.core import events
 from apps.core.redis import sync_client
 from apps.training.datasets import load_examples
 from apps.training.models import TrainingCheckpoint, TrainingJob
-from apps.training.services import job_event, job_finish
+from apps.training.services import TRAIN_TASK, job_event, job_finish
 
 logger = logging.getLogger(__name__)
 Status = TrainingJob.Status
@@ -45,11 +46,15 @@ class WaitForMemory(Exception):
 TRAINING_OVERHEAD = 1.5  # adapter gradients and optimizer state, activations of a batch
 
 
+def lock_key(job_id) -> str:
+    return f"aihub:train:{job_id}:lock"
+
+
 class JobLock:
     """Held while a worker trains a job; renewed in the background, gone within LOCK_SECONDS of a crash."""
 
     def __init__(self, job_id, owner: str):
-        self.key, self.owner = f"aihub:train:{job_id}:lock", owner
+        self.key, self.owner = lock_key(job_id), owner
         self._stop = threading.Event()
 
     def acquire(self) -> bool:
@@ -77,7 +82,7 @@ def run_training_job(job_id: str, *, worker: str) -> None:
             from aihub_project.celery import app
 
             logger.info("job %s is locked; checking again in %ds", job_id, LOCK_SECONDS)
-            app.send_task("workers.tasks.run_training_job", args=[job_id], countdown=LOCK_SECONDS + 1,
+            app.send_task(TRAIN_TASK, args=[job_id], countdown=LOCK_SECONDS + 1,
                           queue=celeryconfig.TRAINING_QUEUE)
         return
     try:
@@ -122,7 +127,7 @@ def _train_or_fail(job: TrainingJob) -> None:
             job_event(job, f"Waiting: {reason}")
             from aihub_project.celery import app
 
-            app.send_task("workers.tasks.run_training_job", args=[str(job.id)], queue=celeryconfig.TRAINING_QUEUE,
+            app.send_task(TRAIN_TASK, args=[str(job.id)], queue=celeryconfig.TRAINING_QUEUE,
                           countdown=settings.AIHUB_TRAINING_MEMORY_RETRY_SECONDS)
     except Cancelled:
         job_finish(job, Status.CANCELLED, from_states=[Status.RUNNING], message="The job was cancelled.")
@@ -287,7 +292,6 @@ class Trainer:
         TrainingJob.objects.filter(id=self.job.id).update(
             step=step, epoch=round(epoch, 4), loss=loss, learning_rate=lr, tokens_per_second=tokens_per_second,
             eta_seconds=eta, trained_tokens=trained_tokens)
-        self.job.status = Status.RUNNING
         job_event(self.job, f"Step {step}/{total}: training loss={loss:.4f}", type="metrics", data={
             "step": step, "total_steps": total, "epoch": round(epoch, 4), "train_loss": loss,
             "learning_rate": lr, "tokens_per_second": round(tokens_per_second, 1),
@@ -343,7 +347,7 @@ def _control(worker, action: str) -> dict | None:
     from aihub_project.celery import app
 
     reply_id = f"control-{uuid.uuid4().hex}"
-    app.send_task("workers.tasks.model_control", args=[action, "", reply_id, {}], queue=worker.control_queue)
+    app.send_task(CONTROL_TASK, args=[action, "", reply_id, {}], queue=worker.control_queue)
     event = events.wait_final_sync(reply_id, timeout=60)
     return event if event and event["type"] == events.DONE else None
 
@@ -354,8 +358,8 @@ def requeue_orphaned_jobs() -> int:
 
     count = 0
     for job_id in TrainingJob.objects.filter(status=Status.RUNNING).values_list("id", flat=True):
-        if not sync_client().exists(f"aihub:train:{job_id}:lock"):
-            app.send_task("workers.tasks.run_training_job", args=[str(job_id)], queue=celeryconfig.TRAINING_QUEUE)
+        if not sync_client().exists(lock_key(job_id)):
+            app.send_task(TRAIN_TASK, args=[str(job_id)], queue=celeryconfig.TRAINING_QUEUE)
             count += 1
     return count
 

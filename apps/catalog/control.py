@@ -18,7 +18,7 @@ from apps.accounts.models import Scope
 from apps.accounts.services import require_scope
 from apps.core import events
 from apps.core.async_views import authenticate_request, parse_json_body, require_method
-from apps.core.errors import AppError, error_response
+from apps.core.errors import AppError, app_error_from_event, error_response
 
 from .routing import choose_worker
 from .selectors import model_get
@@ -46,10 +46,7 @@ async def _command(action: str, worker, entry, options: dict) -> dict:
     app.send_task(CONTROL_TASK, args=[action, entry.id, reply_id, options], queue=worker.control_queue)
     async for event in events.read_events(reply_id, idle_timeout=settings.AIHUB_CONTROL_TIMEOUT_SECONDS):
         if event["type"] == events.ERROR:
-            error = event["error"]
-            status = {"insufficient_memory": 507, "model_not_found": 404, "timeout": 504}.get(error["code"], 500)
-            raise AppError(error["message"], status=status, type=error["type"], param=error.get("param"),
-                           code=error["code"])
+            raise app_error_from_event(event["error"])
         if event["type"] == events.DONE:
             return {k: v for k, v in event.items() if k not in ("type", "seq")}
     raise AppError("The worker did not answer.", status=504, type="server_error", code="timeout")
@@ -77,8 +74,8 @@ async def model_command(action: str, entry, *, keep_alive=None, force_reload: bo
                            code="worker_not_found")
         reason = "worker chosen by the caller"
     else:
-        _, hostname, reason = choose_worker(model_id=entry.id, workers=workers, bytes_by_device={
-            "cuda": entry.estimated_bytes("cuda"), "cpu": entry.estimated_bytes("cpu")})
+        _, hostname, reason = choose_worker(model_id=entry.id, workers=workers,
+                                            bytes_by_device=entry.estimated_bytes_by_device())
         worker = next(w for w in workers if w.hostname == hostname)
     result = await _command("load", worker, entry, {"keep_alive": keep_alive, "force_reload": force_reload})
     return {"status": result["status"], "workers": [result["worker"]], "worker": result["worker"],

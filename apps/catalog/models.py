@@ -77,3 +77,6 @@ class ModelEntry(models.Model):
         return estimate_bytes(parameter_count=self.parameter_count,
                               quantisable_count=self.quantisable_parameter_count, dtype=self.dtype,
                               quantization=self.quantization, device_type=device_type)
+
+    def estimated_bytes_by_device(self) -> dict[str, int]:
+        return {device: self.estimated_bytes(device) for device in ("cuda", "cpu")}

@@ -18,7 +18,7 @@ class ModelSerializer(serializers.ModelSerializer):
         return obj.id in self.context.get("loaded", ())
 
     def get_estimated_bytes(self, obj) -> dict:
-        return {"cuda": obj.estimated_bytes("cuda"), "cpu": obj.estimated_bytes("cpu")}
+        return obj.estimated_bytes_by_device()
 
     def get_object(self, obj) -> str:
         return "model"

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import celeryconfig
 from apps.core.redis import async_client, sync_client
 
-HEARTBEAT_PREFIX = "aihub:workers:"  # the same prefix the worker writes (workers/heartbeat.py)
+HEARTBEAT_PREFIX = "aihub:workers:"  # workers/heartbeat.py writes under it
 
 
 @dataclass

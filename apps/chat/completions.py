@@ -20,7 +20,7 @@ from apps.accounts.models import Scope
 from apps.accounts.services import require_scope
 from apps.core import events
 from apps.core.async_views import authenticate_request, parse_json_body, require_method
-from apps.core.errors import AppError, as_app_error, error_response
+from apps.core.errors import AppError, app_error_from_event, as_app_error, error_response
 
 from .models import GenerationRequest
 from .serializers import ChatCompletionRequestSerializer
@@ -79,7 +79,7 @@ async def wait_for_completion(generation: GenerationRequest) -> JsonResponse:
         async for event in events.read_events(generation.id, lease_seconds=READER_LEASE):
             if event["type"] == events.ERROR:
                 finished = True
-                return error_from_event(event)
+                return error_response(app_error_from_event(event["error"]))
             if event["type"] == events.DONE:
                 finished = True
         stored = await GenerationRequest.objects.aget(id=generation.id)
@@ -89,13 +89,6 @@ async def wait_for_completion(generation: GenerationRequest) -> JsonResponse:
         # now; the reader lease would stop it shortly anyway.
         if not finished:
             await events.request_cancel(generation.id)
-
-
-def error_from_event(event: dict) -> JsonResponse:
-    error = event["error"]
-    status = {"timeout": 504, "context_length_exceeded": 400, "model_not_found": 404,
-              "insufficient_memory": 507}.get(error.get("code"), 500)
-    return JsonResponse({"error": error}, status=status)
 
 
 def completion_body(generation: GenerationRequest) -> dict:

@@ -15,7 +15,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
 from apps.accounts.models import Scope
-from apps.accounts.services import api_key_authenticate, bearer_token_from_scope
+from apps.accounts.services import api_key_authenticate, bearer_token_from_scope, require_scope
 from apps.core import events
 from apps.core.errors import AppError, AuthenticationError, NotFoundError
 
@@ -88,11 +88,13 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     async def _authenticate(self, raw_key: str) -> None:
         key = await sync_to_async(api_key_authenticate)(raw_key=raw_key) if raw_key else None
-        if key is not None and not key.has_scope(Scope.INFERENCE):
-            await self.send_json(_error(AppError("This API key lacks the 'inference' scope.", status=403,
-                                                 type="permission_error", code="insufficient_scope")))
-            await self.close(CLOSE_UNAUTHENTICATED)
-            return
+        if key is not None:
+            try:
+                require_scope(key, Scope.INFERENCE)
+            except AppError as error:
+                await self.send_json(_error(error))
+                await self.close(CLOSE_UNAUTHENTICATED)
+                return
         if key is None:
             await self.send_json(_error(AuthenticationError("Incorrect API key provided, or the key was revoked.")))
             await self.close(CLOSE_UNAUTHENTICATED)

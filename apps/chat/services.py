@@ -33,11 +33,11 @@ AUTO = "auto"
 
 
 def _candidate(entry: ModelEntry) -> Candidate:
-    return Candidate(entry.id, tuple(entry.capabilities),
-                     {"cuda": entry.estimated_bytes("cuda"), "cpu": entry.estimated_bytes("cpu")})
+    return Candidate(entry.id, tuple(entry.capabilities), entry.estimated_bytes_by_device())
 
 
-def chat_route(*, user, requested: str | None, messages: list[dict], workers: list[WorkerState]) -> Route:
+def chat_route(*, user, requested: str | None, messages: list[dict],
+               workers: list[WorkerState]) -> tuple[ModelEntry, Route]:
     """Which model serves the request and which queue takes it (apps/catalog/routing.py)."""
     has_images = any(m.get("images") for m in messages)
     if requested == AUTO:
@@ -55,11 +55,10 @@ def chat_route(*, user, requested: str | None, messages: list[dict], workers: li
         # Routing knows vision models; the engine does not take images yet.
         raise AppError(f"Image input is not supported yet (model '{entry.id}').", param="messages",
                        code="image_input_unsupported")
-    candidate = _candidate(entry)
     # An adapter runs on its base: follow the worker that holds the base.
     queue, worker, worker_reason = choose_worker(model_id=entry.base_model or entry.id,
-                                                 bytes_by_device=candidate.bytes_by_device, workers=workers)
-    return Route(entry.id, queue, worker, f"model={entry.id} ({reason}); {worker_reason}")
+                                                 bytes_by_device=entry.estimated_bytes_by_device(), workers=workers)
+    return entry, Route(entry.id, queue, worker, f"model={entry.id} ({reason}); {worker_reason}")
 
 
 @transaction.atomic
@@ -72,8 +71,7 @@ def chat_completion_create(*, user, api_key, data: dict) -> GenerationRequest:
     requested = data.get("model")
     if requested is None and settings.AIHUB_DEFAULT_MODEL == AUTO:
         requested = AUTO
-    route = chat_route(user=user, requested=requested, messages=data["messages"], workers=live_workers())
-    model = ModelEntry.objects.get(id=route.model_id)
+    model, route = chat_route(user=user, requested=requested, messages=data["messages"], workers=live_workers())
     cap = model.max_completion_tokens or model.context_length - 1
     max_tokens = data.get("max_tokens") or min(settings.AIHUB_DEFAULT_MAX_TOKENS, cap)
     if max_tokens > cap:

@@ -43,6 +43,17 @@ def error_body(message: str, *, type: str = "invalid_request_error", param: str 
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
+# HTTP status for the error codes workers report through event logs.
+WORKER_ERROR_STATUS = {"context_length_exceeded": 400, "model_not_found": 404, "insufficient_memory": 507,
+                       "timeout": 504}
+
+
+def app_error_from_event(error: dict) -> AppError:
+    """An `error` event's payload as the AppError the API answers with (500 for codes not listed)."""
+    return AppError(error["message"], status=WORKER_ERROR_STATUS.get(error.get("code"), 500), type=error["type"],
+                    param=error.get("param"), code=error.get("code"))
+
+
 def error_response(error: AppError) -> JsonResponse:
     """For plain (async) Django views, which DRF's handler does not reach."""
     return _with_headers(JsonResponse(error.as_body(), status=error.status), error)

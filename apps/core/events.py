@@ -130,11 +130,6 @@ def wait_final_sync(stream_id, *, timeout: float) -> dict | None:
     return None
 
 
-async def last_seq(request_id) -> int:
-    last = await async_client().xrevrange(events_key(request_id), count=1)
-    return int(last[0][0].split("-")[1]) if last else 0
-
-
 async def request_cancel(request_id) -> None:
     await async_client().set(cancel_key(request_id), "1", ex=_ttl())
 
