@@ -93,11 +93,20 @@ TEMPLATES = [
 
 DATABASES = {"default": env.db_url_config(DATABASE_URL)}
 # Workers and commands keep one persistent connection each, checked before reuse (Celery's Django
-# fixup closes it around forks). The web process sets DATABASE_CONN_MAX_AGE=0 (aihub_project/web.py):
-# under ASGI, concurrent requests sharing a persistent connection failed with 500s, and
-# psycopg_pool lost connections on cancelled streams (enqueue rate 40 -> 5 req/s). Both measured
-# with bench/api_overhead.py; a per-request connection costs the web path ~15 ms.
-DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=600)
+# fixup closes it around forks). The ASGI web process cannot: Django runs each request's sync
+# code on a thread of its own, so a persistent connection would be opened per request and never
+# reused. It borrows from a psycopg pool instead (DATABASE_POOL, set by aihub_project/web.py):
+# opening a PostgreSQL connection costs ~10-15 ms, a large part of the time to first token.
+if env.bool("DATABASE_POOL", default=False):
+    DATABASES["default"]["CONN_MAX_AGE"] = 0  # Django's pool requires it: "closing" returns to the pool
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": env.int("DATABASE_POOL_MIN_SIZE", default=2),
+        "max_size": env.int("DATABASE_POOL_MAX_SIZE", default=20),
+        # A request that finds every connection busy waits this long, then fails (a 500, logged).
+        "timeout": env.float("DATABASE_POOL_TIMEOUT_SECONDS", default=10.0),
+    }
+else:
+    DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=600)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

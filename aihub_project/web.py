@@ -8,8 +8,8 @@ websocket upgrade) sets it on each new connection. Arguments are daphne's.
 """
 import os
 
-# A connection per request in the web process (settings.py says why).
-os.environ.setdefault("DATABASE_CONN_MAX_AGE", "0")
+# The web process borrows database connections from a pool (settings.py says why).
+os.environ.setdefault("DATABASE_POOL", "true")
 
 from daphne import http_protocol  # noqa: E402
 from daphne.cli import CommandLineInterface  # noqa: E402

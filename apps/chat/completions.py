@@ -19,7 +19,12 @@ from rest_framework.exceptions import ValidationError
 from apps.accounts.models import Scope
 from apps.accounts.services import require_scope
 from apps.core import events
-from apps.core.async_views import authenticate_request, parse_json_body, require_method
+from apps.core.async_views import (
+    authenticate_request,
+    parse_json_body,
+    release_database_connection,
+    require_method,
+)
 from apps.core.errors import AppError, app_error_from_event, as_app_error, error_response
 
 from .models import GenerationRequest
@@ -76,6 +81,7 @@ def _describe(response, generation: GenerationRequest):
 async def wait_for_completion(generation: GenerationRequest) -> JsonResponse:
     finished = False
     try:
+        await release_database_connection()
         async for event in events.read_events(generation.id, lease_seconds=READER_LEASE):
             if event["type"] == events.ERROR:
                 finished = True
@@ -135,6 +141,8 @@ async def sse_stream(generation: GenerationRequest, include_usage: bool):
     finished = False
     try:
         yield _sse(_chunk(generation, created, {"role": "assistant", "content": ""}))
+        # After the first chunk: the worker is busy with the prompt, so this costs the client nothing.
+        await release_database_connection()
         async for event in events.read_events(generation.id, lease_seconds=READER_LEASE):
             if event["type"] == events.TOKEN:
                 yield _sse(_chunk(generation, created, {"content": event["text"]}))

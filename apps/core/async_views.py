@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 from asgiref.sync import sync_to_async
+from django.db import close_old_connections
 from django.http import HttpRequest
 
 from apps.accounts.services import api_key_authenticate, bearer_token
@@ -19,6 +20,17 @@ async def authenticate_request(request: HttpRequest):
     if key is None:
         raise AuthenticationError("Incorrect API key provided, or the key was revoked.")
     return key
+
+
+async def release_database_connection() -> None:
+    """Hand the request's database connection back before a long response.
+
+    Django returns it when the response ends (`request_finished`); a stream or a
+    wait for a whole answer lasts seconds to minutes, and would hold one of the
+    web process's pooled connections all that time (settings.py, DATABASE_POOL).
+    Runs on the request's own thread, which holds the connection.
+    """
+    await sync_to_async(close_old_connections)()
 
 
 def parse_json_body(request: HttpRequest) -> dict:

@@ -12,6 +12,7 @@ worker enforces; the worker polls both between tokens.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -100,6 +101,7 @@ async def read_events(request_id, *, after_seq: int = 0, idle_timeout: float | N
             await set_reader_deadline(request_id, lease_seconds)
             renewed_at = time.monotonic()
         response = await client.xread({key: last_id}, block=block_ms, count=256)
+        _raise_if_cancelled()
         if not response:
             if time.monotonic() - last_event_at > idle_timeout:
                 yield {"type": ERROR, "seq": None, "error": {
@@ -114,6 +116,20 @@ async def read_events(request_id, *, after_seq: int = 0, idle_timeout: float | N
             yield event
             if event["type"] in FINAL_TYPES:
                 return
+
+
+def _raise_if_cancelled() -> None:
+    """Honour a cancellation that the Redis client swallowed.
+
+    A cancel that lands while redis-py waits on a blocking XREAD can be lost
+    inside the client (the read returns "nothing yet" instead of raising), and
+    the loop above would then poll forever for a client that has gone: measured
+    as streams left running, each holding its request's database connection.
+    The task still counts the request, so ask it.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def wait_final_sync(stream_id, *, timeout: float) -> dict | None:
