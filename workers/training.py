@@ -26,6 +26,7 @@ from apps.catalog.models import ModelEntry, ModelKind
 from apps.catalog.services import model_register
 from apps.core import events
 from apps.core.redis import sync_client
+from apps.core.tasks import send_task
 from apps.training.datasets import load_examples
 from apps.training.models import TrainingCheckpoint, TrainingJob
 from apps.training.services import TRAIN_TASK, job_event, job_finish
@@ -79,11 +80,8 @@ def run_training_job(job_id: str, *, worker: str) -> None:
         # Either another worker trains it now, or its worker just died and the lock has not expired yet
         # (a redelivered message after kill -9). Look again once the lock would have expired.
         if TrainingJob.objects.filter(id=job_id, status=Status.RUNNING).exists():
-            from aihub_project.celery import app
-
             logger.info("job %s is locked; checking again in %ds", job_id, LOCK_SECONDS)
-            app.send_task(TRAIN_TASK, args=[job_id], countdown=LOCK_SECONDS + 1,
-                          queue=celeryconfig.TRAINING_QUEUE)
+            send_task(TRAIN_TASK, args=[job_id], countdown=LOCK_SECONDS + 1, queue=celeryconfig.TRAINING_QUEUE)
         return
     try:
         job = _claim(job_id, worker)
@@ -125,10 +123,8 @@ def _train_or_fail(job: TrainingJob) -> None:
                 status=Status.QUEUED, status_reason=str(reason), attempts=job.attempts - 1):
             job.status = Status.QUEUED
             job_event(job, f"Waiting: {reason}")
-            from aihub_project.celery import app
-
-            app.send_task(TRAIN_TASK, args=[str(job.id)], queue=celeryconfig.TRAINING_QUEUE,
-                          countdown=settings.AIHUB_TRAINING_MEMORY_RETRY_SECONDS)
+            send_task(TRAIN_TASK, args=[str(job.id)], queue=celeryconfig.TRAINING_QUEUE,
+                      countdown=settings.AIHUB_TRAINING_MEMORY_RETRY_SECONDS)
     except Cancelled:
         job_finish(job, Status.CANCELLED, from_states=[Status.RUNNING], message="The job was cancelled.")
     except Exception as exc:  # noqa: BLE001 - the job must end with its reason
@@ -344,22 +340,18 @@ class Trainer:
 def _control(worker, action: str) -> dict | None:
     import uuid
 
-    from aihub_project.celery import app
-
     reply_id = f"control-{uuid.uuid4().hex}"
-    app.send_task(CONTROL_TASK, args=[action, "", reply_id, {}], queue=worker.control_queue)
+    send_task(CONTROL_TASK, args=[action, "", reply_id, {}], queue=worker.control_queue)
     event = events.wait_final_sync(reply_id, timeout=60)
     return event if event and event["type"] == events.DONE else None
 
 
 def requeue_orphaned_jobs() -> int:
     """Running jobs whose lock expired lost their worker: send them again (they resume from a checkpoint)."""
-    from aihub_project.celery import app
-
     count = 0
     for job_id in TrainingJob.objects.filter(status=Status.RUNNING).values_list("id", flat=True):
         if not sync_client().exists(lock_key(job_id)):
-            app.send_task(TRAIN_TASK, args=[str(job_id)], queue=celeryconfig.TRAINING_QUEUE)
+            send_task(TRAIN_TASK, args=[str(job_id)], queue=celeryconfig.TRAINING_QUEUE)
             count += 1
     return count
 

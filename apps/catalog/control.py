@@ -19,6 +19,7 @@ from apps.accounts.services import require_scope
 from apps.core import events
 from apps.core.async_views import authenticate_request, parse_json_body, require_method
 from apps.core.errors import AppError, app_error_from_event, error_response
+from apps.core.tasks import send_task
 
 from .routing import choose_worker
 from .selectors import model_get
@@ -40,10 +41,8 @@ async def _staff_request(request) -> tuple[dict, object]:
 
 
 async def _command(action: str, worker, entry, options: dict) -> dict:
-    from aihub_project.celery import app
-
     reply_id = f"control-{uuid.uuid4().hex}"
-    app.send_task(CONTROL_TASK, args=[action, entry.id, reply_id, options], queue=worker.control_queue)
+    send_task(CONTROL_TASK, args=[action, entry.id, reply_id, options], queue=worker.control_queue)
     async for event in events.read_events(reply_id, idle_timeout=settings.AIHUB_CONTROL_TIMEOUT_SECONDS):
         if event["type"] == events.ERROR:
             raise app_error_from_event(event["error"])

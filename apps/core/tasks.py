@@ -1,11 +1,22 @@
-"""Enqueue-on-commit: a worker must never pick up a row that is not yet committed."""
+"""Publishing tasks: by name (the web process never imports worker code or torch), after commit."""
 from __future__ import annotations
 
 from django.db import transaction
 
 
-def enqueue_on_commit(task_name: str, *, args: list, queue: str) -> None:
-    # send_task by name: the web process never imports worker code (or torch).
+def send_task(task_name: str, *, args: list, queue: str, **options) -> None:
+    """Publish a task now. Every caller publishes through here.
+
+    Nobody reads Celery results: answers travel through the event log and
+    PostgreSQL. Without `ignore_result`, Celery's Redis result backend
+    subscribes to a result channel for every message sent by name, a pub/sub
+    round trip (and connection) on the request path before the task is queued.
+    """
     from aihub_project.celery import app
 
-    transaction.on_commit(lambda: app.send_task(task_name, args=args, queue=queue))
+    app.send_task(task_name, args=args, queue=queue, ignore_result=True, **options)
+
+
+def enqueue_on_commit(task_name: str, *, args: list, queue: str) -> None:
+    """Publish once the transaction commits: a worker must never pick up a row that is not yet committed."""
+    transaction.on_commit(lambda: send_task(task_name, args=args, queue=queue))

@@ -13,7 +13,7 @@ from apps.accounts.limits import effective_limits
 from apps.catalog.selectors import model_get
 from apps.core import events
 from apps.core.errors import AppError
-from apps.core.tasks import enqueue_on_commit
+from apps.core.tasks import enqueue_on_commit, send_task
 
 from .datasets import resolve_dataset_path
 from .models import TrainingEvent, TrainingFile, TrainingJob
@@ -115,9 +115,7 @@ def job_queue(job: TrainingJob) -> None:
     if TrainingJob.objects.filter(id=job.id, status=Status.VALIDATING_FILES).update(status=Status.QUEUED):
         job.status = Status.QUEUED
         job_event(job, "Training data validated; the job is queued.")
-        from aihub_project.celery import app
-
-        app.send_task(TRAIN_TASK, args=[str(job.id)], queue=celeryconfig.TRAINING_QUEUE)
+        send_task(TRAIN_TASK, args=[str(job.id)], queue=celeryconfig.TRAINING_QUEUE)
 
 
 def job_finish(job: TrainingJob, status: str, *, from_states, message: str, error: dict | None = None,
