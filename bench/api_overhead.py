@@ -5,7 +5,11 @@
    limit admission (one Lua call); the worker settles afterwards (off the request path). Usage
    analytics add nothing per request: they are computed on read from the
    request record that the queue needs anyway. Target: <= 2 ms at p50.
-2. Enqueue rate: two daphne processes, a client pool posting chat requests
+2. The web path of one streaming request, end to end over HTTP: one client,
+   one request at a time, time until the response headers arrive (the request
+   is authenticated, stored and enqueued by then). It is the web's share of
+   the time to first token over SSE.
+3. Enqueue rate: two daphne processes, a client pool posting chat requests
    into a GPU queue that no worker drains; requests per second accepted.
 
 Run: `python bench/api_overhead.py [--runs 2000] [--requests 400]`.
@@ -86,6 +90,8 @@ def main():
                 with clients[index % 2].stream("POST", "/chat/completions", json=body) as response:
                     return response.status_code
 
+            headers_ms = p50_ms(lambda: post(0), args.requests)
+
             before = GenerationRequest.objects.count()
             started = time.perf_counter()
             with ThreadPoolExecutor(16) as pool:
@@ -101,6 +107,8 @@ def main():
     print(f"  limit admission (atomic Lua)  {limits_ms:6.3f} ms")
     print(f"  total added in the web path   {auth_ms + limits_ms:6.3f} ms   (target <= 2 ms)")
     print(f"  settlement (on the worker)    {settle_ms:6.3f} ms")
+    print(f"web path of one streaming request, p50 of {args.requests} sequential:")
+    print(f"  time to response headers      {headers_ms:6.2f} ms")
     print(f"enqueue rate, two web processes, {args.requests} requests, 16 clients:")
     print(f"  {stored / elapsed:8.1f} requests/s accepted (statuses {dict(Counter(statuses))}, {stored} stored)")
 
