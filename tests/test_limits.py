@@ -11,7 +11,7 @@ from websockets.sync.client import connect
 from apps.accounts.models import ApiKey, Profile
 from apps.chat.models import GenerationRequest
 from tests.conftest import RUN_DIR, make_account
-from tests.support.processes import ProcessGroup, wait_until_healthy, wait_until_listening
+from tests.support.processes import ProcessGroup, wait_until_healthy, web_without_workers
 
 HI = [{"role": "user", "content": "hi"}]
 
@@ -118,16 +118,7 @@ def test_user_defaults_apply_and_a_key_override_wins(hub, models):
 
 
 def test_a_full_queue_answers_503_with_retry_after(hub, models):
-    from aihub_project.embedded import free_port
-
-    env = dict(os.environ)
-    env.update(REDIS_URL=env["REDIS_URL"].rsplit("/", 1)[0] + "/2", AIHUB_MAX_QUEUE="2")  # no workers here
-    port = free_port()
-    processes = ProcessGroup(env, RUN_DIR / "logs")
-    processes.start_web(port, name="web-queue")
-    try:
-        base = f"http://127.0.0.1:{port}"
-        wait_until_listening(base)
+    with web_without_workers("web-queue", redis_db=2, log_dir=RUN_DIR / "logs", AIHUB_MAX_QUEUE="2") as (base, _):
         account = make_account("queued")
         waiting = GenerationRequest.objects.filter(state="queued").count()
         responses = []
@@ -138,6 +129,3 @@ def test_a_full_queue_answers_503_with_retry_after(hub, models):
         full = _chat(f"{base}/api/v1", account)
         assert full.status_code == 503 and full.json()["error"]["code"] == "queue_full"
         assert full.headers["retry-after"] == "5"
-    finally:
-        processes.stop()
-        GenerationRequest.objects.filter(state="queued").update(state="cancelled")

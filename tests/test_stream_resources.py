@@ -3,7 +3,6 @@
 These run a web process of their own, with no worker on its Redis database,
 so requests stay queued and every stream stays open as long as its client wants.
 """
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -12,10 +11,9 @@ import httpx
 import pytest
 import redis
 
-from apps.chat.models import GenerationRequest
 from apps.core.events import deadline_key
 from tests.conftest import RUN_DIR, make_account
-from tests.support.processes import ProcessGroup, wait_until_listening
+from tests.support.processes import web_without_workers
 
 HI = [{"role": "user", "content": "hi"}]
 POOL_SIZE = 2
@@ -24,21 +22,9 @@ POOL_SIZE = 2
 @pytest.fixture(scope="module")
 def idle_web(models):
     """A web process with a two-connection database pool and no workers behind it."""
-    from aihub_project.embedded import free_port
-
-    env = dict(os.environ)
-    env.update(REDIS_URL=env["REDIS_URL"].rsplit("/", 1)[0] + "/4", AIHUB_MAX_QUEUE="0",
-               DATABASE_POOL_MAX_SIZE=str(POOL_SIZE), DATABASE_POOL_TIMEOUT_SECONDS="3")
-    port = free_port()
-    processes = ProcessGroup(env, RUN_DIR / "logs")
-    processes.start_web(port, name="web-idle")
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_listening(base)
+    with web_without_workers("web-idle", redis_db=4, log_dir=RUN_DIR / "logs", AIHUB_MAX_QUEUE="0",
+                             DATABASE_POOL_MAX_SIZE=str(POOL_SIZE), DATABASE_POOL_TIMEOUT_SECONDS="3") as (base, env):
         yield base, redis.Redis.from_url(env["REDIS_URL"], decode_responses=True)
-    finally:
-        processes.stop()
-        GenerationRequest.objects.filter(state="queued").update(state="cancelled")
 
 
 def _stream(client: httpx.Client, account):

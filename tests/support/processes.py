@@ -5,6 +5,8 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -125,6 +127,30 @@ def wait_until_listening(base_url: str, timeout: float = 60.0) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
+
+
+@contextmanager
+def web_without_workers(name: str, *, redis_db: int, log_dir: Path, **env_overrides: str) -> Iterator[tuple[str, dict]]:
+    """A daphne process on a Redis database that no worker reads: every request it takes stays queued.
+
+    Yields its base URL and its environment. On the way out the requests it left
+    queued are cancelled, so that they count against no later test's queue.
+    """
+    from aihub_project.embedded import free_port
+    from apps.chat.models import GenerationRequest
+
+    env = dict(os.environ)
+    env.update(REDIS_URL=env["REDIS_URL"].rsplit("/", 1)[0] + f"/{redis_db}", **env_overrides)
+    port = free_port()
+    processes = ProcessGroup(env, log_dir)
+    processes.start_web(port, name=name)
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_listening(base_url)
+        yield base_url, env
+    finally:
+        processes.stop()
+        GenerationRequest.objects.filter(state="queued").update(state="cancelled")
 
 
 def wait_until_healthy(base_url: str, processes: ProcessGroup, timeout: float = 90.0) -> None:
