@@ -34,6 +34,10 @@ task_reject_on_worker_lost = True
 # One message at a time per process: a GPU worker runs one generation at once,
 # and a prefetched second message would sit behind it instead of going to a free worker.
 worker_prefetch_multiplier = 1
+# A pool process that replaces a killed one imports torch and sets up its model manager before it
+# reports "up"; Celery's default patience (4 s) is shorter than that on a busy host, and it then
+# kills the newcomer and starts another, in a loop (seen by bench/chaos.py: no answer for minutes).
+worker_proc_alive_timeout = 60
 # With Redis as broker an unacked message is redelivered after the visibility
 # timeout; it must exceed the longest task, or a slow generation would be
 # delivered twice while still running (the compare-and-set would refuse it,
