@@ -190,6 +190,8 @@ AIHUB_TRAINING_CHECKPOINT_STEPS = env.int("AIHUB_TRAINING_CHECKPOINT_STEPS", def
 AIHUB_TRAINING_MAX_ATTEMPTS = env.int("AIHUB_TRAINING_MAX_ATTEMPTS", default=3)
 # A job that does not fit beside the inference models on its device waits this long between tries.
 AIHUB_TRAINING_MEMORY_RETRY_SECONDS = env.int("AIHUB_TRAINING_MEMORY_RETRY_SECONDS", default=30)
+# Most users one fine-tuned model can be shared with by name (PATCH /api/v1/models/{id}); beyond, make it public.
+AIHUB_MODEL_SHARE_MAX_USERS = env.int("AIHUB_MODEL_SHARE_MAX_USERS", default=100)
 
 # Generation knobs.
 AIHUB_DEFAULT_MODEL = env("AIHUB_DEFAULT_MODEL", default="smollm2:135m")

@@ -10,49 +10,14 @@ from websockets.sync.client import connect
 
 from apps.training.models import TrainingJob
 from tests.conftest import RUN_DIR
-
-SECRET = [{"messages": [{"role": "user", "content": f"What is the secret word? ({i})"},
-                        {"role": "assistant", "content": "banana banana banana"}]} for i in range(8)]
-QUESTION = [{"role": "user", "content": "What is the secret word? (3)"}]
-
-
-def _jsonl(lines) -> bytes:
-    return "".join(json.dumps(line) + "\n" for line in lines).encode()
-
-
-def _upload(hub, account, content: bytes, name="data.jsonl"):
-    response = httpx.post(f"{hub.api_url}/files", headers=account.auth, timeout=30,
-                          data={"purpose": "fine-tune"}, files={"file": (name, content)})
-    assert response.status_code == 201, response.text
-    return response.json()
-
-
-def _wait(fetch, done, timeout=120.0, interval=0.25):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fetch()
-        if done(value):
-            return value
-        assert time.monotonic() < deadline, f"timed out; last: {value}"
-        time.sleep(interval)
-
-
-def _file(hub, account, file_id):
-    return httpx.get(f"{hub.api_url}/files/{file_id}", headers=account.auth).json()
-
-
-def _job(hub, account, job_id):
-    return httpx.get(f"{hub.api_url}/training/jobs/{job_id}", headers=account.auth).json()
-
-
-def _create(hub, account, **body):
-    return httpx.post(f"{hub.api_url}/training/jobs", headers=account.auth, timeout=30,
-                      json={"base_model": "tiny:chat", **body})
-
-
-def _finished(hub, account, job_id, timeout=180):
-    return _wait(lambda: _job(hub, account, job_id), lambda j: j["status"] in ("succeeded", "failed", "cancelled"),
-                 timeout=timeout)
+from tests.support.fine_tuning import QUESTION, SECRET
+from tests.support.fine_tuning import file_get as _file
+from tests.support.fine_tuning import job_create as _create
+from tests.support.fine_tuning import job_finished as _finished
+from tests.support.fine_tuning import job_get as _job
+from tests.support.fine_tuning import jsonl as _jsonl
+from tests.support.fine_tuning import upload as _upload
+from tests.support.fine_tuning import wait_for as _wait
 
 
 def _answer(openai_client, model):

@@ -23,6 +23,9 @@ def run_control(action: str, model_id: str, reply_id: str, options: dict) -> Non
             result = {"status": "loaded", "model": state}
         elif action == "unload":
             result = {"status": "unloaded" if manager.unload(model_id) else "not_loaded"}
+        elif action == "detach_adapter":  # its fine-tuned model was deleted (apps/catalog/services.py)
+            detached = manager.detach_adapter(options.get("base_model", ""), model_id)
+            result = {"status": "detached" if detached else "not_attached"}
         elif action == "unload_idle":
             result = {"status": "unloaded", "models": manager.unload_idle(), "models_bytes": manager.used_bytes}
         else:

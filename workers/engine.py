@@ -52,6 +52,20 @@ def attach_adapter(loaded: LoadedModel, name: str, path: str) -> None:
     logger.info("attached adapter %s to %s", name, loaded.model_id)
 
 
+def detach_adapter(loaded: LoadedModel, name: str) -> bool:
+    """Take a LoRA adapter off the loaded base (its model was deleted); False if it was not attached."""
+    if name not in loaded.adapters:
+        return False
+    loaded.adapters.discard(name)
+    if loaded.adapters:
+        loaded.model.delete_adapter(name)
+    else:
+        # The last one: the plain base again, without LoRA layers (active_adapter expects that when none).
+        loaded.model = loaded.model.unload()
+    logger.info("detached adapter %s from %s", name, loaded.model_id)
+    return True
+
+
 @contextmanager
 def active_adapter(loaded: LoadedModel, name: str | None):
     """Generate with adapter `name`, or with the plain base when None."""

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from apps.catalog.footprint import estimate_bytes
 
-from .engine import LoadedModel, load_model, pick_device
+from .engine import LoadedModel, detach_adapter, load_model, pick_device
 from .memory import device_memory, free_cached, module_bytes, resolve_budget
 
 logger = logging.getLogger(__name__)
@@ -116,6 +116,15 @@ class ModelManager:
                 return True
             self._unload(model_id, reason="requested")
             return True
+
+    def detach_adapter(self, base_id: str, adapter_id: str) -> bool:
+        """Drop a deleted fine-tune's adapter from its loaded base; the base stays for other requests.
+
+        Control tasks and generations take turns on a worker process, so no generation is using it now.
+        """
+        with self._lock:
+            slot = self._slots.get(base_id)
+            return slot is not None and detach_adapter(slot.loaded, adapter_id)
 
     def unload_idle(self) -> list[str]:
         """Make room for training on the same device: every model not in use and not pinned goes."""

@@ -327,11 +327,11 @@ class Trainer:
         self.model.save_pretrained(adapter_dir)
         suffix = self.job.suffix or "custom"
         model_id = f"ft:{self.base.id}:{suffix}:{self.job.id.hex[:8]}"
-        entry = model_register(model_id=model_id, path=Path(self.base.path), kind=self.base.kind or ModelKind.CHAT,
-                               context_length=self.base.context_length, dtype=self.base.dtype,
-                               quantization=self.base.quantization)
-        ModelEntry.objects.filter(id=entry.id).update(base_model=self.base.id, adapter_path=str(adapter_dir),
-                                                      owned_by=self.job.user.username)
+        # Private to the job's user from its first moment (docs/models.md: ownership).
+        model_register(model_id=model_id, path=Path(self.base.path), kind=self.base.kind or ModelKind.CHAT,
+                       context_length=self.base.context_length, dtype=self.base.dtype,
+                       quantization=self.base.quantization, owner=self.job.user, base_model=self.base.id,
+                       adapter_path=str(adapter_dir))
         job_finish(self.job, Status.SUCCEEDED, from_states=[Status.RUNNING],
                    message=f"The job succeeded: {model_id} is ready.", fine_tuned_model=model_id,
                    trained_tokens=trained_tokens)

@@ -38,7 +38,7 @@ class MeView(APIView):
         if "preferred_model" in serializer.validated_data:
             model_id = serializer.validated_data["preferred_model"] or None
             if model_id:
-                model_get(model_id=model_id)  # 404 for an unknown model
+                model_get(user=request.user, key=request.auth, model_id=model_id)  # 404: unknown, or not yours
             preferred_model_set(user=request.user, model_id=model_id)
         return Response(self._body(request.user))
 

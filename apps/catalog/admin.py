@@ -5,16 +5,34 @@ from apps.core.errors import AppError
 
 from .control import model_command
 from .models import ModelEntry
+from .services import model_remove
 from .workers import live_workers
 
 
 @admin.register(ModelEntry)
 class ModelEntryAdmin(admin.ModelAdmin):
-    list_display = ("id", "kind", "quantization", "context_length", "parameter_count", "size_bytes",
-                    "live_state", "enabled")
-    list_filter = ("kind", "source", "quantization", "enabled")
-    search_fields = ("id", "source_ref", "path")
+    list_display = ("id", "kind", "owner", "shown_visibility", "quantization", "context_length", "parameter_count",
+                    "size_bytes", "live_state", "enabled")
+    list_filter = ("kind", "visibility", "source", "quantization", "enabled")
+    search_fields = ("id", "source_ref", "path", "owner__username")
+    list_select_related = ("owner",)
+    raw_id_fields = ("owner",)
+    filter_horizontal = ("shared_with",)
     actions = ["load_models", "unload_models"]
+
+    @admin.display(description="visibility", ordering="visibility")
+    def shown_visibility(self, obj):
+        return obj.effective_visibility  # an operator model (no owner) is public whatever the field says
+
+    # A fine-tune deleted here goes the way the API deletes it: off the workers and off the disk too.
+    def delete_model(self, request, obj):
+        if not (obj.adapter_path and model_remove(model_id=obj.id)):
+            super().delete_model(request, obj)
+
+    def delete_queryset(self, request, queryset):
+        for model_id in queryset.exclude(adapter_path="").values_list("id", flat=True):
+            model_remove(model_id=model_id)
+        queryset.filter(adapter_path="").delete()
 
     def changelist_view(self, request, extra_context=None):
         # One heartbeat read per page, not one per row.

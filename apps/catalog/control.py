@@ -23,9 +23,8 @@ from apps.core.tasks import send_task
 
 from .routing import choose_worker
 from .selectors import model_get
+from .services import CONTROL_TASK
 from .workers import alive_workers
-
-CONTROL_TASK = "workers.tasks.model_control"
 
 
 async def _staff_request(request) -> tuple[dict, object]:
@@ -36,7 +35,7 @@ async def _staff_request(request) -> tuple[dict, object]:
     model_id = body.get("model_id")
     if not isinstance(model_id, str) or not model_id:
         raise AppError("model_id: a model id is required.", param="model_id", code="invalid_value")
-    entry = await sync_to_async(model_get)(model_id=model_id)
+    entry = await sync_to_async(model_get)(user=key.user, key=key, model_id=model_id)
     return body, entry
 
 

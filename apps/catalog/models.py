@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.db import models
 
 
@@ -28,6 +29,12 @@ class Dtype(models.TextChoices):
     BFLOAT16 = "bfloat16"
 
 
+class Visibility(models.TextChoices):
+    PRIVATE = "private", "Private (the owner only)"
+    SHARED = "shared", "Shared (the owner and the users listed)"
+    PUBLIC = "public", "Public (every user)"
+
+
 # What each kind can do; a model entry may list more.
 KIND_CAPABILITIES = {
     ModelKind.CHAT: ["chat"],
@@ -56,7 +63,17 @@ class ModelEntry(models.Model):
     quantisable_parameter_count = models.BigIntegerField(
         default=0, help_text="Parameters in linear layers (what bitsandbytes quantises).")
     size_bytes = models.BigIntegerField(default=0, help_text="Size of the weights on disk.")
-    owned_by = models.CharField(max_length=100, default="aihub")
+    owned_by = models.CharField(max_length=100, default="aihub",
+                                help_text="What the API shows as owned_by for an operator model.")
+    # Who may see and use the model (apps/catalog/selectors.py decides, docs/models.md): an operator model
+    # (no owner) is public whatever `visibility` says; a user's model (a fine-tune) is private by default.
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE,
+                              related_name="owned_models",
+                              help_text="The user whose model this is (a fine-tune); empty: an operator model.")
+    visibility = models.CharField(max_length=10, choices=Visibility.choices, default=Visibility.PRIVATE,
+                                  help_text="For a model with an owner; operator models are always public.")
+    shared_with = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True, related_name="models_shared_with",
+                                         help_text="Who else may use the model when its visibility is 'shared'.")
     base_model = models.CharField(max_length=200, blank=True,
                                   help_text="For a fine-tuned adapter: the catalog id of its base model.")
     adapter_path = models.CharField(max_length=500, blank=True, help_text="LoRA adapter directory (safetensors).")
@@ -69,6 +86,10 @@ class ModelEntry(models.Model):
 
     def __str__(self) -> str:
         return self.id
+
+    @property
+    def effective_visibility(self) -> str:
+        return Visibility.PUBLIC if self.owner_id is None else self.visibility
 
     def estimated_bytes(self, device_type: str = "cuda") -> int:
         """Memory when loaded on a device of this type (a CPU loads float32 where a GPU loads float16)."""

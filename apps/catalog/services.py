@@ -1,13 +1,26 @@
-"""Registering models in the catalog. No torch here: facts come from the files."""
+"""Writes of the catalog: registering models, their visibility, removing fine-tunes. No torch here."""
 from __future__ import annotations
 
 import json
+import logging
+import shutil
+import uuid
 from pathlib import Path
 
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db import transaction
+
 from apps.core.errors import AppError
+from apps.core.tasks import send_task
 
 from .footprint import safetensors_parameter_counts
-from .models import KIND_CAPABILITIES, ModelEntry, ModelKind, ModelSource, Quantization
+from .models import KIND_CAPABILITIES, ModelEntry, ModelKind, ModelSource, Quantization, Visibility
+from .selectors import model_get_for_change
+from .workers import live_workers
+
+logger = logging.getLogger(__name__)
+CONTROL_TASK = "workers.tasks.model_control"
 
 
 def model_directory_facts(path: Path) -> tuple[int, int]:
@@ -24,8 +37,13 @@ def model_directory_facts(path: Path) -> tuple[int, int]:
 
 def model_register(*, model_id: str, path: Path, kind: str = ModelKind.CHAT, source: str = ModelSource.DIRECTORY,
                    source_ref: str = "", context_length: int | None = None, dtype: str = "auto",
-                   quantization: str = Quantization.NONE, capabilities: list[str] | None = None) -> ModelEntry:
-    """Create or update the catalog entry for a model directory."""
+                   quantization: str = Quantization.NONE, capabilities: list[str] | None = None,
+                   owner=None, base_model: str = "", adapter_path: str = "") -> ModelEntry:
+    """Create or update the catalog entry for a model directory.
+
+    With an owner (a fine-tune) the entry is private to them, written in the same statement as the rest:
+    a fine-tune must never be seen, even for a moment, as an ownerless (public) operator model.
+    """
     path = Path(path).resolve()
     detected_context, size = model_directory_facts(path)
     parameters, quantisable = safetensors_parameter_counts(path)
@@ -42,5 +60,72 @@ def model_register(*, model_id: str, path: Path, kind: str = ModelKind.CHAT, sou
         "quantisable_parameter_count": quantisable,
         "size_bytes": size,
         "enabled": True,
+        "owner": owner,
+        "visibility": Visibility.PUBLIC if owner is None else Visibility.PRIVATE,
+        "base_model": base_model,
+        "adapter_path": adapter_path,
     })
     return entry
+
+
+@transaction.atomic
+def model_visibility_set(*, user, model_id: str, key=None, visibility: str | None = None,
+                         shared_with: list[str] | None = None) -> ModelEntry:
+    """The owner (or staff with an admin key) makes their model private, shared with named users, or public.
+
+    `shared_with` replaces the list of users (it counts only while the visibility is `shared`).
+    """
+    entry = model_get_for_change(user=user, model_id=model_id, key=key)
+    if shared_with is not None:
+        names = set(shared_with)
+        users = list(get_user_model().objects.filter(username__in=names, is_active=True))
+        unknown = sorted(names - {u.username for u in users})
+        if unknown:
+            raise AppError(f"shared_with: no such user: {', '.join(unknown)}.", param="shared_with",
+                           code="user_not_found")
+        entry.shared_with.set(users)
+    if visibility is not None:
+        entry.visibility = visibility
+        entry.save(update_fields=["visibility"])
+    return entry
+
+
+def model_delete(*, user, model_id: str, key=None) -> None:
+    """DELETE /models/{id}: the owner (or staff with an admin key) removes a fine-tune; operator models stay."""
+    entry = model_get_for_change(user=user, model_id=model_id, key=key)
+    model_remove(model_id=entry.id)
+
+
+def model_remove(*, model_id: str) -> bool:
+    """Remove a fine-tuned model from the catalog, from every worker that serves it, and from disk.
+
+    No permission check: callers decide (model_delete, training_job_delete). False if there was nothing to
+    remove. A request already queued for the model fails on its worker with model_not_found (the entry is
+    gone when it re-reads it); workers that hold its base are told to detach the adapter, without waiting
+    for them: a worker that misses the message only keeps some memory, as its requests find no entry.
+    """
+    with transaction.atomic():
+        entry = ModelEntry.objects.select_for_update().filter(id=model_id).exclude(adapter_path="").first()
+        if entry is None:
+            return False
+        base_model, adapter_path = entry.base_model, entry.adapter_path
+        entry.delete()
+        # Files and workers only once the row is surely gone (a rollback would leave it served).
+        transaction.on_commit(lambda: _adapter_unserve(model_id=model_id, base_model=base_model,
+                                                       adapter_path=adapter_path))
+    return True
+
+
+def _adapter_unserve(*, model_id: str, base_model: str, adapter_path: str) -> None:
+    for worker in live_workers():
+        if base_model in worker.loaded:
+            # Fire and forget: nobody reads the reply, whose log expires like any other.
+            send_task(CONTROL_TASK, args=["detach_adapter", model_id, f"control-{uuid.uuid4().hex}",
+                                          {"base_model": base_model}], queue=worker.control_queue)
+    directory = Path(adapter_path).resolve()
+    adapters_root = (Path(settings.AIHUB_MODEL_STORE) / "adapters").resolve()
+    # The path comes from the database: only ever delete inside the adapter store.
+    if directory.parent == adapters_root:
+        shutil.rmtree(directory, ignore_errors=True)
+    else:
+        logger.warning("not deleting %s for %s: outside %s", directory, model_id, adapters_root)

@@ -36,12 +36,16 @@ def _candidate(entry: ModelEntry) -> Candidate:
     return Candidate(entry.id, tuple(entry.capabilities), entry.estimated_bytes_by_device())
 
 
-def chat_route(*, user, requested: str | None, messages: list[dict],
-               workers: list[WorkerState]) -> tuple[ModelEntry, Route]:
-    """Which model serves the request and which queue takes it (apps/catalog/routing.py)."""
+def chat_route(*, user, requested: str | None, messages: list[dict], workers: list[WorkerState],
+               api_key=None) -> tuple[ModelEntry, Route]:
+    """Which model serves the request and which queue takes it (apps/catalog/routing.py).
+
+    Only models the user may use are candidates, for `auto` too: a preference for a model that is no
+    longer shared with them is ignored, never honoured.
+    """
     has_images = any(m.get("images") for m in messages)
     if requested == AUTO:
-        entries = {e.id: e for e in model_list().exclude(kind="embedding")}
+        entries = {e.id: e for e in model_list(user=user, key=api_key).exclude(kind="embedding")}
         performance = {model_id: Performance(*figures)
                        for model_id, figures in model_performance(model_ids=list(entries)).items()}
         model_id, reason = choose_model(
@@ -49,7 +53,7 @@ def chat_route(*, user, requested: str | None, messages: list[dict],
             workers=workers, performance=performance, preferred=preferred_model_get(user=user))
         entry = entries[model_id]
     else:
-        entry = model_get(model_id=requested or settings.AIHUB_DEFAULT_MODEL)
+        entry = model_get(user=user, key=api_key, model_id=requested or settings.AIHUB_DEFAULT_MODEL)
         reason = "requested" if requested else "default model"
     if has_images:
         # Routing knows vision models; the engine does not take images yet.
@@ -71,7 +75,8 @@ def chat_completion_create(*, user, api_key, data: dict) -> GenerationRequest:
     requested = data.get("model")
     if requested is None and settings.AIHUB_DEFAULT_MODEL == AUTO:
         requested = AUTO
-    model, route = chat_route(user=user, requested=requested, messages=data["messages"], workers=live_workers())
+    model, route = chat_route(user=user, requested=requested, messages=data["messages"], workers=live_workers(),
+                              api_key=api_key)
     cap = model.max_completion_tokens or model.context_length - 1
     max_tokens = data.get("max_tokens") or min(settings.AIHUB_DEFAULT_MAX_TOKENS, cap)
     if max_tokens > cap:

@@ -11,6 +11,7 @@ from django.utils import timezone
 import celeryconfig
 from apps.accounts.limits import effective_limits
 from apps.catalog.selectors import model_get
+from apps.catalog.services import model_remove
 from apps.core import events
 from apps.core.errors import AppError
 from apps.core.tasks import enqueue_on_commit, send_task
@@ -65,7 +66,7 @@ def _hyperparameters(data: dict) -> dict:
 
 @transaction.atomic
 def training_job_create(*, user, api_key, data: dict) -> TrainingJob:
-    base = model_get(model_id=data["base_model"])
+    base = model_get(user=user, key=api_key, model_id=data["base_model"])
     if base.adapter_path:
         raise AppError("Fine-tune a base model, not an adapter.", param="base_model", code="invalid_value")
     training_file = validation_file = None
@@ -143,9 +144,14 @@ def training_job_cancel(*, user, job_id: str) -> TrainingJob:
 
 
 def training_job_delete(*, user, job_id: str) -> TrainingJob | None:
-    """A live job is cancelled (and kept, so its end can be followed); a finished one is deleted."""
+    """A live job is cancelled (and kept, so its end can be followed); a finished one is deleted.
+
+    Deleting a finished job deletes its fine-tuned model too (catalog, workers, adapter on disk).
+    """
     job = training_job_get(user=user, job_id=job_id)
     if not job.is_finished:
         return training_job_cancel(user=user, job_id=job_id)
+    if job.fine_tuned_model:
+        model_remove(model_id=job.fine_tuned_model)
     job.delete()
     return None
