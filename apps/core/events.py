@@ -17,6 +17,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 
+import redis
 from django.conf import settings
 
 from .redis import async_client, sync_client
@@ -65,7 +66,13 @@ class EventWriter:
         pipe = self.client.pipeline(transaction=False)
         pipe.xadd(self.key, {"e": payload}, id=f"0-{self.seq}")
         pipe.expire(self.key, _ttl())
-        pipe.execute()
+        try:
+            pipe.execute()
+        except redis.ResponseError as exc:
+            # The client retries across a lost connection (apps/core/redis.py); when the first try
+            # had reached the server, the event is already in the stream under this very id.
+            if "equal or smaller" not in str(exc):
+                raise
         return self.seq
 
 

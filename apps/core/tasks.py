@@ -3,6 +3,10 @@ from __future__ import annotations
 
 from django.db import transaction
 
+# Kombu gives up publishing after ~0.6 s by default; a broker restart takes longer, and a request
+# whose publish failed after its row committed would wait for the sweeper. Retry for ~15 s instead.
+PUBLISH_RETRY_POLICY = {"max_retries": 20, "interval_start": 0, "interval_step": 0.25, "interval_max": 1.0}
+
 
 def send_task(task_name: str, *, args: list, queue: str, **options) -> None:
     """Publish a task now. Every caller publishes through here.
@@ -14,7 +18,8 @@ def send_task(task_name: str, *, args: list, queue: str, **options) -> None:
     """
     from aihub_project.celery import app
 
-    app.send_task(task_name, args=args, queue=queue, ignore_result=True, **options)
+    app.send_task(task_name, args=args, queue=queue, ignore_result=True, retry=True,
+                  retry_policy=PUBLISH_RETRY_POLICY, **options)
 
 
 def enqueue_on_commit(task_name: str, *, args: list, queue: str) -> None:
