@@ -225,6 +225,16 @@ AIHUB_HEARTBEAT_SECONDS = env.float("AIHUB_HEARTBEAT_SECONDS", default=2.0)
 # How long POST /models/load and /models/unload wait for the worker's answer.
 AIHUB_CONTROL_TIMEOUT_SECONDS = env.float("AIHUB_CONTROL_TIMEOUT_SECONDS", default=300.0)
 
+# Monitoring. With a token set, /metrics needs `Authorization: Bearer <token>` (empty: open, for local
+# scraping); the token (or an admin key) also shows the details of /health.
+AIHUB_METRICS_TOKEN = env("AIHUB_METRICS_TOKEN", default="")
+# /health runs its checks at most once per this many seconds per web process (0: every call).
+AIHUB_HEALTH_CACHE_SECONDS = env.float("AIHUB_HEALTH_CACHE_SECONDS", default=5.0)
+# Free space in AIHUB_VAR_DIR below which /health warns (still 200) / fails (503): a fraction
+# (0 < x <= 1) of the filesystem, or bytes; 0 turns the check off.
+AIHUB_DISK_WARN_BYTES = env.float("AIHUB_DISK_WARN_BYTES", default=0.1)
+AIHUB_DISK_CRITICAL_BYTES = env.float("AIHUB_DISK_CRITICAL_BYTES", default=0.01)
+
 AIHUB_LOG_DIR.mkdir(parents=True, exist_ok=True)
 LOG_LEVEL = env("AIHUB_LOG_LEVEL", default="INFO")
 LOGGING = {

@@ -7,7 +7,7 @@ from apps.catalog.control import model_load_view, model_unload_view
 from apps.catalog.views import ModelDetailView, ModelListView, ModelStatusView
 from apps.chat.completions import chat_completions_view
 from apps.chat.views import ConversationDetailView, ConversationListView
-from apps.monitoring.views import HealthView, LivenessView, SystemAnalyticsView, SystemMetricsView
+from apps.monitoring.views import HealthView, LivenessView, SystemAnalyticsView, SystemMetricsView, metrics_view
 from apps.training import views as training
 
 api_v1 = [
@@ -44,7 +44,7 @@ urlpatterns = [
     path("api/schema", SpectacularAPIView.as_view(), name="schema"),
     path("docs", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("admin/", admin.site.urls),
-    path("", include("django_prometheus.urls")),  # /metrics
+    path("metrics", metrics_view, name="prometheus-django-metrics"),  # django-prometheus behind an optional token
 ]
 
 handler404 = "apps.core.errors.json_404"

@@ -3,6 +3,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import httpx
 
@@ -71,7 +72,15 @@ def test_prometheus_series_move_when_requests_are_served(hub, alice, models):
     before = httpx.get(f"{hub.base_url}/metrics").text
     for _ in range(2):
         _chat(hub, alice)
-    after = httpx.get(f"{hub.base_url}/metrics").text
+    # Counted when the worker settles the request, a moment after the client has its answer.
+    served_before = _series(before, "aihub_requests_total", model="tiny:chat", state="succeeded")
+    deadline = time.monotonic() + 10
+    while True:
+        after = httpx.get(f"{hub.base_url}/metrics").text
+        served = _series(after, "aihub_requests_total", model="tiny:chat", state="succeeded")
+        if served - served_before >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     served = _series(after, "aihub_requests_total", model="tiny:chat", state="succeeded")
     assert served - _series(before, "aihub_requests_total", model="tiny:chat", state="succeeded") == 2
     assert _series(after, "aihub_tokens_total", model="tiny:chat", kind="completion") - _series(

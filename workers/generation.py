@@ -18,6 +18,7 @@ from apps.catalog.models import ModelEntry
 from apps.chat.cache import cache_put
 from apps.chat.models import Conversation, GenerationRequest, Message
 from apps.core import events
+from apps.monitoring.counters import request_metrics_record
 
 logger = logging.getLogger(__name__)
 State = GenerationRequest.State
@@ -67,6 +68,7 @@ def settle_limits(generation_id) -> None:
     if generation is not None and generation.is_finished:
         limits_settle(generation.params.get("limits"),
                       used_tokens=generation.prompt_tokens + generation.completion_tokens)
+        request_metrics_record(generation=generation)
 
 
 def _run_generation(generation_id: str, *, worker: str) -> None:

@@ -7,7 +7,7 @@ from celery.signals import celeryd_after_setup, worker_process_init, worker_read
 
 import celeryconfig
 
-from . import heartbeat
+from . import heartbeat, presence
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +73,13 @@ def _start_heartbeat(**kwargs):
         from .model_manager import get_manager
 
         heartbeat.start(get_manager())
+
+
+@worker_ready.connect
+def _announce_presence(sender=None, **kwargs):
+    """Every worker, whatever it consumes, tells /health so (workers/presence.py)."""
+    queues = sender.app.amqp.queues
+    presence.start(sender.hostname, sorted(queues.consume_from or queues))
 
 
 @worker_ready.connect

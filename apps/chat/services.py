@@ -16,6 +16,7 @@ from apps.catalog.workers import WorkerState, live_workers
 from apps.core.errors import AppError
 from apps.core.events import DONE, TOKEN, EventWriter, request_cancel_sync
 from apps.core.tasks import enqueue_on_commit
+from apps.monitoring.counters import request_metrics_record
 
 from .cache import cache_get, cache_key, cache_wanted
 from .models import Conversation, GenerationRequest, Message
@@ -147,6 +148,7 @@ def _answer_from_cache(generation: GenerationRequest, cached: dict, reservation:
     Message.objects.create(conversation_id=generation.conversation_id, role="assistant",
                            content=cached["completion"], generation_id=generation.id)
     limits_settle(reservation, used_tokens=0)
+    request_metrics_record(generation=GenerationRequest.objects.get(id=generation.id))
     writer = EventWriter(generation.id)
     if cached["completion"]:
         writer.append(TOKEN, text=cached["completion"])

@@ -1,94 +1,111 @@
-"""Our `aihub_*` Prometheus series, computed at scrape time from shared state.
+"""Our `aihub_*` Prometheus series, read at scrape time from shared state, in bounded time.
 
-Request, token and latency series come from the request records in
-PostgreSQL and worker series from the heartbeats in Redis, so every web
-process exposes the same totals whichever process or worker served a request
-(worker-side figures reach /metrics without a push gateway). HTTP-level series
-come from django-prometheus's middleware.
+Request, token and latency series come from counters the hub maintains in
+Redis as requests end (apps/monitoring/counters.py): one HGETALL, whatever
+the size of the requests table. Worker series come from the heartbeats in
+Redis, so every web process exposes the same totals whichever process or
+worker served a request. Training series are grouped by base model and status
+over the (small) jobs table. HTTP-level series come from django-prometheus's
+middleware.
+
+No label carries user data: no fine-tuned model id (counted as `ft:<base>`),
+no job id, no username.
 """
 from __future__ import annotations
 
 import logging
 
-from django.db.models import Count, Q, Sum
+from django.db.models import Count
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+from .counters import LATENCY_BUCKETS, model_label, request_metrics_read
 
 logger = logging.getLogger(__name__)
 
-LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+HISTOGRAM_FAMILIES = {
+    "ttft": ("aihub_time_to_first_token_seconds", "From enqueue to the first token"),
+    "duration": ("aihub_request_duration_seconds", "From enqueue to the stored answer"),
+}
 
 
 class AIHubCollector:
     def collect(self):
-        try:
-            yield from self._requests()
-            yield from self._workers()
-            yield from self._training()
-        except Exception:  # noqa: BLE001 - a scrape must not fail because one source is down
-            logger.exception("collecting aihub metrics failed")
+        # Each source on its own: a scrape must not lose every series because one source is down.
+        for source in (self._requests, self._queues, self._workers, self._training, self._disk):
+            try:
+                yield from list(source())
+            except Exception:  # noqa: BLE001
+                logger.exception("collecting aihub metrics from %s failed", source.__name__)
 
     def describe(self):
         return []  # collected lazily: never query at registration time
 
     def _requests(self):
-        from apps.catalog.workers import known_queues, live_workers, queue_depths
-        from apps.chat.models import GenerationRequest
-
-        rows = GenerationRequest.objects.values("model", "state").annotate(
-            n=Count("id"), prompt=Sum("prompt_tokens"), completion=Sum("completion_tokens"),
-            hits=Count("id", filter=Q(cache_hit=True)))
-        requests = CounterMetricFamily("aihub_requests", "Chat completion requests by model and final state",
+        counters = request_metrics_read()
+        requests = CounterMetricFamily("aihub_requests", "Finished chat completion requests by model and state",
                                        labels=["model", "state"])
         tokens = CounterMetricFamily("aihub_tokens", "Tokens processed", labels=["model", "kind"])
         hits = CounterMetricFamily("aihub_cache_hits", "Requests answered from the response cache", labels=["model"])
-        per_model: dict[str, list[int]] = {}
-        for row in rows:
-            requests.add_metric([row["model"], row["state"]], row["n"])
-            totals = per_model.setdefault(row["model"], [0, 0, 0])
-            totals[0] += row["prompt"] or 0
-            totals[1] += row["completion"] or 0
-            totals[2] += row["hits"]
-        for model, (prompt, completion, cache_hits) in per_model.items():
-            tokens.add_metric([model, "prompt"], prompt)
-            tokens.add_metric([model, "completion"], completion)
-            hits.add_metric([model], cache_hits)
-        yield requests
-        yield tokens
-        yield hits
-        for field, name, help_text in (
-                ("time_to_first_token_ms", "aihub_time_to_first_token_seconds", "From enqueue to the first token"),
-                ("total_ms", "aihub_request_duration_seconds", "From enqueue to the stored answer")):
-            yield self._histogram(GenerationRequest, field, name, help_text)
+        histograms: dict[str, dict[str, dict]] = {name: {} for name in HISTOGRAM_FAMILIES}
+        for parts, value in sorted(counters.items()):
+            kind = parts[0]
+            if kind == "requests":
+                requests.add_metric([parts[1], parts[2]], value)
+            elif kind == "tokens":
+                tokens.add_metric([parts[1], parts[2]], value)
+            elif kind == "cache_hits":
+                hits.add_metric([parts[1]], value)
+            elif kind in histograms:
+                histograms[kind].setdefault(parts[1], {})[int(parts[2])] = value
+            elif kind.endswith("_sum") and kind[:-4] in histograms:
+                histograms[kind[:-4]].setdefault(parts[1], {})["sum"] = value
+        yield from (requests, tokens, hits)
+        for name, per_model in histograms.items():
+            family = HistogramMetricFamily(*HISTOGRAM_FAMILIES[name], labels=["model"])
+            for model, observed in per_model.items():
+                # Stored per bucket; Prometheus wants cumulative counts ending with +Inf.
+                cumulative, running = [], 0.0
+                for index, bound in enumerate((*LATENCY_BUCKETS, "+Inf")):
+                    running += observed.get(index, 0.0)
+                    cumulative.append((str(bound), running))
+                family.add_metric([model], cumulative, sum_value=observed.get("sum", 0.0))
+            yield family
+
+    def _queues(self):
+        from apps.catalog.workers import known_queues, live_workers, queue_depths
+
         depth = GaugeMetricFamily("aihub_queue_depth", "Messages waiting per queue", labels=["queue"])
         for queue, count in queue_depths(known_queues(live_workers())).items():
             depth.add_metric([queue], count or 0)
         yield depth
 
-    def _histogram(self, model_class, field: str, name: str, help_text: str):
-        buckets = {f"b{i}": Count("id", filter=Q(**{f"{field}__lte": bound * 1000}))
-                   for i, bound in enumerate(LATENCY_BUCKETS)}
-        rows = model_class.objects.filter(**{f"{field}__isnull": False}).values("model").annotate(
-            n=Count("id"), total=Sum(field), **buckets)
-        family = HistogramMetricFamily(name, help_text, labels=["model"])
-        for row in rows:
-            cumulative = [(str(bound), row[f"b{i}"]) for i, bound in enumerate(LATENCY_BUCKETS)]
-            cumulative.append(("+Inf", row["n"]))
-            family.add_metric([row["model"]], cumulative, sum_value=(row["total"] or 0) / 1000)
-        return family
-
     def _training(self):
         from apps.training.models import TrainingJob
 
-        jobs = GaugeMetricFamily("aihub_training_jobs", "Fine-tuning jobs by status", labels=["status"])
-        for row in TrainingJob.objects.values("status").annotate(n=Count("id")):
-            jobs.add_metric([row["status"]], row["n"])
-        progress = GaugeMetricFamily("aihub_training_progress_ratio", "Steps done / total steps of running jobs",
-                                     labels=["job", "model"])
-        loss = GaugeMetricFamily("aihub_training_loss", "Latest training loss of running jobs", labels=["job"])
-        for job in TrainingJob.objects.filter(status=TrainingJob.Status.RUNNING):
-            progress.add_metric([job.public_id, job.base_model], job.step / job.total_steps if job.total_steps else 0)
+        jobs = GaugeMetricFamily("aihub_training_jobs", "Fine-tuning jobs by base model and status",
+                                 labels=["model", "status"])
+        by_label: dict[tuple[str, str], int] = {}
+        for row in TrainingJob.objects.values("base_model", "status").annotate(n=Count("id")):
+            label = (model_label(row["base_model"]), row["status"])
+            by_label[label] = by_label.get(label, 0) + row["n"]
+        for label, count in sorted(by_label.items()):
+            jobs.add_metric(list(label), count)
+        progress = GaugeMetricFamily("aihub_training_progress_ratio",
+                                     "Mean steps done / total steps of running jobs, per base model",
+                                     labels=["model"])
+        loss = GaugeMetricFamily("aihub_training_loss", "Mean latest training loss of running jobs, per base model",
+                                 labels=["model"])
+        running = {}
+        for job in TrainingJob.objects.filter(status=TrainingJob.Status.RUNNING).only(
+                "base_model", "step", "total_steps", "loss"):
+            entry = running.setdefault(model_label(job.base_model), {"ratios": [], "losses": []})
+            entry["ratios"].append(job.step / job.total_steps if job.total_steps else 0.0)
             if job.loss is not None:
-                loss.add_metric([job.public_id], job.loss)
+                entry["losses"].append(job.loss)
+        for model, entry in sorted(running.items()):
+            progress.add_metric([model], sum(entry["ratios"]) / len(entry["ratios"]))
+            if entry["losses"]:
+                loss.add_metric([model], sum(entry["losses"]) / len(entry["losses"]))
         yield from (jobs, progress, loss)
 
     def _workers(self):
@@ -104,3 +121,15 @@ class AIHubCollector:
             models.add_metric([worker.hostname], worker.models_bytes)
             loaded.add_metric([worker.hostname], len(worker.loaded))
         yield from (used, total, models, loaded)
+
+    def _disk(self):
+        from .health import disk_space
+
+        disk = disk_space()
+        free = GaugeMetricFamily("aihub_disk_free_bytes", "Free space where the hub keeps its state (AIHUB_VAR_DIR)",
+                                 labels=["path"])
+        free.add_metric(["var"], disk["free_bytes"])
+        total = GaugeMetricFamily("aihub_disk_total_bytes", "Size of the filesystem holding AIHUB_VAR_DIR",
+                                  labels=["path"])
+        total.add_metric(["var"], disk["total_bytes"])
+        yield from (free, total)

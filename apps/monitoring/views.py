@@ -2,6 +2,7 @@ from datetime import datetime, timedelta
 
 from django.contrib.auth import get_user_model
 from django.utils import timezone
+from django_prometheus.exports import ExportToDjangoView
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.permissions import AllowAny
@@ -9,16 +10,12 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.accounts.models import Scope
-from apps.core.errors import AppError
+from apps.core.errors import AppError, AuthenticationError, error_response
 
+from .access import may_see_details, metrics_token_valid
 from .analytics import GROUPINGS, usage_analytics
-from .health import check_broker_and_workers, check_database, check_redis
+from .health import health_public, health_report
 from .system import system_metrics
-
-
-def _entry(result: tuple[bool, str]) -> dict:
-    ok, detail = result
-    return {"ok": ok, "detail": detail}
 
 
 class LivenessView(APIView):
@@ -32,26 +29,33 @@ class LivenessView(APIView):
 
 
 class HealthView(APIView):
-    """Readiness, at /health and /health/ready: 503 until every dependency holds."""
+    """Readiness, at /health and /health/ready: 503 until every dependency holds (docs/observability.md)."""
 
     authentication_classes = []
     permission_classes = [AllowAny]
 
     @extend_schema(
-        summary="Database, Redis, broker and a worker per GPU queue",
-        description="200 when every check holds, 503 otherwise; `checks` says what failed.",
+        summary="Database, Redis, broker, a worker per GPU queue, disk space (cached a few seconds)",
+        description="200 when every check holds (status `ok`, or `warning` when the disk runs low), 503 "
+                    "otherwise. Each check's `detail` (hostnames, paths, errors) is shown only to an admin "
+                    "key or the metrics token.",
         responses={200: inline_serializer("Health", {"status": serializers.CharField(),
                                                      "checks": serializers.DictField()}),
                    503: inline_serializer("HealthFailed", {"status": serializers.CharField(),
                                                            "checks": serializers.DictField()})},
     )
     def get(self, request):
-        broker, workers = check_broker_and_workers()
-        checks = {"database": _entry(check_database()), "redis": _entry(check_redis()), "broker": _entry(broker)}
-        checks.update({f"worker:{queue}": _entry(result) for queue, result in workers.items()})
-        healthy = all(check["ok"] for check in checks.values())
-        return Response({"status": "ok" if healthy else "unavailable", "checks": checks},
-                        status=200 if healthy else 503)
+        report = health_report()
+        body = report if may_see_details(request) else health_public(report)
+        return Response(body, status=503 if report["status"] == "unavailable" else 200)
+
+
+def metrics_view(request):
+    """Prometheus exposition (django-prometheus's view), behind AIHUB_METRICS_TOKEN when it is set."""
+    if not metrics_token_valid(request):
+        return error_response(AuthenticationError(
+            "This endpoint needs `Authorization: Bearer <AIHUB_METRICS_TOKEN>`.", code="invalid_metrics_token"))
+    return ExportToDjangoView(request)
 
 
 class SystemMetricsView(APIView):
