@@ -197,6 +197,17 @@ AIHUB_TRAINING_MAX_ATTEMPTS = env.int("AIHUB_TRAINING_MAX_ATTEMPTS", default=3)
 AIHUB_TRAINING_MEMORY_RETRY_SECONDS = env.int("AIHUB_TRAINING_MEMORY_RETRY_SECONDS", default=30)
 # Most users one fine-tuned model can be shared with by name (PATCH /api/v1/models/{id}); beyond, make it public.
 AIHUB_MODEL_SHARE_MAX_USERS = env.int("AIHUB_MODEL_SHARE_MAX_USERS", default=100)
+# One dataset line is read at most this far (never whole into memory); a longer line makes the file `error`.
+AIHUB_MAX_DATASET_LINE_BYTES = env.int("AIHUB_MAX_DATASET_LINE_BYTES", default=4 * 2**20)
+# Arrays and objects nested deeper than this in a dataset line make it invalid (a chat line needs 3).
+AIHUB_MAX_DATASET_JSON_DEPTH = env.int("AIHUB_MAX_DATASET_JSON_DEPTH", default=16)
+# Checkpoints kept per job: the newest K stay, older ones (rows and directories) go (0 = keep all).
+AIHUB_TRAINING_KEEP_CHECKPOINTS = env.int("AIHUB_TRAINING_KEEP_CHECKPOINTS", default=3)
+# Disk one user may fill with uploaded files plus training checkpoints (0 = unlimited).
+AIHUB_USER_STORAGE_QUOTA_BYTES = env.int("AIHUB_USER_STORAGE_QUOTA_BYTES", default=10 * 2**30)
+# Deliveries of one task (counted on its row in PostgreSQL) before it ends as a clear failure: a message
+# that kills its worker is redelivered, and without a count it would be redelivered forever.
+AIHUB_TASK_MAX_ATTEMPTS = env.int("AIHUB_TASK_MAX_ATTEMPTS", default=3)
 
 # Generation knobs.
 AIHUB_DEFAULT_MODEL = env("AIHUB_DEFAULT_MODEL", default="smollm2:135m")

@@ -30,6 +30,7 @@ from apps.core.tasks import send_task
 from apps.training.datasets import load_examples
 from apps.training.models import TrainingCheckpoint, TrainingJob
 from apps.training.services import TRAIN_TASK, job_event, job_finish
+from apps.training.storage import checkpoint_quota_refusal, checkpoints_prune, directory_bytes, training_run_dir
 
 logger = logging.getLogger(__name__)
 Status = TrainingJob.Status
@@ -139,7 +140,7 @@ class Trainer:
         self.hp = job.hyperparameters
         self.base = ModelEntry.objects.get(id=job.base_model)
         self.device = _device()
-        self.run_dir = Path(settings.AIHUB_TRAINING_DIR) / job.id.hex
+        self.run_dir = training_run_dir(job)
         self.stop = events.StopSignal(job.id, interval=0.5)
 
     # -- data -----------------------------------------------------------
@@ -293,7 +294,21 @@ class Trainer:
             "learning_rate": lr, "tokens_per_second": round(tokens_per_second, 1),
             "eta_seconds": round(eta, 1) if eta is not None else None})
 
+    def _checkpoint_bytes(self) -> int:
+        """The size of the next checkpoint: the last one's, or the adapter plus AdamW's two moments per weight."""
+        last = self.job.checkpoints.order_by("-step").first()
+        if last is not None and last.bytes:
+            return last.bytes
+        return 3 * sum(p.numel() * p.element_size() for p in self.model.parameters() if p.requires_grad)
+
     def _checkpoint(self, step, optimizer, scheduler, trained_tokens, loss):
+        # Over the owner's storage quota, training goes on without this checkpoint (a crash then resumes
+        # from an older one, or from the start): losing the run to a full quota would be worse.
+        refusal = checkpoint_quota_refusal(job=self.job, adding=self._checkpoint_bytes())
+        if refusal:
+            job_event(self.job, f"Checkpoint at step {step} skipped: {refusal}"[:500], level="warning",
+                      data={"step": step, "code": "storage_quota_exceeded"})
+            return
         directory = self.run_dir / f"step-{step}"
         partial = directory.with_name(directory.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
@@ -303,7 +318,9 @@ class Trainer:
         shutil.rmtree(directory, ignore_errors=True)
         partial.rename(directory)  # a crash mid-save never leaves a half checkpoint
         TrainingCheckpoint.objects.update_or_create(job=self.job, step=step, defaults={
-            "path": str(directory), "metrics": {"step": step, "train_loss": loss}})
+            "path": str(directory), "bytes": directory_bytes(directory),
+            "metrics": {"step": step, "train_loss": loss}})
+        checkpoints_prune(job=self.job)  # after the new one is safe, so a crash never leaves none
         job_event(self.job, f"Checkpoint saved at step {step}.", data={"step": step})
 
     def _resume(self, optimizer, scheduler) -> tuple[int, int]:
@@ -314,7 +331,9 @@ class Trainer:
         from safetensors.torch import load_file
 
         set_peft_model_state_dict(self.model, load_file(Path(checkpoint.path) / "adapter_model.safetensors"))
-        state = torch.load(Path(checkpoint.path) / "state.pt", weights_only=False)
+        # weights_only: tensors, numbers and dicts only (the optimizer, scheduler and RNG states are just that);
+        # unpickling arbitrary objects from a file on disk would run whatever code it names.
+        state = torch.load(Path(checkpoint.path) / "state.pt", weights_only=True)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])

@@ -3,19 +3,26 @@
 Chat:         {"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}  (ends with assistant)
 Instruction:  {"instruction": "...", "input": "..."?, "output": "..."}
 Both become a message list; the model learns the last assistant message.
+
+Every reader goes through `_lines` and `_parse`: a line is read at most
+AIHUB_MAX_DATASET_LINE_BYTES far (the rest of a longer one is skipped in
+chunks, never held), and parsed within AIHUB_MAX_DATASET_JSON_DEPTH levels, so
+neither one huge line nor a line of nested brackets can take the worker down.
 """
 from __future__ import annotations
 
-import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
 
 from apps.core.errors import AppError
+from apps.core.json_input import JsonInputError, loads_bounded
 
 ROLES = {"system", "user", "assistant"}
 MAX_REPORTED_ERRORS = 10
+SKIP_CHUNK = 2**16
 
 
 class LineError(ValueError):
@@ -62,24 +69,56 @@ class Validation:
         return not self.errors and self.examples > 0
 
 
-def validate_file(path: Path) -> Validation:
-    formats, examples, errors = set(), 0, []
+def _lines(f, limit: int) -> Iterator[tuple[int, bytes | None]]:
+    """(line number, line) of a binary file; None for a line over `limit` bytes, whose rest is skipped unread."""
+    number = 0
+    while raw := f.readline(limit + 1):
+        number += 1
+        if len(raw) > limit and not raw.endswith(b"\n"):
+            while (rest := f.readline(SKIP_CHUNK)) and not rest.endswith(b"\n"):
+                pass
+            yield number, None
+        else:
+            yield number, raw
+
+
+def _parse(raw: bytes | None) -> tuple[str, list[dict]]:
+    """(format, messages) of one raw line, or LineError saying what is wrong with it."""
+    if raw is None:
+        raise LineError(f"the line is longer than {settings.AIHUB_MAX_DATASET_LINE_BYTES} bytes "
+                        "(AIHUB_MAX_DATASET_LINE_BYTES)")
+    try:
+        value = loads_bounded(raw, max_depth=settings.AIHUB_MAX_DATASET_JSON_DEPTH)
+    except JsonInputError as exc:
+        raise LineError(str(exc)) from None
+    return example_from(value)
+
+
+def _examples(path: Path) -> Iterator[tuple[int, tuple[str, list[dict]] | LineError]]:
+    """(line number, parsed example or its LineError) of each non-blank line, within the line-count limit."""
     with open(path, "rb") as f:
-        for number, raw in enumerate(f, start=1):
+        for number, raw in _lines(f, settings.AIHUB_MAX_DATASET_LINE_BYTES):
             if number > settings.AIHUB_MAX_FILE_LINES:
-                errors.append({"line": number, "message": f"more than {settings.AIHUB_MAX_FILE_LINES} lines"})
-                break
-            if not raw.strip():
+                yield number, LineError(f"more than {settings.AIHUB_MAX_FILE_LINES} lines")
+                return
+            if raw is not None and not raw.strip():
                 continue
             try:
-                kind, _ = example_from(json.loads(raw))
-                formats.add(kind)
-                examples += 1
-            except (ValueError, UnicodeDecodeError) as exc:
-                message = str(exc) if isinstance(exc, LineError) else f"not valid JSON: {exc}"
-                errors.append({"line": number, "message": message})
-                if len(errors) >= MAX_REPORTED_ERRORS:
-                    break
+                yield number, _parse(raw)
+            except LineError as exc:
+                yield number, exc
+
+
+def validate_file(path: Path) -> Validation:
+    formats, examples, errors = set(), 0, []
+    for number, parsed in _examples(path):
+        if isinstance(parsed, LineError):
+            errors.append({"line": number, "message": str(parsed)})
+            if len(errors) >= MAX_REPORTED_ERRORS:
+                break
+            continue
+        formats.add(parsed[0])
+        examples += 1
     if len(formats) > 1:
         errors.append({"line": None, "message": "mixes chat and instruction lines; use one format per file"})
     if examples == 0 and not errors:
@@ -88,8 +127,13 @@ def validate_file(path: Path) -> Validation:
 
 
 def load_examples(path: Path) -> list[list[dict]]:
-    with open(path, "rb") as f:
-        return [example_from(json.loads(raw))[1] for raw in f if raw.strip()]
+    """Every example's messages, under the same bounds as validation (the file may have changed since)."""
+    examples = []
+    for number, parsed in _examples(path):
+        if isinstance(parsed, LineError):
+            raise LineError(f"line {number}: {parsed}")
+        examples.append(parsed[1])
+    return examples
 
 
 def resolve_dataset_path(raw: str) -> Path:

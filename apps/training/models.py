@@ -22,6 +22,8 @@ class TrainingFile(models.Model):
     format = models.CharField(max_length=20, blank=True, help_text="chat or instruction, once validated")
     examples = models.PositiveIntegerField(default=0)
     errors = models.JSONField(default=list, blank=True, help_text="The first bad lines: [{line, message}]")
+    validation_attempts = models.PositiveIntegerField(
+        default=0, help_text="Validation tasks started on this file; a redelivered one beyond the cap ends it.")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -76,6 +78,8 @@ class TrainingJob(models.Model):
     tokens_per_second = models.FloatField(null=True, blank=True)
     eta_seconds = models.FloatField(null=True, blank=True)
     attempts = models.PositiveIntegerField(default=0)
+    validation_attempts = models.PositiveIntegerField(
+        default=0, help_text="Validation tasks started on this job; a redelivered one beyond the cap fails it.")
     worker = models.CharField(max_length=200, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -114,6 +118,7 @@ class TrainingCheckpoint(models.Model):
     job = models.ForeignKey(TrainingJob, on_delete=models.CASCADE, related_name="checkpoints")
     step = models.PositiveIntegerField()
     path = models.CharField(max_length=500)
+    bytes = models.PositiveBigIntegerField(default=0, help_text="Disk used, counted in its owner's storage quota.")
     metrics = models.JSONField(default=dict)
     created_at = models.DateTimeField(auto_now_add=True)
 

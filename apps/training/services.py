@@ -5,6 +5,7 @@ import uuid
 from pathlib import Path
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils import timezone
 
@@ -19,6 +20,7 @@ from apps.core.tasks import enqueue_on_commit, send_task
 from .datasets import resolve_dataset_path
 from .models import TrainingEvent, TrainingFile, TrainingJob
 from .selectors import training_file_get, training_job_get
+from .storage import storage_quota_refusal, training_job_storage_delete
 
 VALIDATE_FILE_TASK = "workers.tasks.validate_training_file"
 VALIDATE_JOB_TASK = "workers.tasks.validate_training_job"
@@ -40,12 +42,21 @@ def training_file_create(*, user, upload, purpose: str) -> TrainingFile:
                        status=413, param="file", code="file_too_large")
     file_id = uuid.uuid4()
     directory = Path(settings.AIHUB_FILES_DIR) / str(user.id)
-    directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{file_id.hex}.jsonl"
-    with open(path, "wb") as out:
-        for chunk in upload.chunks():
-            out.write(chunk)
     with transaction.atomic():
+        # The user's row is locked while checking and storing, so two uploads cannot both take the last room.
+        get_user_model().objects.select_for_update().get(pk=user.pk)
+        refusal = storage_quota_refusal(user=user, adding=upload.size)
+        if refusal:
+            raise AppError(refusal, status=413, param="file", code="storage_quota_exceeded")
+        directory.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(path, "wb") as out:
+                for chunk in upload.chunks():
+                    out.write(chunk)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
         record = TrainingFile.objects.create(id=file_id, user=user, filename=Path(upload.name).name[:255],
                                              purpose=purpose, bytes=upload.size, path=str(path))
         enqueue_on_commit(VALIDATE_FILE_TASK, args=[str(file_id)], queue=celeryconfig.DEFAULT_QUEUE)
@@ -153,5 +164,6 @@ def training_job_delete(*, user, job_id: str) -> TrainingJob | None:
         return training_job_cancel(user=user, job_id=job_id)
     if job.fine_tuned_model:
         model_remove(model_id=job.fine_tuned_model)
+    training_job_storage_delete(job=job)
     job.delete()
     return None
