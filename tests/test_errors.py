@@ -67,7 +67,8 @@ def test_malformed_json_is_a_400(hub, alice):
     ({"messages": OK_MESSAGES, "conversation_id": "not-a-uuid"}, "conversation_id"),
 ])
 def test_invalid_requests_are_400_with_the_offending_param(hub, alice, body, param):
-    error = _assert_error(_post(hub, alice, body), 400, param=param, type="invalid_request_error")
+    error = _assert_error(_post(hub, alice, body), 400, param=param, type="invalid_request_error",
+                          code="invalid_value")
     assert param.split(".")[-1] in error["message"]
     _nothing_stored(alice.user)
 
