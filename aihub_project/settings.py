@@ -136,7 +136,7 @@ REST_FRAMEWORK = {
         "apps.accounts.permissions.KeyScope",
     ],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["apps.core.parsers.BoundedJSONParser"],
     "EXCEPTION_HANDLER": "apps.core.errors.drf_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,
@@ -208,6 +208,27 @@ AIHUB_USER_STORAGE_QUOTA_BYTES = env.int("AIHUB_USER_STORAGE_QUOTA_BYTES", defau
 # Deliveries of one task (counted on its row in PostgreSQL) before it ends as a clear failure: a message
 # that kills its worker is redelivered, and without a count it would be redelivered forever.
 AIHUB_TASK_MAX_ATTEMPTS = env.int("AIHUB_TASK_MAX_ATTEMPTS", default=3)
+
+# Hostile input (docs/limits.md). Request bodies are refused with 413 before anything reads or
+# parses them (apps/core/request_size.py): chat bodies carry whole conversations, other JSON
+# bodies are small objects; file uploads are bounded by AIHUB_MAX_FILE_BYTES instead.
+AIHUB_MAX_CHAT_REQUEST_BYTES = env.int("AIHUB_MAX_CHAT_REQUEST_BYTES", default=4 * 2**20)
+AIHUB_MAX_REQUEST_BYTES = env.int("AIHUB_MAX_REQUEST_BYTES", default=2**20)
+# Django refuses bodies over DATA_UPLOAD_MAX_MEMORY_SIZE with an HTML 400; ours answers first.
+DATA_UPLOAD_MAX_MEMORY_SIZE = max(AIHUB_MAX_CHAT_REQUEST_BYTES, AIHUB_MAX_REQUEST_BYTES)
+# How deeply arrays and objects may nest in a JSON body (a chat request needs about 5).
+AIHUB_MAX_JSON_DEPTH = env.int("AIHUB_MAX_JSON_DEPTH", default=32)
+# Per chat request: messages (OpenAI's API takes at most 2048), characters of all message
+# contents together (~250k tokens, beyond any context served), and stop sequences (OpenAI: 4).
+AIHUB_MAX_MESSAGES = env.int("AIHUB_MAX_MESSAGES", default=2048)
+AIHUB_MAX_PROMPT_CHARS = env.int("AIHUB_MAX_PROMPT_CHARS", default=1_000_000)
+AIHUB_MAX_STOP_SEQUENCES = env.int("AIHUB_MAX_STOP_SEQUENCES", default=4)
+AIHUB_MAX_STOP_CHARS = env.int("AIHUB_MAX_STOP_CHARS", default=256)
+# The longest `keep_alive` a chat request may ask for (seconds); -1 (pin) and 0 (unload now)
+# need the admin scope, like POST /models/load and /models/unload.
+AIHUB_KEEP_ALIVE_MAX_SECONDS = env.float("AIHUB_KEEP_ALIVE_MAX_SECONDS", default=3600.0)
+# `model: "auto"` reads at most this many characters of user text to tell code from chat.
+AIHUB_ROUTING_SAMPLE_CHARS = env.int("AIHUB_ROUTING_SAMPLE_CHARS", default=16384)
 
 # Generation knobs.
 AIHUB_DEFAULT_MODEL = env("AIHUB_DEFAULT_MODEL", default="smollm2:135m")

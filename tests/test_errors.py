@@ -57,11 +57,18 @@ def test_malformed_json_is_a_400(hub, alice):
     ({"messages": OK_MESSAGES, "max_tokens": "10"}, "max_tokens"),
     ({"messages": OK_MESSAGES, "n": 2}, "n"),
     ({"messages": OK_MESSAGES, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    ({"messages": OK_MESSAGES, "stop": "x" * 257}, "stop"),
+    ({"messages": OK_MESSAGES, "stop": ["ok", "x" * 200_000]}, "stop"),
+    ({"messages": OK_MESSAGES * 2049}, "messages"),
+    ({"messages": OK_MESSAGES, "keep_alive": 3601}, "keep_alive"),
+    ({"messages": OK_MESSAGES, "keep_alive": -0.5}, "keep_alive"),
+    ({"messages": OK_MESSAGES, "model": "m" * 201}, "model"),
     ({"messages": OK_MESSAGES, "model": 5}, "model"),
     ({"messages": OK_MESSAGES, "conversation_id": "not-a-uuid"}, "conversation_id"),
 ])
 def test_invalid_requests_are_400_with_the_offending_param(hub, alice, body, param):
-    error = _assert_error(_post(hub, alice, body), 400, param=param, type="invalid_request_error")
+    error = _assert_error(_post(hub, alice, body), 400, param=param, type="invalid_request_error",
+                          code="invalid_value")
     assert param.split(".")[-1] in error["message"]
     _nothing_stored(alice.user)
 

@@ -1,4 +1,6 @@
 """The automatic-choice rules, one by one (apps/catalog/routing.py)."""
+import time
+
 import pytest
 
 from apps.catalog.routing import Candidate, Performance, choose_model, choose_worker, task_type
@@ -32,6 +34,22 @@ def user_says(text):
 ])
 def test_it_tells_the_task_from_the_messages(text, task):
     assert task_type(user_says(text)) == task
+
+
+@pytest.mark.parametrize("text", ["\n" * 1_000_000, " \n" * 500_000, "x\n" * 500_000, "select " * 200_000,
+                                  "from " * 200_000 + "import"])
+def test_telling_the_task_takes_linear_bounded_time_on_hostile_text(text):
+    started = time.perf_counter()
+    assert task_type(user_says(text)) in ("chat", "code")
+    assert time.perf_counter() - started < 0.5
+
+
+def test_only_the_start_of_the_user_text_is_classified(monkeypatch):
+    from django.conf import settings
+
+    assert task_type(user_says("hello\n" * 100 + "def add(a, b):")) == "code"
+    monkeypatch.setattr(settings, "AIHUB_ROUTING_SAMPLE_CHARS", 100)
+    assert task_type(user_says("hello\n" * 100 + "def add(a, b):")) == "chat"
 
 
 def test_images_make_it_a_vision_task():

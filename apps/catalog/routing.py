@@ -16,25 +16,89 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from django.conf import settings
+
 import celeryconfig
 from apps.core.errors import AppError
 
 from .workers import WorkerState
 
-CODE_PATTERNS = re.compile(
-    r"```|^\s*(def|class|import|from \S+ import|#include|public static|function|const|let|fn|package)\b"
-    r"|\bSELECT\b.+\bFROM\b|[;{}]\s*$|=>|\bTraceback \(most recent call last\)",
-    re.MULTILINE | re.IGNORECASE,
-)
-CODE_WORDS = re.compile(r"\b(code|function|python|javascript|typescript|rust|golang|sql|regex|bug|compile)\b",
-                        re.IGNORECASE)
+# Task classification reads user text, so it must cost time linear in that text and bounded:
+# a backtracking pattern such as `^\s*(def|...)` under MULTILINE re-scans every following
+# blank line from each line start, and 20 KB of newlines held the GIL (so the whole web
+# process) for 25 s. Lines are checked one by one with plain string operations, and only the
+# first AIHUB_ROUTING_SAMPLE_CHARS characters of user text are read.
+CODE_FENCE = "```"
+CODE_MARKERS = ("=>",)
+CODE_LINE_STARTS = ("def", "class", "import", "#include", "public static", "function", "const", "let", "fn",
+                    "package")
+CODE_LINE_ENDS = (";", "{", "}")
+TRACEBACK = "traceback (most recent call last)"
+CODE_WORDS = frozenset({"code", "function", "python", "javascript", "typescript", "rust", "golang", "sql",
+                        "regex", "bug", "compile"})
+WORD = re.compile(r"\w+")  # one pass, no backtracking: maximal runs of word characters
+
+
+def _is_word_char(text: str, index: int) -> bool:
+    return 0 <= index < len(text) and (text[index].isalnum() or text[index] == "_")
+
+
+def _word_at(text: str, start: int, word: str) -> bool:
+    """`word` occurs at `start` as a whole word (regex `\bword\b`)."""
+    end = start + len(word)
+    return (text.startswith(word, start) and not _is_word_char(text, start - 1)
+            and not (word[-1].isalnum() and _is_word_char(text, end)))
+
+
+def _find_word(text: str, word: str, start: int = 0) -> int:
+    """Index of the first whole-word `word` at or after `start`, or -1 (str.find steps, linear)."""
+    index = text.find(word, start)
+    while index != -1 and not _word_at(text, index, word):
+        index = text.find(word, index + 1)
+    return index
+
+
+def _code_line(line: str) -> bool:
+    """The per-line rules: a code keyword starting the line, `SELECT … FROM`, a trailing `;`, `{` or `}`."""
+    stripped = line.lstrip()
+    if not stripped:
+        return False
+    if any(_word_at(stripped, 0, start) for start in CODE_LINE_STARTS):
+        return True
+    words = stripped.split(maxsplit=2)
+    if len(words) == 3 and words[0] == "from" and _word_at(words[2], 0, "import") and stripped.startswith(
+            f"from {words[1]} import"):
+        return True
+    select = _find_word(line, "select")
+    if select != -1 and _find_word(line, "from", select + len("select") + 1) != -1:
+        return True
+    return line.rstrip().endswith(CODE_LINE_ENDS)
+
+
+def _user_text_sample(messages: list[dict], limit: int) -> str:
+    """The users' messages joined by newlines, cut at `limit` characters, without joining everything first."""
+    parts, size = [], 0
+    for message in messages:
+        if message["role"] != "user":
+            continue
+        part = ("\n" if parts else "") + message["content"][:limit - size]
+        parts.append(part)
+        size += len(part)
+        if size >= limit:
+            break
+    return "".join(parts)[:limit]
 
 
 def task_type(messages: list[dict], *, has_images: bool = False) -> str:
     if has_images:
         return "vision"
-    text = "\n".join(m["content"] for m in messages if m["role"] == "user")
-    if CODE_PATTERNS.search(text) or len(CODE_WORDS.findall(text)) >= 2:
+    text = _user_text_sample(messages, settings.AIHUB_ROUTING_SAMPLE_CHARS).lower()
+    if CODE_FENCE in text or any(marker in text for marker in CODE_MARKERS):
+        return "code"
+    traceback = _find_word(text, TRACEBACK)
+    if traceback != -1 or any(_code_line(line) for line in text.split("\n")):
+        return "code"
+    if sum(1 for word in WORD.findall(text) if word in CODE_WORDS) >= 2:
         return "code"
     return "chat"
 

@@ -44,12 +44,26 @@ def validate_chat_request(body: dict) -> dict:
     return serializer.validated_data
 
 
+# Where the per-request CPU work runs (checked for issue #10): Django's ASGI handler gives each
+# request a thread of its own for thread-sensitive sync_to_async calls (ThreadSensitiveContext),
+# so parsing, validation and chat_completion_create run on that request's thread, never on the
+# event loop that every stream and async view shares, nor on a thread other requests wait for.
+# A thread does not help against work that holds the GIL, though: C code such as `re` matching
+# or json.loads never lets go of it, which is how one regex froze the whole process. So each
+# step is also bounded: the body's size before parsing (request_size.py), its nesting depth,
+# the serializer's limits, and task classification linear in a bounded sample (routing.py).
+# Pure-Python loops (the depth walk, validation) release the GIL every few milliseconds.
+
+
+def _validate_and_create(*, key, body: dict) -> tuple[GenerationRequest, dict]:
+    data = validate_chat_request(body)
+    return chat_completion_create(user=key.user, api_key=key, data=data), data
+
+
 async def chat_completion_submit(*, key, body: dict) -> tuple[GenerationRequest, dict]:
     """Validate, store and enqueue; shared by the REST view and the websocket consumer."""
     require_scope(key, Scope.INFERENCE)
-    data = validate_chat_request(body)
-    generation = await sync_to_async(chat_completion_create)(user=key.user, api_key=key, data=data)
-    return generation, data
+    return await sync_to_async(_validate_and_create)(key=key, body=body)
 
 
 @csrf_exempt
@@ -57,7 +71,8 @@ async def chat_completions_view(request: HttpRequest):
     try:
         require_method(request, "POST")
         key = await authenticate_request(request)
-        generation, data = await chat_completion_submit(key=key, body=parse_json_body(request))
+        body = await sync_to_async(parse_json_body)(request)
+        generation, data = await chat_completion_submit(key=key, body=body)
     except AppError as error:
         return error_response(error)
     if data["stream"]:

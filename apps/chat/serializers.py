@@ -1,4 +1,9 @@
-"""Input and output shapes of the chat API (OpenAI's chat.completion)."""
+"""Input and output shapes of the chat API (OpenAI's chat.completion).
+
+Every size a client controls is bounded here (docs/limits.md): messages, their
+characters, stop sequences, keep_alive. The body itself was bounded before parsing.
+"""
+from django.conf import settings
 from rest_framework import serializers
 
 from apps.core.fields import StrictBooleanField, StrictCharField, StrictFloatField, StrictIntegerField
@@ -66,24 +71,30 @@ class StreamOptionsSerializer(serializers.Serializer):
 
 
 class StopField(serializers.Field):
-    default_error_messages = {"type": "must be a string or a list of up to 4 strings."}
+    default_error_messages = {
+        "type": "must be a string or a list of up to {count} non-empty strings.",
+        "length": "each stop sequence may have at most {chars} characters.",
+    }
 
     def to_internal_value(self, data):
+        count, chars = settings.AIHUB_MAX_STOP_SEQUENCES, settings.AIHUB_MAX_STOP_CHARS
         if data is None:
             return []
-        if isinstance(data, str):
-            return [data] if data else []
-        if isinstance(data, list) and len(data) <= 4 and all(isinstance(s, str) and s for s in data):
-            return data
-        self.fail("type")
+        stops = ([data] if data else []) if isinstance(data, str) else data
+        if not (isinstance(stops, list) and len(stops) <= count and all(isinstance(s, str) and s for s in stops)):
+            self.fail("type", count=count)
+        if any(len(s) > chars for s in stops):
+            self.fail("length", chars=chars)
+        return stops
 
     def to_representation(self, value):
         return value
 
 
 class ChatCompletionRequestSerializer(serializers.Serializer):
-    model = StrictCharField(required=False, allow_blank=False, help_text='A model id, or "auto" to let the hub choose.')
-    messages = ChatMessageInputSerializer(many=True, allow_empty=False)
+    model = StrictCharField(required=False, allow_blank=False, max_length=200,  # ModelEntry.id
+                            help_text='A model id, or "auto" to let the hub choose.')
+    messages = ChatMessageInputSerializer(many=True, allow_empty=False, max_length=settings.AIHUB_MAX_MESSAGES)
     stream = StrictBooleanField(required=False, default=False)
     stream_options = StreamOptionsSerializer(required=False, allow_null=True)
     max_tokens = StrictIntegerField(required=False, allow_null=True, min_value=1)
@@ -94,14 +105,30 @@ class ChatCompletionRequestSerializer(serializers.Serializer):
     seed = StrictIntegerField(required=False, allow_null=True)
     user = StrictCharField(required=False, allow_blank=True, max_length=256)
     n = StrictIntegerField(required=False, allow_null=True)
-    keep_alive = StrictFloatField(required=False, allow_null=True, min_value=-1,
-                                  help_text="Seconds the model stays loaded after this request (-1 pins, 0 unloads).")
+    keep_alive = StrictFloatField(
+        required=False, allow_null=True,
+        help_text="Seconds the model stays loaded after this request, up to the operator's bound "
+                  "(AIHUB_KEEP_ALIVE_MAX_SECONDS); -1 pins and 0 unloads, with an admin key only.")
     cache = StrictBooleanField(required=False, allow_null=True, default=None,
                                help_text="Answer deterministic requests from the response cache (per user).")
     ignore_eos = StrictBooleanField(required=False, default=False,
                                     help_text="vLLM extension: generate exactly max_tokens tokens (benchmarks).")
     conversation_id = serializers.UUIDField(required=False, allow_null=True,
                                             help_text="AI Hub extension: continue a stored conversation.")
+
+    def validate_messages(self, value):
+        chars = sum(len(m["content"]) for m in value)
+        if chars > settings.AIHUB_MAX_PROMPT_CHARS:
+            raise serializers.ValidationError(
+                f"the messages hold {chars} characters; at most {settings.AIHUB_MAX_PROMPT_CHARS} are accepted.")
+        return value
+
+    def validate_keep_alive(self, value):
+        bound = settings.AIHUB_KEEP_ALIVE_MAX_SECONDS
+        if value is not None and value not in (-1, 0) and not 0 < value <= bound:
+            raise serializers.ValidationError(
+                f"seconds between 0 and {bound:g}, or -1 to pin the model (admin keys only).")
+        return value
 
     def validate_n(self, value):
         if value not in (None, 1):

@@ -8,6 +8,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from apps.accounts.limits import estimate_prompt_tokens, limits_admit, limits_settle
+from apps.accounts.models import Scope
 from apps.accounts.services import preferred_model_get
 from apps.catalog.models import ModelEntry
 from apps.catalog.routing import Candidate, Performance, Route, choose_model, choose_worker, task_type
@@ -96,7 +97,7 @@ def chat_completion_create(*, user, api_key, data: dict) -> GenerationRequest:
     if estimate_prompt_tokens(history + new_messages) > 2 * model.context_length:
         raise AppError(f"The messages are far longer than the model '{model.id}' accepts "
                        f"({model.context_length} tokens).", param="messages", code="context_length_exceeded")
-    params = _params(data, model=model, max_tokens=max_tokens)
+    params = _params(data, model=model, max_tokens=max_tokens, api_key=api_key)
     cached = None
     if cache_wanted(data.get("cache"), params):
         params["cache_key"] = cache_key(user_id=user.id, model=model.id, messages=history + new_messages,
@@ -123,9 +124,16 @@ def chat_completion_create(*, user, api_key, data: dict) -> GenerationRequest:
     return generation
 
 
-def _params(data: dict, *, model, max_tokens: int) -> dict:
+def _params(data: dict, *, model, max_tokens: int, api_key) -> dict:
     """Sampling parameters as the engine takes them."""
     temperature, top_p = data.get("temperature"), data.get("top_p")
+    keep_alive = data.get("keep_alive")
+    # Pinning or unloading at once changes the hub for everyone: the same power as
+    # POST /models/load and /models/unload. Other values are bounded by the serializer.
+    if keep_alive in (-1, 0) and not api_key.has_scope(Scope.ADMIN):
+        raise AppError(f"keep_alive {keep_alive:g} (pin or unload the model) needs an admin key; "
+                       f"give seconds up to {settings.AIHUB_KEEP_ALIVE_MAX_SECONDS:g} instead.",
+                       status=403, type="permission_error", param="keep_alive", code="insufficient_scope")
     return {
         "max_tokens": max_tokens,
         "temperature": 1.0 if temperature is None else temperature,
@@ -134,7 +142,7 @@ def _params(data: dict, *, model, max_tokens: int) -> dict:
         "seed": data.get("seed"),
         "ignore_eos": data.get("ignore_eos", False),
         "context_length": model.context_length,
-        "keep_alive": data.get("keep_alive"),
+        "keep_alive": keep_alive,
     }
 
 

@@ -1,15 +1,15 @@
 """Shared pieces of the plain async views (DRF views are sync-only): key auth and JSON bodies."""
 from __future__ import annotations
 
-import json
-
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.db import close_old_connections
 from django.http import HttpRequest
 
 from apps.accounts.services import api_key_authenticate, bearer_token
 
 from .errors import AppError, AuthenticationError
+from .json_input import JsonInputError, loads_bounded
 
 
 async def authenticate_request(request: HttpRequest):
@@ -34,10 +34,11 @@ async def release_database_connection() -> None:
 
 
 def parse_json_body(request: HttpRequest) -> dict:
+    """The body as a JSON object. Its size was bounded before Django read it (request_size.py)."""
     try:
-        body = json.loads(request.body or b"")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise AppError(f"We could not parse the JSON body of your request: {exc}", code="invalid_json")
+        body = loads_bounded(request.body or b"", max_depth=settings.AIHUB_MAX_JSON_DEPTH, strict=True)
+    except JsonInputError as exc:
+        raise AppError(f"We could not parse the JSON body of your request: {exc}", code="invalid_json") from None
     if not isinstance(body, dict):
         raise AppError("The request body must be a JSON object.", code="invalid_json")
     return body

@@ -34,10 +34,18 @@ def nesting_depth(value: Any) -> int:
     return deepest
 
 
-def loads_bounded(raw: bytes | str, *, max_depth: int) -> Any:
-    """json.loads that refuses input nested deeper than `max_depth` with JsonInputError, never RecursionError."""
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def loads_bounded(raw: bytes | str, *, max_depth: int, strict: bool = False) -> Any:
+    """json.loads that refuses input nested deeper than `max_depth` with JsonInputError, never RecursionError.
+
+    `strict` also refuses NaN and Infinity, which Python's json accepts but JSON (RFC 8259) does not
+    (DRF's JSON parser refuses them too: a NaN temperature passes every range check).
+    """
     try:
-        value = json.loads(raw)
+        value = json.loads(raw, parse_constant=_refuse_constant if strict else None)
     except RecursionError:
         raise JsonInputError(f"JSON nested too deeply; at most {max_depth} levels are accepted") from None
     except (ValueError, UnicodeDecodeError) as exc:

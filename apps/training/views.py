@@ -1,11 +1,12 @@
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers
-from rest_framework.parsers import JSONParser, MultiPartParser
+from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.accounts.models import Scope
 from apps.core.errors import AppError
+from apps.core.parsers import BoundedJSONParser
 
 from .selectors import training_file_get, training_job_get
 from .serializers import CheckpointSerializer, FileSerializer, JobCreateSerializer, JobSerializer
@@ -28,7 +29,7 @@ def _list(items) -> dict:
 
 
 class FileListView(TrainingView):
-    parser_classes = [MultiPartParser, JSONParser]
+    parser_classes = [MultiPartParser, BoundedJSONParser]
 
     @extend_schema(operation_id="files_list", summary="Your uploaded files", responses=FileSerializer(many=True))
     def get(self, request):
