@@ -102,6 +102,7 @@ class ApiKey(LimitFields):
         return hmac.compare_digest(self.key_hash, hash_key(raw_key))
 
     def revoke(self) -> None:
+        """Mark the row only; services.api_keys_revoke also stops the key's running requests."""
         if self.revoked_at is None:
             self.revoked_at = timezone.now()
             self.save(update_fields=["revoked_at"])
