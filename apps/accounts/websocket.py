@@ -95,11 +95,13 @@ class ApiKeyConsumer(AsyncJsonWebsocketConsumer):
 
     async def _key_still_usable(self) -> bool:
         """Re-read the key; when it stopped, refuse (error, close 4401) and answer False."""
-        if await sync_to_async(api_key_still_usable)(key_id=self.key.id):
+        key = self.key
+        if await sync_to_async(api_key_still_usable)(key_id=key.id):
             return True
-        self.key = None
-        await self.refuse(AuthenticationError(
-            "This API key was revoked or has expired, or its user was deactivated."))
+        if self.key is key:  # not already refused by the other check (a message and the watch can overlap)
+            self.key = None
+            await self.refuse(AuthenticationError(
+                "This API key was revoked or has expired, or its user was deactivated."))
         return False
 
     async def _watch_key(self) -> None:
