@@ -241,6 +241,9 @@ AIHUB_HTTP_READER_LEASE_SECONDS = env.float("AIHUB_HTTP_READER_LEASE_SECONDS", d
 # How long a websocket client may stay away and still resume a running generation.
 AIHUB_WS_RESUME_GRACE_SECONDS = env.float("AIHUB_WS_RESUME_GRACE_SECONDS", default=0.0)
 AIHUB_WS_RESUME_GRACE_MAX_SECONDS = env.float("AIHUB_WS_RESUME_GRACE_MAX_SECONDS", default=300.0)
+# While a websocket streams, its key is read again this often (one query), so a socket that only
+# listens stops streaming for a revoked or expired key; client messages re-check it every time.
+AIHUB_WS_KEY_RECHECK_SECONDS = env.float("AIHUB_WS_KEY_RECHECK_SECONDS", default=5.0)
 # A non-streaming request (and a stream with no events) gives up after this long.
 AIHUB_REQUEST_TIMEOUT_SECONDS = env.float("AIHUB_REQUEST_TIMEOUT_SECONDS", default=600.0)
 # Device for the worker: "auto" picks cuda when available.

@@ -3,10 +3,9 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
 from django.db.models import Count, Sum
 from django.db.models.functions import Coalesce
-from django.utils import timezone
 
 from .models import ApiKey, Profile
-from .services import api_key_create
+from .services import api_key_create, api_keys_revoke, user_deactivate
 
 
 @admin.register(ApiKey)
@@ -15,13 +14,17 @@ class ApiKeyAdmin(admin.ModelAdmin):
                     "revoked_at")
     list_filter = ("revoked_at", "expires_at")
     search_fields = ("name", "user__username", "lookup")
-    readonly_fields = ("display_prefix", "created_at", "last_used_at")
-    fields = ("user", "name", "scopes", "expires_at", "display_prefix", "created_at", "last_used_at", "revoked_at")
+    readonly_fields = ("display_prefix", "created_at", "last_used_at", "parent")
+    fields = ("user", "name", "scopes", "expires_at", "display_prefix", "created_at", "last_used_at", "revoked_at",
+              "parent")
     actions = ["revoke_keys"]
 
     def save_model(self, request, obj, form, change):
         if change:
-            return super().save_model(request, obj, form, change)
+            super().save_model(request, obj, form, change)
+            if obj.revoked_at is not None and "revoked_at" in form.changed_data:
+                api_keys_revoke(keys=ApiKey.objects.filter(pk=obj.pk))  # stops its running requests
+            return
         key, raw = api_key_create(user=obj.user, name=obj.name, scopes=obj.scopes, expires_at=obj.expires_at)
         obj.pk = key.pk
         obj.refresh_from_db()
@@ -30,8 +33,8 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
     @admin.action(description="Revoke selected keys")
     def revoke_keys(self, request, queryset):
-        count = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
-        self.message_user(request, f"Revoked {count} key(s).")
+        count = api_keys_revoke(keys=queryset)
+        self.message_user(request, f"Revoked {count} key(s); their queued and running requests were cancelled.")
 
 
 class ProfileInline(admin.StackedInline):
@@ -49,6 +52,18 @@ class UserWithProfileAdmin(UserAdmin):
 
     inlines = [ProfileInline]
     list_display = ("username", "is_staff", "is_active", "requests", "tokens", "last_login")
+    actions = ["deactivate_users"]
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        if change and not obj.is_active and "is_active" in form.changed_data:
+            user_deactivate(user=obj)  # their keys stop at once, and so do their running requests
+
+    @admin.action(description="Deactivate selected users (their keys stop, their requests are cancelled)")
+    def deactivate_users(self, request, queryset):
+        for user in queryset:
+            user_deactivate(user=user)
+        self.message_user(request, f"Deactivated {len(queryset)} user(s).")
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(

@@ -1,11 +1,13 @@
-"""Per-key limits, enforced atomically in Redis across every web process (docs/limits.md).
+"""Per-key-family limits, enforced atomically in Redis across every web process (docs/limits.md).
 
 One Lua script checks every limit and, only if all pass, takes the request's
 share of each: a request slot in this minute, a reservation of tokens (prompt
 estimate + max_tokens) against the minute and the budget period, and a
 concurrency slot. Nothing is taken when anything is refused, so a refused
-request costs nothing. When the request ends, the worker settles: it frees the
-concurrency slot and refunds the tokens it reserved but did not use.
+request costs nothing. The counters belong to the key family (`ApiKey.budget_id`):
+a key minted by another key spends the same budget, never a fresh one. When
+the request ends, the worker settles: it frees the concurrency slot and
+refunds the tokens it reserved but did not use.
 """
 from __future__ import annotations
 
@@ -32,12 +34,15 @@ class Limits:
     max_queued_training_jobs: int
 
 
-def effective_limits(key: ApiKey) -> Limits:
-    """The key's own value, else the user's, else the setting; 0 means unlimited."""
+def _profile(key: ApiKey) -> Profile | None:
     try:
-        profile = key.user.aihub_profile  # loaded with the key (api_key_authenticate)
+        return key.user.aihub_profile  # loaded with the key (api_key_authenticate)
     except Profile.DoesNotExist:
-        profile = None
+        return None
+
+
+def _own_limits(key: ApiKey, profile: Profile | None) -> dict[str, int]:
+    """The key's own value, else the user's, else the setting; 0 means unlimited."""
     values = {}
     for name in LimitFields.LIMIT_NAMES:
         for source in (key, profile):
@@ -47,6 +52,29 @@ def effective_limits(key: ApiKey) -> Limits:
                 break
         else:
             values[name] = settings.AIHUB_DEFAULT_LIMITS[name]
+    return values
+
+
+def tighter(a: int, b: int) -> int:
+    """The stricter of two limits, where 0 means unlimited."""
+    return max(a, b) if 0 in (a, b) else min(a, b)
+
+
+def effective_limits(key: ApiKey) -> Limits:
+    """The key's limits; a minted key is also held to its family's root, whose counters it shares.
+
+    A minted key stores its limits when it is made (no looser than its parent's
+    at that moment); taking the root's current limits as well means an operator
+    who tightens the root (or the user's defaults) tightens the whole family.
+    """
+    profile = _profile(key)  # a family has one user: the root's profile is the key's
+    values = _own_limits(key, profile)
+    root = key.budget_root
+    if root is not None:
+        root_values = _own_limits(root, profile)
+        values = {name: tighter(value, root_values[name]) for name, value in values.items()}
+        # One counter per family and period: the period is the root's.
+        values["budget_period_days"] = root_values["budget_period_days"]
     return Limits(**values)
 
 
@@ -100,7 +128,7 @@ def limits_admit(*, key: ApiKey, request_id: str, cost: int) -> dict:
     """Take the request's share or raise a 429; returns the reservation to settle later."""
     limits = effective_limits(key)
     now = time.time()
-    keys, minute_left, budget_left = _keys(key.id, now, limits.budget_period_days)
+    keys, minute_left, budget_left = _keys(key.budget_id, now, limits.budget_period_days)
     result = _admit_script()(keys, [limits.requests_per_minute, limits.tokens_per_minute,
                          limits.token_budget, limits.max_concurrent_generations, cost, request_id, now,
                                      minute_left, budget_left, int(settings.AIHUB_REQUEST_TIMEOUT_SECONDS)])

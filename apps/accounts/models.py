@@ -59,6 +59,13 @@ class ApiKey(LimitFields):
     revoked_at = models.DateTimeField(null=True, blank=True)
     expires_at = models.DateTimeField(null=True, blank=True, help_text="Empty: never expires.")
     scopes = models.JSONField(default=default_scopes, help_text='Any of "inference", "training", "admin".')
+    # A key minted by another key (POST /keys) lives within its parent's powers and spends its family's
+    # one budget: the counters belong to `budget_root`, the operator-made key at the top (docs/limits.md).
+    # The root is stored, not walked up to, because every admission needs it.
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="minted",
+                               editable=False, help_text="The key that minted this one; empty: made by an operator.")
+    budget_root = models.ForeignKey("self", null=True, blank=True, on_delete=models.CASCADE, related_name="+",
+                                    editable=False, help_text="The key whose limit counters this one shares.")
 
     class Meta:
         verbose_name = "API key"
@@ -70,6 +77,11 @@ class ApiKey(LimitFields):
     @property
     def display_prefix(self) -> str:
         return f"{KEY_PREFIX}_{self.lookup}"
+
+    @property
+    def budget_id(self) -> int:
+        """The id the limit counters are kept under: one budget per key family."""
+        return self.budget_root_id or self.id
 
     @property
     def is_active(self) -> bool:
@@ -90,6 +102,7 @@ class ApiKey(LimitFields):
         return hmac.compare_digest(self.key_hash, hash_key(raw_key))
 
     def revoke(self) -> None:
+        """Mark the row only; services.api_keys_revoke also stops the key's running requests."""
         if self.revoked_at is None:
             self.revoked_at = timezone.now()
             self.save(update_fields=["revoked_at"])

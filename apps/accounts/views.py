@@ -7,10 +7,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.catalog.selectors import model_get
-from apps.core.errors import AppError
 
 from .models import ApiKey, Scope
-from .services import api_key_create, api_key_revoke, preferred_model_get, preferred_model_set
+from .services import MINTABLE_LIMITS, api_key_mint, api_key_revoke, preferred_model_get, preferred_model_set
 
 
 class MeSerializer(serializers.Serializer):
@@ -49,14 +48,21 @@ class ApiKeySerializer(serializers.ModelSerializer):
 
     class Meta:
         model = ApiKey
-        fields = ["id", "name", "prefix", "scopes", "created_at", "last_used_at", "expires_at", "revoked_at", "active"]
+        fields = ["id", "name", "prefix", "scopes", "created_at", "last_used_at", "expires_at", "revoked_at", "active",
+                  "parent", *MINTABLE_LIMITS]
 
 
 class ApiKeyCreateSerializer(serializers.Serializer):
     name = serializers.CharField(required=False, allow_blank=True, max_length=100, default="")
     scopes = serializers.ListField(child=serializers.ChoiceField(choices=Scope.values), required=False,
-                                   allow_empty=False)
-    expires_in_days = serializers.IntegerField(required=False, min_value=1, max_value=3650)
+                                   allow_empty=False, help_text="Default and at most: the calling key's scopes.")
+    expires_in_days = serializers.IntegerField(required=False, min_value=1, max_value=3650,
+                                               help_text="Default: the calling key's expiry (or none); never later.")
+    requests_per_minute = serializers.IntegerField(required=False, min_value=0, max_value=2**31 - 1)
+    tokens_per_minute = serializers.IntegerField(required=False, min_value=0, max_value=2**31 - 1)
+    max_concurrent_generations = serializers.IntegerField(required=False, min_value=0, max_value=2**31 - 1)
+    token_budget = serializers.IntegerField(required=False, min_value=0, max_value=2**63 - 1,
+                                            help_text="Tokens per the family's budget period.")
 
 
 class ApiKeyListView(APIView):
@@ -68,26 +74,23 @@ class ApiKeyListView(APIView):
         keys = ApiKey.objects.filter(user=request.user)
         return Response({"object": "list", "data": ApiKeySerializer(keys, many=True).data})
 
-    @extend_schema(summary="Create a key: the response is the only time it is shown",
+    @extend_schema(summary="Create a key within this key's powers: the response is the only time it is shown",
                    request=ApiKeyCreateSerializer, responses={201: ApiKeySerializer})
     def post(self, request):
         serializer = ApiKeyCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        scopes = data.get("scopes", request.auth.scopes)
-        beyond = set(scopes) - set(request.auth.scopes)
-        if beyond:
-            # A key can only hand out what it has itself.
-            raise AppError(f"This key cannot grant scope(s) it lacks: {', '.join(sorted(beyond))}.",
-                           status=403, type="permission_error", param="scopes", code="insufficient_scope")
         expires_at = timezone.now() + timedelta(days=data["expires_in_days"]) if "expires_in_days" in data else None
-        key, raw = api_key_create(user=request.user, name=data["name"], scopes=scopes, expires_at=expires_at)
+        key, raw = api_key_mint(parent=request.auth, name=data["name"], scopes=data.get("scopes"),
+                                expires_at=expires_at, limits={name: data[name] for name in MINTABLE_LIMITS
+                                                               if name in data})
         return Response({**ApiKeySerializer(key).data, "key": raw}, status=201)
 
 
 class ApiKeyDetailView(APIView):
     required_scope = None
 
-    @extend_schema(summary="Revoke one of your keys (refused at once afterwards)", responses=ApiKeySerializer)
+    @extend_schema(summary="Revoke one of your keys: refused at once, its running requests stopped",
+                   responses=ApiKeySerializer)
     def delete(self, request, key_id: int):
         return Response(ApiKeySerializer(api_key_revoke(user=request.user, key_id=key_id)).data)

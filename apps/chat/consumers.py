@@ -1,8 +1,9 @@
 """/ws/v1/chat/: chat completions over a websocket, with cancel and resume.
 
-The protocol is in docs/websocket.md. The consumer is thin: it authenticates,
-submits through the same function as the REST view, and pumps the request's
-event log to the socket; one pump task per subscribed request.
+The protocol is in docs/websocket.md. The consumer is thin: the key handshake
+and its re-checks are ApiKeyConsumer's; it submits through the same function
+as the REST view, and pumps the request's event log to the socket; one pump
+task per subscribed request.
 """
 from __future__ import annotations
 
@@ -10,41 +11,28 @@ import asyncio
 import logging
 import uuid
 
-from asgiref.sync import sync_to_async
-from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
-from apps.accounts.models import Scope
-from apps.accounts.services import api_key_authenticate, bearer_token_from_scope, require_scope
+from apps.accounts.models import ApiKey, Scope
+from apps.accounts.websocket import ApiKeyConsumer, error_message
 from apps.core import events
-from apps.core.errors import AppError, AuthenticationError, NotFoundError
+from apps.core.errors import AppError, NotFoundError
 
 from .completions import chat_completion_submit
 from .models import GenerationRequest
 
 logger = logging.getLogger(__name__)
 
-CLOSE_UNAUTHENTICATED = 4401
 
+class ChatConsumer(ApiKeyConsumer):
+    required_scope = Scope.INFERENCE
 
-def _error(error: AppError, request_id: str | None = None) -> dict:
-    message = {"type": "error", **error.as_body()}
-    if request_id:
-        message["request_id"] = request_id
-    return message
-
-
-class ChatConsumer(AsyncJsonWebsocketConsumer):
     async def connect(self):
-        self.key = None
         self.pumps: dict[str, asyncio.Task] = {}
         self.graces: dict[str, float] = {}
-        await self.accept()
-        raw = bearer_token_from_scope(self.scope)
-        if raw:
-            await self._authenticate(raw)
+        await super().connect()
 
-    async def disconnect(self, code):
+    async def stop_streams(self):
         # Pumps still here had not seen their request's final event: the request
         # may still run, and stops unless a client resumes within its grace.
         for request_id, task in self.pumps.items():
@@ -52,55 +40,28 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             await events.set_reader_deadline(request_id, self.graces.get(request_id, 0.0))
         self.pumps.clear()
 
-    async def receive_json(self, content, **kwargs):
-        if not isinstance(content, dict) or not isinstance(content.get("type"), str):
-            await self.send_json(_error(AppError("Each message must be a JSON object with a 'type'.",
-                                                 param="type", code="invalid_message")))
-            return
-        kind = content["type"]
-        if kind == "auth":
-            await self._authenticate(content.get("api_key") or "")
-            return
-        if self.key is None:
-            await self.send_json(_error(AuthenticationError(
-                "Authenticate first: send {\"type\": \"auth\", \"api_key\": ...} or an Authorization header.")))
-            await self.close(CLOSE_UNAUTHENTICATED)
-            return
+    def is_streaming(self) -> bool:
+        return any(not task.done() for task in self.pumps.values())
+
+    async def on_authenticated(self, key: ApiKey) -> bool:
+        await self.send_json({"type": "authenticated", "user": key.user.username})
+        return True
+
+    async def on_message(self, kind: str, content: dict) -> None:
         handler = {
             "chat.completion": self._on_completion,
             "cancel": self._on_cancel,
             "resume": self._on_resume,
         }.get(kind)
         if handler is None:
-            await self.send_json(_error(AppError(f"Unknown message type '{kind}'.", param="type",
-                                                 code="invalid_message")))
+            await self.send_json(error_message(AppError(f"Unknown message type '{kind}'.", param="type",
+                                                        code="invalid_message")))
             return
         try:
             await handler(content)
         except AppError as error:
-            await self.send_json(_error(error, content.get("request_id")))
-
-    async def decode_json(self, text_data):
-        try:
-            return await super().decode_json(text_data)
-        except ValueError:
-            return None  # answered by receive_json as an invalid message
-
-    async def _authenticate(self, raw_key: str) -> None:
-        key = await sync_to_async(api_key_authenticate)(raw_key=raw_key) if raw_key else None
-        if key is not None:
-            try:
-                require_scope(key, Scope.INFERENCE)
-            except AppError as error:
-                await self.send_json(_error(error))
-                await self.close(CLOSE_UNAUTHENTICATED)
-                return
-        if key is None:
-            await self.send_json(_error(AuthenticationError("Incorrect API key provided, or the key was revoked.")))
-            await self.close(CLOSE_UNAUTHENTICATED)
-            return
-        self.key = key
-        await self.send_json({"type": "authenticated", "user": key.user.username})
+            extra = {"request_id": content["request_id"]} if content.get("request_id") else {}
+            await self.send_json(error_message(error, **extra))
 
     def _grace(self, content: dict) -> float:
         value = content.get("resume_grace_seconds", settings.AIHUB_WS_RESUME_GRACE_SECONDS)
@@ -158,7 +119,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             raise
         except Exception:
             logger.exception("websocket pump for %s failed", request_id)
-            await self.send_json(_error(AppError("Streaming failed on the server.", status=500,
-                                                 type="server_error", code="stream_failed"), request_id))
+            await self.send_json(error_message(AppError("Streaming failed on the server.", status=500,
+                                                        type="server_error", code="stream_failed"),
+                                               request_id=request_id))
         else:
             self.pumps.pop(request_id, None)

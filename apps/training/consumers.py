@@ -4,67 +4,54 @@ from __future__ import annotations
 import asyncio
 
 from asgiref.sync import sync_to_async
-from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from apps.accounts.models import Scope
-from apps.accounts.services import api_key_authenticate, bearer_token_from_scope
+from apps.accounts.models import ApiKey, Scope
+from apps.accounts.websocket import ApiKeyConsumer, error_message
 from apps.core import events
-from apps.core.errors import AppError, AuthenticationError, NotFoundError
+from apps.core.errors import AppError, NotFoundError
 
 from .selectors import training_job_get
 
-CLOSE_UNAUTHENTICATED = 4401
+CLOSE_NOT_FOUND = 4404
 
 
-class TrainingProgressConsumer(AsyncJsonWebsocketConsumer):
+class TrainingProgressConsumer(ApiKeyConsumer):
+    required_scope = Scope.TRAINING
+
     async def connect(self):
         self.job = None
         self.pump = None
-        await self.accept()
-        raw = bearer_token_from_scope(self.scope)
-        if raw:
-            await self._authenticate(raw)
+        await super().connect()
 
-    async def disconnect(self, code):
+    async def stop_streams(self):
         if self.pump:
             self.pump.cancel()
+            self.pump = None
 
-    async def receive_json(self, content, **kwargs):
-        kind = content.get("type") if isinstance(content, dict) else None
-        if kind == "auth":
-            await self._authenticate(content.get("api_key") or "")
-        elif self.job is None:
-            await self._refuse(AuthenticationError("Authenticate first: {\"type\": \"auth\", \"api_key\": ...}."))
-        elif kind == "subscribe":
-            after = content.get("after_seq", 0)
-            if isinstance(after, bool) or not isinstance(after, int) or after < 0:
-                await self.send_json({"type": "error", **AppError("after_seq must be an integer >= 0.",
-                                                                  param="after_seq").as_body()})
-                return
-            if self.pump:
-                self.pump.cancel()
-            self.pump = asyncio.create_task(self._stream(after))
-        else:
-            await self.send_json({"type": "error", **AppError("Send 'subscribe' (with after_seq).",
-                                                              param="type", code="invalid_message").as_body()})
+    def is_streaming(self) -> bool:
+        return self.pump is not None and not self.pump.done()
 
-    async def _refuse(self, error: AppError):
-        await self.send_json({"type": "error", **error.as_body()})
-        await self.close(CLOSE_UNAUTHENTICATED)
-
-    async def _authenticate(self, raw_key: str):
-        key = await sync_to_async(api_key_authenticate)(raw_key=raw_key) if raw_key else None
-        if key is None or not key.has_scope(Scope.TRAINING):
-            await self._refuse(AuthenticationError("Incorrect, revoked or non-training API key."))
-            return
+    async def on_authenticated(self, key: ApiKey) -> bool:
         try:
-            self.job = await sync_to_async(training_job_get)(user=key.user, job_id=self.scope["url_route"]["kwargs"]
-                                                             ["job_id"])
+            self.job = await sync_to_async(training_job_get)(user=key.user,
+                                                             job_id=self.scope["url_route"]["kwargs"]["job_id"])
         except NotFoundError as error:
-            await self.send_json({"type": "error", **error.as_body()})
-            await self.close(4404)
-            return
+            await self.refuse(error, code=CLOSE_NOT_FOUND)
+            return False
         await self.send_json({"type": "authenticated", "job_id": self.job.public_id, "status": self.job.status})
+        return True
+
+    async def on_message(self, kind: str, content: dict) -> None:
+        if kind != "subscribe":
+            await self.send_json(error_message(AppError("Send 'subscribe' (with after_seq).", param="type",
+                                                        code="invalid_message")))
+            return
+        after = content.get("after_seq", 0)
+        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+            await self.send_json(error_message(AppError("after_seq must be an integer >= 0.", param="after_seq")))
+            return
+        await self.stop_streams()
+        self.pump = asyncio.create_task(self._stream(after))
 
     async def _stream(self, after_seq: int):
         # A job can run for hours with long quiet spells: no idle timeout.
