@@ -1,12 +1,15 @@
 """Settings for AI Hub. Every knob is read from the environment once, here.
 
 With no DATABASE_URL / REDIS_URL the hub uses its embedded PostgreSQL and
-Valkey (see docs/configuration.md); their ports are fixed so that a second
-terminal (`manage.py createapikey`) reaches the servers `make run` started.
+Valkey (see docs/configuration.md); their ports are fixed, and their passwords
+are read from var/, so that a second terminal (`manage.py createapikey`)
+reaches the servers `make run` started.
 """
 from pathlib import Path
 
 import environ
+
+from aihub_project.embedded import embedded_urls
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -34,9 +37,17 @@ AIHUB_LOG_DIR = Path(env("AIHUB_LOG_DIR", default=str(BASE_DIR / "logs")))
 AIHUB_MODEL_STORE = Path(env("AIHUB_MODEL_STORE", default=str(AIHUB_VAR_DIR / "models")))
 AIHUB_EMBEDDED_PG_PORT = env.int("AIHUB_EMBEDDED_PG_PORT", default=55432)
 AIHUB_EMBEDDED_REDIS_PORT = env.int("AIHUB_EMBEDDED_REDIS_PORT", default=56379)
+# runhub: how long a child gets to stop after SIGTERM before its process group is killed, and how many
+# times a minute a crashed child is restarted (with a doubling delay) before the launcher gives up and stops the hub.
+AIHUB_STOP_TIMEOUT_SECONDS = env.float("AIHUB_STOP_TIMEOUT_SECONDS", default=20.0)
+AIHUB_RESTARTS_PER_MINUTE = env.int("AIHUB_RESTARTS_PER_MINUTE", default=5)
 
-DATABASE_URL = env("DATABASE_URL", default=f"postgres://aihub@127.0.0.1:{AIHUB_EMBEDDED_PG_PORT}/aihub")
-REDIS_URL = env("REDIS_URL", default=f"redis://127.0.0.1:{AIHUB_EMBEDDED_REDIS_PORT}/0")
+# The embedded servers' URLs carry the passwords runhub generated in AIHUB_VAR_DIR (absent before the first run;
+# runhub then hands the new password to its own connection, see runhub.py).
+_EMBEDDED_DATABASE_URL, _EMBEDDED_REDIS_URL = embedded_urls(
+    AIHUB_VAR_DIR, pg_port=AIHUB_EMBEDDED_PG_PORT, redis_port=AIHUB_EMBEDDED_REDIS_PORT)
+DATABASE_URL = env("DATABASE_URL", default=_EMBEDDED_DATABASE_URL)
+REDIS_URL = env("REDIS_URL", default=_EMBEDDED_REDIS_URL)
 
 INSTALLED_APPS = [
     "daphne",

@@ -8,17 +8,20 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
+from django.db import connections
 
 import celeryconfig
 from aihub_project.embedded import EmbeddedPostgres, EmbeddedValkey
+from aihub_project.private_files import read_secret, write_private_file
 from apps.catalog.models import ModelEntry
-from apps.core.launcher import Supervisor, celery_worker, web_server
+from apps.core.launcher import StopHub, Supervisor, celery_worker, stop_signals, web_server
+from apps.core.runstate import LeftoverError
 
 logger = logging.getLogger("aihub.launcher")
 
 
 class Command(BaseCommand):
-    help = "Run the whole hub in the foreground; Ctrl-C stops every process it started."
+    help = "Run the whole hub in the foreground; Ctrl-C or SIGTERM stops every process it started."
 
     def add_arguments(self, parser):
         parser.add_argument("--host", default=os.environ.get("AIHUB_HOST", "127.0.0.1"))
@@ -27,45 +30,51 @@ class Command(BaseCommand):
         parser.add_argument("--no-flower", action="store_true")
 
     def handle(self, *args, host, port, flower_port, no_flower, **options):
-        supervisor = Supervisor()
-        supervisor.stop_on_signals()
-        servers = []
+        supervisor = Supervisor(state_file=settings.AIHUB_VAR_DIR / "runhub.json",
+                                stop_timeout=settings.AIHUB_STOP_TIMEOUT_SECONDS,
+                                restarts_per_minute=settings.AIHUB_RESTARTS_PER_MINUTE)
+        stop_signals.install()
+        code = 1
         try:
-            servers = self._start_embedded_services()
+            for line in supervisor.stop_leftovers():
+                self.stderr.write(self.style.WARNING(line.capitalize()))
+            self._start_embedded_services(supervisor)
             self._prepare()
             self._start_processes(supervisor, host, port, flower_port, not no_flower)
             self.stdout.write(self.style.SUCCESS(
                 f"AI Hub is up: http://{host}:{port}/api/v1 (docs at /docs, admin at /admin/)"
                 + ("" if no_flower else f", Flower at http://{host}:{flower_port}/") + ". Ctrl-C stops it."))
             code = supervisor.run_forever()
-        except KeyboardInterrupt:
+        except StopHub:
             code = 130
+        except LeftoverError as exc:
+            self.stderr.write(self.style.ERROR(str(exc)))
         finally:
-            supervisor.stop_all()
-            for server in reversed(servers):
-                logger.info("stopping embedded %s", server.name)
-                server.stop()
+            # stop_all makes every later signal harmless; one landing just before it began is caught here
+            # and stop_all (idempotent) runs again, so no path leaves children or servers running.
+            while True:
+                try:
+                    supervisor.stop_all()
+                    break
+                except StopHub:
+                    continue
         sys.exit(code)
 
-    def _start_embedded_services(self):
-        started = []
+    def _start_embedded_services(self, supervisor: Supervisor) -> None:
         var = settings.AIHUB_VAR_DIR
         if "DATABASE_URL" not in os.environ:
             pg = EmbeddedPostgres(var / "pgdata", settings.AIHUB_EMBEDDED_PG_PORT, var / "log" / "postgres.log")
             self.stdout.write(f"Starting embedded PostgreSQL on 127.0.0.1:{pg.port} (data in {pg.data_dir})")
+            supervisor.add_server(pg)
             pg.start()
-            started.append(pg)
+            # settings.py read the password file when Django started; on the very first run it did not exist yet.
+            connections["default"].settings_dict["PASSWORD"] = pg.password
+            connections["default"].close()
         if "REDIS_URL" not in os.environ:
             valkey = EmbeddedValkey(var / "valkey", settings.AIHUB_EMBEDDED_REDIS_PORT, var / "log" / "valkey.log")
             self.stdout.write(f"Starting embedded Valkey on 127.0.0.1:{valkey.port}")
-            try:
-                valkey.start()
-            except Exception:
-                for server in started:
-                    server.stop()
-                raise
-            started.append(valkey)
-        return started
+            supervisor.add_server(valkey)
+            valkey.start()
 
     def _prepare(self):
         call_command("migrate", interactive=False, verbosity=0)
@@ -89,8 +98,7 @@ class Command(BaseCommand):
         password = os.environ.get("AIHUB_ADMIN_PASSWORD") or secrets.token_urlsafe(12)
         User.objects.create_superuser(username=username, password=password, email="")
         credentials = settings.AIHUB_VAR_DIR / "admin-credentials.txt"
-        credentials.write_text(f"{username}\n{password}\n")
-        credentials.chmod(0o600)
+        write_private_file(credentials, f"{username}\n{password}\n")
         self.stdout.write(self.style.WARNING(
             f"Created admin user '{username}' with password '{password}' (also in {credentials})."))
 
@@ -111,9 +119,9 @@ class Command(BaseCommand):
         if credentials:
             return credentials
         stored = settings.AIHUB_VAR_DIR / "flower-credentials.txt"
-        if not stored.exists():
-            stored.write_text(f"admin:{secrets.token_urlsafe(12)}\n")
-            stored.chmod(0o600)
-        credentials = stored.read_text().strip()
+        credentials = read_secret(stored)
+        if not credentials:
+            credentials = f"admin:{secrets.token_urlsafe(12)}"
+            write_private_file(stored, credentials + "\n")
         self.stdout.write(f"Flower login: {credentials} (from {stored}; set AIHUB_FLOWER_BASIC_AUTH to choose)")
         return credentials
