@@ -19,7 +19,7 @@ from apps.accounts.services import api_key_authenticate, bearer_token_from_scope
 from apps.core import events
 from apps.core.errors import AppError, AuthenticationError, NotFoundError
 
-from .completions import chat_completion_submit
+from .completions import chat_completion_submit, generation_events
 from .models import GenerationRequest
 
 logger = logging.getLogger(__name__)
@@ -152,7 +152,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     async def _pump(self, request_id: str, after_seq: int) -> None:
         try:
-            async for event in events.read_events(request_id, after_seq=after_seq):
+            async for event in generation_events(request_id, after_seq=after_seq):
                 await self.send_json({"request_id": request_id, **event})
         except asyncio.CancelledError:
             raise

@@ -32,8 +32,9 @@ class ProcessGroup:
         self.processes[name] = process
         return process
 
-    def start_worker(self, name: str, queue: str, concurrency: int = 1, env: dict | None = None) -> subprocess.Popen:
-        return self.start(name, celery_worker(name, queue, concurrency), env)
+    def start_worker(self, name: str, queue: str, concurrency: int = 1, env: dict | None = None,
+                     beat: bool = False) -> subprocess.Popen:
+        return self.start(name, celery_worker(name, queue, concurrency, beat=beat), env)
 
     def start_web(self, port: int, name: str = "web", env: dict | None = None) -> subprocess.Popen:
         return self.start(name, web_server("127.0.0.1", port), env)
@@ -75,7 +76,7 @@ def start_hub(env: dict, log_dir: Path) -> tuple[str, ProcessGroup]:
     processes.start_web(port)
     processes.start_worker("inference", "gpu.inference")
     processes.start_worker("training", "gpu.training")
-    processes.start_worker("default", "default")
+    processes.start_worker("default", "default", beat=True)
     base_url = f"http://127.0.0.1:{port}"
     try:
         wait_until_healthy(base_url, processes)
