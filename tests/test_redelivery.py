@@ -39,8 +39,9 @@ def test_a_request_whose_worker_dies_fails_once_and_stores_no_answer(hub, alice,
     assert generation.error["code"] == "worker_lost"
     assert not Message.objects.filter(conversation_id=generation.conversation_id, role="assistant").exists()
 
-    # The message was redelivered exactly to the compare-and-set, which refused to run it again.
-    log = hub.processes.log("inference")
+    # The redelivered message (or the sweep, whichever came first) found it running on a dead process and
+    # failed it once, without running it again.
+    log = hub.processes.log("inference") + hub.processes.log("default")
     assert log.count(f"request {request_id} was running") == 1
     assert f"request {request_id}: " not in log  # no completion was ever logged for it
 
@@ -54,3 +55,68 @@ def test_a_request_whose_worker_dies_fails_once_and_stores_no_answer(hub, alice,
         while last is None or last["type"] == "token":
             last = json.loads(ws.recv(timeout=60))
     assert last["type"] == "done"
+
+
+# Before its first token a request has shown nothing to anyone: a slow prefill of the real default model
+# on a long prompt (after a cold start of the pool process) leaves a wide moment to kill its worker in.
+LONG_PROMPT = [{"role": "user", "content": " ".join(f"line {i} of a long document." for i in range(170))}]
+
+
+def _kill_before_first_token(request_id, *, attempt: int, timeout=180) -> None:
+    from apps.core.events import events_key
+    from apps.core.redis import sync_client
+
+    deadline = time.monotonic() + timeout
+    while True:
+        generation = GenerationRequest.objects.get(id=request_id)
+        if generation.state == GenerationRequest.State.RUNNING and generation.attempts == attempt:
+            break
+        assert not generation.is_finished and time.monotonic() < deadline, f"attempt {attempt} never started"
+        time.sleep(0.01)
+    os.kill(int(generation.worker.rsplit(":", 1)[1]), signal.SIGKILL)
+    assert sync_client().xlen(events_key(request_id)) == 0, "the worker had streamed before it was killed"
+
+
+def _long_request(ws, models) -> str:
+    assert json.loads(ws.recv(timeout=10))["type"] == "authenticated"
+    ws.send(json.dumps({"type": "chat.completion", "request": {
+        "model": models["default"], "max_tokens": 6, "temperature": 0, "messages": LONG_PROMPT}}))
+    return json.loads(ws.recv(timeout=30))["request_id"]
+
+
+def _rest_of_stream(ws) -> list[dict]:
+    events = []
+    while not events or events[-1]["type"] == "token":
+        events.append(json.loads(ws.recv(timeout=240)))
+    return events
+
+
+def test_a_request_whose_worker_dies_before_its_first_token_is_answered_once(hub, alice, models):
+    with connect(f"{hub.ws_url}/ws/v1/chat/", additional_headers=alice.auth) as ws:
+        request_id = _long_request(ws, models)
+        _kill_before_first_token(request_id, attempt=1)
+        events = _rest_of_stream(ws)
+    assert events[-1]["type"] == "done", events[-1]
+    tokens = [e for e in events if e["type"] == "token"]
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))  # each token once, in order
+    generation = GenerationRequest.objects.get(id=request_id)
+    assert generation.state == GenerationRequest.State.SUCCEEDED and generation.attempts == 2
+    assert generation.error is None
+    assert "".join(e["text"] for e in tokens) == generation.completion
+    assert Message.objects.filter(generation=generation, role="assistant").count() == 1
+
+
+def test_a_request_that_kills_its_worker_every_time_ends_with_too_many_attempts(hub, alice, models):
+    from django.conf import settings
+
+    with connect(f"{hub.ws_url}/ws/v1/chat/", additional_headers=alice.auth) as ws:
+        request_id = _long_request(ws, models)
+        for attempt in range(1, settings.AIHUB_TASK_MAX_ATTEMPTS + 1):
+            _kill_before_first_token(request_id, attempt=attempt)
+        events = _rest_of_stream(ws)
+    assert [e["type"] for e in events] == ["error"]
+    assert events[0]["error"]["code"] == "too_many_attempts"
+    generation = GenerationRequest.objects.get(id=request_id)
+    assert generation.state == GenerationRequest.State.FAILED
+    assert generation.attempts == settings.AIHUB_TASK_MAX_ATTEMPTS
+    assert not Message.objects.filter(generation=generation).exists()

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from pathlib import Path
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
@@ -61,13 +62,21 @@ def _process_gone(worker: str, *, here: str | None) -> bool:
     if here is not None and here.rpartition(":")[0] == nodename:
         if worker == here:
             return True  # this very process claimed it and is not running it now
-        try:
-            os.kill(int(pid), 0)
-        except (ProcessLookupError, ValueError):
-            return True
-        except PermissionError:
-            return False
+        return not _pid_running(pid)
     return not process_alive(worker)
+
+
+def _pid_running(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError):
+        return False
+    except PermissionError:
+        return True
+    try:  # a killed pool process the worker has not reaped yet is a zombie: gone all the same
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][:1] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def recover(generation_id, *, here: str | None = None, worker_gone: bool = False) -> str:
@@ -104,8 +113,8 @@ def recover(generation_id, *, here: str | None = None, worker_gone: bool = False
     requeued = GenerationRequest.objects.filter(id=generation_id, state=State.RUNNING, worker=generation.worker).update(
         state=State.QUEUED, worker="", started_at=None, queued_at=timezone.now())
     if requeued:
-        logger.warning("request %s was running on %s when its worker was lost before its first token; "
-                       "running it again (attempt %d done)", generation_id, generation.worker, generation.attempts)
+        logger.warning("request %s lost its worker %s before its first token; running it again "
+                       "(%d attempt(s) so far)", generation_id, generation.worker, generation.attempts)
     return REQUEUED if requeued else IGNORED
 
 

@@ -131,9 +131,12 @@ def wait_until_listening(base_url: str, timeout: float = 60.0) -> None:
 
 
 @contextmanager
-def web_without_workers(name: str, *, redis_db: int, log_dir: Path, **env_overrides: str) -> Iterator[tuple[str, dict]]:
+def web_without_workers(name: str, *, redis_db: int, log_dir: Path, broker_only: bool = False,
+                        **env_overrides: str) -> Iterator[tuple[str, dict]]:
     """A daphne process on a Redis database that no worker reads: every request it takes stays queued.
 
+    With `broker_only`, only its broker is that database: rows, limits and event
+    logs are the hub's, as when the hub's broker lost the messages.
     Yields its base URL and its environment. On the way out the requests it left
     queued are cancelled, so that they count against no later test's queue.
     """
@@ -141,7 +144,8 @@ def web_without_workers(name: str, *, redis_db: int, log_dir: Path, **env_overri
     from apps.chat.models import GenerationRequest
 
     env = dict(os.environ)
-    env.update(REDIS_URL=env["REDIS_URL"].rsplit("/", 1)[0] + f"/{redis_db}", **env_overrides)
+    redis_url = env["REDIS_URL"].rsplit("/", 1)[0] + f"/{redis_db}"
+    env.update({"CELERY_BROKER_URL": redis_url} if broker_only else {"REDIS_URL": redis_url}, **env_overrides)
     port = free_port()
     processes = ProcessGroup(env, log_dir)
     processes.start_web(port, name=name)
