@@ -1,12 +1,19 @@
-"""A worker killed mid-generation: the redelivered message never produces a second answer."""
+"""Worker faults: a killed worker never makes a second answer, a retry before the first token, attempt caps,
+time limits per task."""
 import json
 import os
 import signal
 import time
 
+import httpx
 from websockets.sync.client import connect
 
+from aihub_project.embedded import free_port
 from apps.chat.models import GenerationRequest, Message
+from apps.training.models import TrainingJob
+from tests.conftest import RUN_DIR, make_account
+from tests.support.processes import ProcessGroup, wait_until_healthy
+from tests.test_training import SECRET, _jsonl
 
 
 def _wait_running(request_id, timeout=30) -> GenerationRequest:
@@ -120,3 +127,36 @@ def test_a_request_that_kills_its_worker_every_time_ends_with_too_many_attempts(
     assert generation.state == GenerationRequest.State.FAILED
     assert generation.attempts == settings.AIHUB_TASK_MAX_ATTEMPTS
     assert not Message.objects.filter(generation=generation).exists()
+
+
+def test_a_training_job_runs_past_the_time_limit_that_stops_a_generation(models):
+    """Limits per task: one worker, whose generations stop after 2 s, trains for longer than that."""
+    env = dict(os.environ)
+    env.update(REDIS_URL=env["REDIS_URL"].rsplit("/", 1)[0] + "/9", AIHUB_GENERATION_TIME_LIMIT_SECONDS="2")
+    processes = ProcessGroup(env, RUN_DIR / "logs")
+    port = free_port()
+    processes.start_web(port, name="web-limits")
+    processes.start_worker("limits", "gpu.inference,gpu.training,default")
+    api = f"http://127.0.0.1:{port}/api/v1"
+    account = make_account("limits")
+    try:
+        wait_until_healthy(f"http://127.0.0.1:{port}", processes)
+        long = httpx.post(f"{api}/chat/completions", headers=account.auth, timeout=120, json={
+            "model": models["tiny"], "max_tokens": 4000, "ignore_eos": True, "messages": [{"role": "user",
+                                                                                        "content": "Go on"}]})
+        assert long.status_code == 504 and long.json()["error"]["code"] == "time_limit_exceeded", long.text
+
+        upload = httpx.post(f"{api}/files", headers=account.auth, timeout=30, data={"purpose": "fine-tune"},
+                            files={"file": ("data.jsonl", _jsonl(SECRET * 40))}).json()
+        job = httpx.post(f"{api}/training/jobs", headers=account.auth, timeout=30, json={
+            "base_model": models["tiny"], "training_file": upload["id"], "batch_size": 1, "num_epochs": 1}).json()
+        deadline = time.monotonic() + 300
+        while (state := httpx.get(f"{api}/training/jobs/{job['id']}", headers=account.auth).json())["status"] not in (
+                "succeeded", "failed", "cancelled"):
+            assert time.monotonic() < deadline, state
+            time.sleep(0.5)
+    finally:
+        processes.stop()
+    assert state["status"] == "succeeded", state
+    trained = TrainingJob.objects.get(id=job["id"].removeprefix("ftjob-"))
+    assert (trained.finished_at - trained.started_at).total_seconds() > 2  # past the generation's limit
