@@ -263,13 +263,16 @@ def _finish_cancelled(generation, writer, *, text: str, completion_tokens: int, 
             "total_tokens": prompt_tokens + completion_tokens})
 
 
-def recover_orphaned_requests(nodename: str) -> int:
-    """At worker start: requests a previous run of this node left `running` lost their process with it."""
+def recover_orphaned_requests(nodename: str, *, started_before) -> int:
+    """At worker start: requests this node claimed before it (re)started lost their process with it.
+
+    By claim time, not by pid: in a container the new pool process may well get the pid of the old one.
+    """
     count = 0
     for generation_id in GenerationRequest.objects.filter(
-            state=State.RUNNING, worker__startswith=f"{nodename}:").values_list("id", flat=True):
-        # `here` names this node: a pool process of this run that already took a request is alive, and kept.
-        outcome = recover(generation_id, here=f"{nodename}:{os.getpid()}")
+            state=State.RUNNING, worker__startswith=f"{nodename}:", started_at__lt=started_before).values_list(
+            "id", flat=True):
+        outcome = recover(generation_id, worker_gone=True)
         if outcome == REQUEUED:
             generation_publish(generation_id=generation_id)
         count += outcome in (REQUEUED, FAILED)

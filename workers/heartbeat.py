@@ -24,7 +24,7 @@ from apps.core.redis import sync_client
 logger = logging.getLogger(__name__)
 
 # Set in the worker's main process at start-up (celeryd_after_setup), inherited by the pool process.
-identity: dict = {"nodename": None, "queues": [], "control_queue": None, "trains": False}
+identity: dict = {"nodename": None, "queues": [], "control_queue": None, "trains": False, "started_at": None}
 
 
 def worker_queue(nodename: str) -> str:

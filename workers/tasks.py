@@ -64,6 +64,9 @@ def sweep_stale_work(republish_after: float, give_up_after: float, batch: int) -
 @celeryd_after_setup.connect
 def _add_worker_queue(sender, instance, **kwargs):
     """Inference workers also consume a queue of their own (model affinity, load/unload)."""
+    from django.utils import timezone
+
+    heartbeat.identity["started_at"] = timezone.now()  # before any claim of this run
     queues = instance.app.amqp.queues
     consumed = sorted(queues.consume_from) if queues.consume_from else []
     if celeryconfig.TRAINING_QUEUE in consumed:
@@ -98,6 +101,6 @@ def _recover_requests_orphaned_by_a_previous_run(sender=None, **kwargs):
     if heartbeat.identity["nodename"]:
         from .generation import recover_orphaned_requests
 
-        count = recover_orphaned_requests(sender.hostname)
+        count = recover_orphaned_requests(sender.hostname, started_before=heartbeat.identity["started_at"])
         if count:
             logger.warning("recovered %d request(s) left running by a previous run of this worker", count)
