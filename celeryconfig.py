@@ -23,6 +23,7 @@ task_routes = {
     "workers.tasks.run_training_job": {"queue": TRAINING_QUEUE},
     "workers.tasks.validate_training_file": {"queue": DEFAULT_QUEUE},
     "workers.tasks.validate_training_job": {"queue": DEFAULT_QUEUE},
+    "workers.tasks.sweep_stale_work": {"queue": DEFAULT_QUEUE},
 }
 
 # Acknowledge after the task ran, not when it was received: a worker that dies
@@ -39,19 +40,56 @@ worker_prefetch_multiplier = 1
 # kills the newcomer and starts another, in a loop (seen by bench/chaos.py: no answer for minutes).
 worker_proc_alive_timeout = 60
 # With Redis as broker an unacked message is redelivered after the visibility
-# timeout; it must exceed the longest task, or a slow generation would be
-# delivered twice while still running (the compare-and-set would refuse it,
-# but the client would see a failure). Longest task: a training job (hours).
+# timeout, and only then when its worker vanished without returning it (a pool
+# process that dies is handled at once: see task_reject_on_worker_lost). It must
+# exceed the longest task, or a running task would be delivered twice: training
+# jobs run for hours with no time limit by default, so 12 h. Generation rows do
+# not wait for it: the sweeper (workers/sweeper.py) re-publishes or fails them
+# within minutes, and a late redelivery finds the row final and is ignored.
 broker_transport_options = {"visibility_timeout": 12 * 3600}
 result_expires = 3600
 # Tasks carry IDs only; JSON keeps messages readable in Flower.
 task_serializer = "json"
 result_serializer = "json"
 accept_content = ["json"]
-# Generation has its own cooperative cancellation and timeout; the hard limit
-# is a last resort against a wedged process.
-task_time_limit = 3600
-task_soft_time_limit = 3500
+# No global time limit: each task gets one that fits it. A soft limit raises
+# inside the task, which ends its row clearly; the hard one, a little later,
+# kills a wedged pool process (its row is then recovered by the sweeper).
+task_time_limit = None
+task_soft_time_limit = None
+_HARD_AFTER_SOFT = 30
+
+
+def _limits(seconds: int) -> dict:
+    return {"soft_time_limit": seconds, "time_limit": seconds + _HARD_AFTER_SOFT} if seconds else {}
+
+
+task_annotations = {
+    # Bounded: a generation also ends on max_tokens, cancel and its readers' lease.
+    "workers.tasks.generate_chat_completion": _limits(settings.AIHUB_GENERATION_TIME_LIMIT_SECONDS),
+    # None by default: training has its own cancel and checkpoints, and runs for hours.
+    "workers.tasks.run_training_job": _limits(settings.AIHUB_TRAINING_TIME_LIMIT_SECONDS),
+    "workers.tasks.validate_training_file": _limits(settings.AIHUB_VALIDATION_TIME_LIMIT_SECONDS),
+    "workers.tasks.validate_training_job": _limits(settings.AIHUB_VALIDATION_TIME_LIMIT_SECONDS),
+    "workers.tasks.model_control": _limits(int(settings.AIHUB_CONTROL_TIMEOUT_SECONDS)),
+    "workers.tasks.sweep_stale_work": _limits(60),
+}
+
+# The sweeper: beat (embedded in the default worker by `make run`, one per deployment) publishes a
+# sweep to the default queue. Its thresholds travel with the message, so every default worker sweeps
+# alike; `expires` drops sweeps that waited longer than one interval (the next one is on its way).
+beat_schedule_filename = str(settings.AIHUB_VAR_DIR / "celerybeat-schedule")
+beat_schedule = {
+    "sweep-stale-work": {
+        "task": "workers.tasks.sweep_stale_work",
+        "schedule": settings.AIHUB_SWEEP_INTERVAL_SECONDS,
+        "kwargs": {"republish_after": settings.AIHUB_SWEEP_REPUBLISH_AFTER_SECONDS,
+                   "give_up_after": settings.AIHUB_REQUEST_TIMEOUT_SECONDS,
+                   "batch": settings.AIHUB_SWEEP_BATCH},
+        "options": {"queue": DEFAULT_QUEUE, "expires": settings.AIHUB_SWEEP_INTERVAL_SECONDS,
+                    "ignore_result": True},
+    },
+}
 # Events feed Flower's task view.
 worker_send_task_events = True
 task_send_sent_event = True

@@ -257,6 +257,21 @@ AIHUB_WS_RESUME_GRACE_MAX_SECONDS = env.float("AIHUB_WS_RESUME_GRACE_MAX_SECONDS
 AIHUB_WS_KEY_RECHECK_SECONDS = env.float("AIHUB_WS_KEY_RECHECK_SECONDS", default=5.0)
 # A non-streaming request (and a stream with no events) gives up after this long.
 AIHUB_REQUEST_TIMEOUT_SECONDS = env.float("AIHUB_REQUEST_TIMEOUT_SECONDS", default=600.0)
+# Time limits per task (celeryconfig.task_annotations): soft at the limit (the task ends the row
+# clearly), hard a little later (the pool process is killed; the sweeper recovers the row).
+# A generation is bounded; a training job has its own cancel and checkpoints (0 = no ceiling).
+AIHUB_GENERATION_TIME_LIMIT_SECONDS = env.int("AIHUB_GENERATION_TIME_LIMIT_SECONDS", default=900)
+AIHUB_TRAINING_TIME_LIMIT_SECONDS = env.int("AIHUB_TRAINING_TIME_LIMIT_SECONDS", default=0)
+AIHUB_VALIDATION_TIME_LIMIT_SECONDS = env.int("AIHUB_VALIDATION_TIME_LIMIT_SECONDS", default=600)
+# Times a worker may start one chat request (its message redelivered after a worker died);
+# beyond it the request fails with `too_many_attempts` instead of looping.
+AIHUB_TASK_MAX_ATTEMPTS = env.int("AIHUB_TASK_MAX_ATTEMPTS", default=3)
+# The sweeper (Celery beat, docs/queues.md): how often it runs, how long a queued request may
+# wait unclaimed before its message is published again (its message may be lost; a duplicate
+# is harmless), and how many rows of each kind one sweep handles at most.
+AIHUB_SWEEP_INTERVAL_SECONDS = env.float("AIHUB_SWEEP_INTERVAL_SECONDS", default=30.0)
+AIHUB_SWEEP_REPUBLISH_AFTER_SECONDS = env.float("AIHUB_SWEEP_REPUBLISH_AFTER_SECONDS", default=240.0)
+AIHUB_SWEEP_BATCH = env.int("AIHUB_SWEEP_BATCH", default=200)
 # Device for the worker: "auto" picks cuda when available.
 AIHUB_DEVICE = env("AIHUB_DEVICE", default="auto")
 # Models one worker keeps loaded; the least recently used is unloaded first.

@@ -94,7 +94,7 @@ def _wait_for_series(base_url: str, name: str, expected: float, **labels) -> str
 
 
 def test_a_served_request_is_counted_exactly_once_even_when_settled_again(hub, models):
-    from workers.generation import settle_limits
+    from apps.chat.services import generation_settle
 
     user = make_account("counted")
     before = _scrape(hub.base_url)
@@ -112,7 +112,7 @@ def test_a_served_request_is_counted_exactly_once_even_when_settled_again(hub, m
                      state="succeeded")
     # A redelivered message, or the sweeper, settles a request again: it must not count twice.
     for response in answered:
-        settle_limits(response.headers["x-aihub-request-id"])
+        generation_settle(generation_id=response.headers["x-aihub-request-id"])
     time.sleep(0.5)
     after = _scrape(hub.base_url)
     completion = sum(r.json()["usage"]["completion_tokens"] for r in answered)
@@ -125,7 +125,7 @@ def test_a_served_request_is_counted_exactly_once_even_when_settled_again(hub, m
 
 
 def test_metrics_name_no_fine_tuned_model_and_no_training_job(hub, models):
-    from workers.generation import settle_limits
+    from apps.chat.services import generation_settle
 
     owner = make_account("tuner")
     secret = f"ft:tiny:chat:private-thing:{uuid.uuid4().hex[:8]}"
@@ -139,7 +139,7 @@ def test_metrics_name_no_fine_tuned_model_and_no_training_job(hub, models):
         user=owner.user, model=secret, prompt_messages=HI, state="succeeded", prompt_tokens=4, completion_tokens=2,
         time_to_first_token_ms=30, total_ms=60)
     try:
-        settle_limits(generation.id)  # as the worker does when the request ends
+        generation_settle(generation_id=generation.id)  # as the worker does when the request ends
         text = _scrape(hub.base_url)
     finally:
         ModelEntry.objects.filter(id=secret).delete()

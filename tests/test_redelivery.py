@@ -1,12 +1,19 @@
-"""A worker killed mid-generation: the redelivered message never produces a second answer."""
+"""Worker faults: a killed worker never makes a second answer, a retry before the first token, attempt caps,
+time limits per task."""
 import json
 import os
 import signal
 import time
 
+import httpx
 from websockets.sync.client import connect
 
+from aihub_project.embedded import free_port
 from apps.chat.models import GenerationRequest, Message
+from apps.training.models import TrainingJob
+from tests.conftest import RUN_DIR, make_account
+from tests.support.processes import ProcessGroup, wait_until_healthy
+from tests.test_training import SECRET, _jsonl
 
 
 def _wait_running(request_id, timeout=30) -> GenerationRequest:
@@ -39,8 +46,9 @@ def test_a_request_whose_worker_dies_fails_once_and_stores_no_answer(hub, alice,
     assert generation.error["code"] == "worker_lost"
     assert not Message.objects.filter(conversation_id=generation.conversation_id, role="assistant").exists()
 
-    # The message was redelivered exactly to the compare-and-set, which refused to run it again.
-    log = hub.processes.log("inference")
+    # The redelivered message (or the sweep, whichever came first) found it running on a dead process and
+    # failed it once, without running it again.
+    log = hub.processes.log("inference") + hub.processes.log("default")
     assert log.count(f"request {request_id} was running") == 1
     assert f"request {request_id}: " not in log  # no completion was ever logged for it
 
@@ -54,3 +62,101 @@ def test_a_request_whose_worker_dies_fails_once_and_stores_no_answer(hub, alice,
         while last is None or last["type"] == "token":
             last = json.loads(ws.recv(timeout=60))
     assert last["type"] == "done"
+
+
+# Before its first token a request has shown nothing to anyone: a slow prefill of the real default model
+# on a long prompt (after a cold start of the pool process) leaves a wide moment to kill its worker in.
+LONG_PROMPT = [{"role": "user", "content": " ".join(f"line {i} of a long document." for i in range(170))}]
+
+
+def _kill_before_first_token(request_id, *, attempt: int, timeout=180) -> None:
+    from apps.core.events import events_key
+    from apps.core.redis import sync_client
+
+    deadline = time.monotonic() + timeout
+    while True:
+        generation = GenerationRequest.objects.get(id=request_id)
+        if generation.state == GenerationRequest.State.RUNNING and generation.attempts == attempt:
+            break
+        assert not generation.is_finished and time.monotonic() < deadline, f"attempt {attempt} never started"
+        time.sleep(0.01)
+    os.kill(int(generation.worker.rsplit(":", 1)[1]), signal.SIGKILL)
+    assert sync_client().xlen(events_key(request_id)) == 0, "the worker had streamed before it was killed"
+
+
+def _long_request(ws, models) -> str:
+    assert json.loads(ws.recv(timeout=10))["type"] == "authenticated"
+    ws.send(json.dumps({"type": "chat.completion", "request": {
+        "model": models["default"], "max_tokens": 6, "temperature": 0, "messages": LONG_PROMPT}}))
+    return json.loads(ws.recv(timeout=30))["request_id"]
+
+
+def _rest_of_stream(ws) -> list[dict]:
+    events = []
+    while not events or events[-1]["type"] == "token":
+        events.append(json.loads(ws.recv(timeout=240)))
+    return events
+
+
+def test_a_request_whose_worker_dies_before_its_first_token_is_answered_once(hub, alice, models):
+    with connect(f"{hub.ws_url}/ws/v1/chat/", additional_headers=alice.auth) as ws:
+        request_id = _long_request(ws, models)
+        _kill_before_first_token(request_id, attempt=1)
+        events = _rest_of_stream(ws)
+    assert events[-1]["type"] == "done", events[-1]
+    tokens = [e for e in events if e["type"] == "token"]
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))  # each token once, in order
+    generation = GenerationRequest.objects.get(id=request_id)
+    assert generation.state == GenerationRequest.State.SUCCEEDED and generation.attempts == 2
+    assert generation.error is None
+    assert "".join(e["text"] for e in tokens) == generation.completion
+    assert Message.objects.filter(generation=generation, role="assistant").count() == 1
+
+
+def test_a_request_that_kills_its_worker_every_time_ends_with_too_many_attempts(hub, alice, models):
+    from django.conf import settings
+
+    with connect(f"{hub.ws_url}/ws/v1/chat/", additional_headers=alice.auth) as ws:
+        request_id = _long_request(ws, models)
+        for attempt in range(1, settings.AIHUB_TASK_MAX_ATTEMPTS + 1):
+            _kill_before_first_token(request_id, attempt=attempt)
+        events = _rest_of_stream(ws)
+    assert [e["type"] for e in events] == ["error"]
+    assert events[0]["error"]["code"] == "too_many_attempts"
+    generation = GenerationRequest.objects.get(id=request_id)
+    assert generation.state == GenerationRequest.State.FAILED
+    assert generation.attempts == settings.AIHUB_TASK_MAX_ATTEMPTS
+    assert not Message.objects.filter(generation=generation).exists()
+
+
+def test_a_training_job_runs_past_the_time_limit_that_stops_a_generation(models):
+    """Limits per task: one worker, whose generations stop after 2 s, trains for longer than that."""
+    env = dict(os.environ)
+    env.update(REDIS_URL=env["REDIS_URL"].rsplit("/", 1)[0] + "/9", AIHUB_GENERATION_TIME_LIMIT_SECONDS="2")
+    processes = ProcessGroup(env, RUN_DIR / "logs")
+    port = free_port()
+    processes.start_web(port, name="web-limits")
+    processes.start_worker("limits", "gpu.inference,gpu.training,default")
+    api = f"http://127.0.0.1:{port}/api/v1"
+    account = make_account("limits")
+    try:
+        wait_until_healthy(f"http://127.0.0.1:{port}", processes)
+        long = httpx.post(f"{api}/chat/completions", headers=account.auth, timeout=120, json={
+            "model": models["tiny"], "max_tokens": 4000, "ignore_eos": True, "messages": [{"role": "user",
+                                                                                        "content": "Go on"}]})
+        assert long.status_code == 504 and long.json()["error"]["code"] == "time_limit_exceeded", long.text
+
+        upload = httpx.post(f"{api}/files", headers=account.auth, timeout=30, data={"purpose": "fine-tune"},
+                            files={"file": ("data.jsonl", _jsonl(SECRET * 40))}).json()
+        job = httpx.post(f"{api}/training/jobs", headers=account.auth, timeout=30, json={
+            "base_model": models["tiny"], "training_file": upload["id"], "batch_size": 1, "num_epochs": 1}).json()
+        deadline = time.monotonic() + 300
+        while (state := httpx.get(f"{api}/training/jobs/{job['id']}", headers=account.auth).json())["status"] not in (
+                "succeeded", "failed", "cancelled"):
+            assert time.monotonic() < deadline, state
+            time.sleep(0.5)
+    finally:
+        processes.stop()
+    assert state["status"] == "succeeded", state
+    trained = TrainingJob.objects.get(id=job["id"].removeprefix("ftjob-"))
+    assert (trained.finished_at - trained.started_at).total_seconds() > 2  # past the generation's limit

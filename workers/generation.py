@@ -1,52 +1,121 @@
 """The body of a chat completion task: claim the row, generate, store, announce.
 
-The request row's state is the single source of truth. A message is acted on
-only if it moves the row from `queued` to `running` (compare-and-set); a
-redelivered message that finds the row `running` means the worker that held
-it died mid-generation, so the request is failed, never answered twice.
+Exactly one answer per request. The request row's state is the single source
+of truth, and every change of it is a compare-and-set:
+
+- A message is acted on only if it moves the row from `queued` to `running`
+  (the claim, which counts an attempt and records the process as `worker`).
+  Only that process may then end it: its final writes name it.
+- A row found `running` whose worker process is gone (a redelivered message,
+  the sweeper, the worker's own restart) is recovered here, in `recover`:
+  if no event of it reached the log (nothing was streamed: no token, so no
+  reader saw anything), it goes back to `queued` and runs again, transparently;
+  if tokens were streamed, it fails with `worker_lost`, so no token is ever
+  sent twice. After AIHUB_TASK_MAX_ATTEMPTS starts it fails with
+  `too_many_attempts` instead: a request that kills its worker never loops.
+- A row found `running` on a live process is a duplicate message: ignored.
+- A final row is final: a message for it is ignored, and a reader that gave up
+  (its 504) or the sweeper fails a row first, so no worker answers it later.
 """
 from __future__ import annotations
 
 import logging
+import os
 import time
+from pathlib import Path
 
+from celery.exceptions import SoftTimeLimitExceeded
+from django.conf import settings
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 
-from apps.accounts.limits import limits_settle
 from apps.catalog.models import ModelEntry
+from apps.catalog.workers import process_alive
 from apps.chat.cache import cache_put
 from apps.chat.models import Conversation, GenerationRequest, Message
+from apps.chat.services import generation_fail, generation_publish, generation_settle
 from apps.core import events
-from apps.monitoring.counters import request_metrics_record
+from apps.core.redis import sync_client
 
 logger = logging.getLogger(__name__)
 State = GenerationRequest.State
+
+IGNORED, BUSY, REQUEUED, FAILED = "ignored", "busy", "requeued", "failed"
 
 
 def _ms(start, end) -> float | None:
     return round((end - start).total_seconds() * 1000, 2) if start and end else None
 
 
-def _fail(generation_id, writer: events.EventWriter, error: dict, *, from_state: str) -> None:
-    now = timezone.now()
-    changed = GenerationRequest.objects.filter(id=generation_id, state=from_state).update(
-        state=State.FAILED, error=error, finished_at=now)
-    if changed:
-        writer.append(events.ERROR, error=error)
+def _error(message: str, code: str, *, type: str = "server_error", param: str | None = None) -> dict:
+    return {"message": message, "type": type, "param": param, "code": code}
 
 
-def handle_redelivery(generation_id) -> None:
-    generation = GenerationRequest.objects.filter(id=generation_id).first()
+def _fail(generation_id, error: dict, *, worker: str) -> None:
+    generation_fail(generation_id=generation_id, error=error, from_states=[State.RUNNING], worker=worker)
+
+
+def _process_gone(worker: str, *, here: str | None) -> bool:
+    """Is the process that claimed a row gone? Exact for this node's own pool processes, else by heartbeat."""
+    nodename, _, pid = worker.rpartition(":")
+    if here is not None and here.rpartition(":")[0] == nodename:
+        if worker == here:
+            return True  # this very process claimed it and is not running it now
+        return not _pid_running(pid)
+    return not process_alive(worker)
+
+
+def _pid_running(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError):
+        return False
+    except PermissionError:
+        return True
+    try:  # a killed pool process the worker has not reaped yet is a zombie: gone all the same
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][:1] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def recover(generation_id, *, here: str | None = None, worker_gone: bool = False) -> str:
+    """A message (or the sweeper) found the row not `queued`: decide what it means. See the module docstring.
+
+    `here` is the calling worker process (hostname:pid); `worker_gone` says the
+    caller already knows the row's worker is dead. Returns IGNORED, BUSY,
+    REQUEUED (the caller runs or re-publishes it) or FAILED.
+    """
+    generation = GenerationRequest.objects.filter(id=generation_id).only(
+        "state", "worker", "attempts", "first_token_at").first()
     if generation is None or generation.is_finished:
         logger.info("ignoring message for %s: %s", generation_id, generation and generation.state)
-        return
-    if generation.state == State.RUNNING:
+        return IGNORED
+    if generation.state == State.QUEUED:
+        return REQUEUED
+    if not worker_gone and not _process_gone(generation.worker, here=here):
+        logger.info("request %s is running on %s; ignoring a duplicate message", generation_id, generation.worker)
+        return BUSY
+    if generation.first_token_at or sync_client().xlen(events.events_key(generation_id)):
         logger.warning("request %s was running on %s when its worker was lost; failing it",
                        generation_id, generation.worker)
-        _fail(generation_id, events.EventWriter.continuing(generation_id), {
-            "message": "The worker running this request stopped unexpectedly; retry the request.",
-            "type": "server_error", "param": None, "code": "worker_lost"}, from_state=State.RUNNING)
+        _fail(generation_id, _error("The worker running this request stopped unexpectedly after it had "
+                                    "started answering; retry the request.", "worker_lost"),
+              worker=generation.worker)
+        return FAILED
+    if generation.attempts >= settings.AIHUB_TASK_MAX_ATTEMPTS:
+        logger.warning("request %s lost its worker %d times; failing it", generation_id, generation.attempts)
+        _fail(generation_id, _error(f"The request was started {generation.attempts} times and its worker "
+                                    "stopped each time; it will not be tried again.", "too_many_attempts"),
+              worker=generation.worker)
+        return FAILED
+    # Nothing reached any reader: run it again, on whichever worker takes it.
+    requeued = GenerationRequest.objects.filter(id=generation_id, state=State.RUNNING, worker=generation.worker).update(
+        state=State.QUEUED, worker="", started_at=None, queued_at=timezone.now())
+    if requeued:
+        logger.warning("request %s lost its worker %s before its first token; running it again "
+                       "(%d attempt(s) so far)", generation_id, generation.worker, generation.attempts)
+    return REQUEUED if requeued else IGNORED
 
 
 def run_generation(generation_id: str, *, worker: str) -> None:
@@ -55,35 +124,35 @@ def run_generation(generation_id: str, *, worker: str) -> None:
     except Exception:
         # Whatever broke (storing the answer included), the request must end, or its client waits forever.
         logger.exception("request %s failed", generation_id)
-        _fail(generation_id, events.EventWriter.continuing(generation_id), {
-            "message": "The request failed on the worker; see the worker log.", "type": "server_error",
-            "param": None, "code": "generation_failed"}, from_state=State.RUNNING)
+        _fail(generation_id, _error("The request failed on the worker; see the worker log.", "generation_failed"),
+              worker=worker)
     finally:
-        settle_limits(generation_id)
+        generation_settle(generation_id=generation_id)
 
 
-def settle_limits(generation_id) -> None:
-    """Give back the request's concurrency slot and unused token reservation once it is final."""
-    generation = GenerationRequest.objects.filter(id=generation_id).first()
-    if generation is not None and generation.is_finished:
-        limits_settle(generation.params.get("limits"),
-                      used_tokens=generation.prompt_tokens + generation.completion_tokens)
-        request_metrics_record(generation=generation)
+def _claim(generation_id, *, worker: str):
+    """queued -> running by this process, counting the attempt; a row in any other state goes to `recover`."""
+    for _ in range(2):
+        started_at = timezone.now()
+        if GenerationRequest.objects.filter(id=generation_id, state=State.QUEUED).update(
+                state=State.RUNNING, started_at=started_at, worker=worker, attempts=F("attempts") + 1):
+            return started_at
+        # A redelivered message whose row went back to the queue is this message's to run now.
+        if recover(generation_id, here=worker) != REQUEUED:
+            return None
+    return None
 
 
 def _run_generation(generation_id: str, *, worker: str) -> None:
-    started_at = timezone.now()
-    claimed = GenerationRequest.objects.filter(id=generation_id, state=State.QUEUED).update(
-        state=State.RUNNING, started_at=started_at, worker=worker)
-    if not claimed:
-        handle_redelivery(generation_id)
+    started_at = _claim(generation_id, worker=worker)
+    if started_at is None:
         return
 
     generation = GenerationRequest.objects.get(id=generation_id)
     writer = events.EventWriter(generation_id)
     stop_signal = events.StopSignal(generation_id)
     if stop_signal():  # the client left while the request waited in the queue
-        _finish_cancelled(generation, writer, text="", completion_tokens=0, prompt_tokens=0)
+        _finish_cancelled(generation, writer, text="", completion_tokens=0, prompt_tokens=0, worker=worker)
         return
 
     from .engine import GenerationError, active_adapter, attach_adapter, generate
@@ -113,39 +182,42 @@ def _run_generation(generation_id: str, *, worker: str) -> None:
         logger.info("request %s: %d tokens in %.3fs (%s)", generation_id, result.completion_tokens,
                     time.perf_counter() - tic, result.finish_reason)
     except (GenerationError, InsufficientMemory) as exc:
-        _fail(generation_id, writer, exc.error, from_state=State.RUNNING)
+        _fail(generation_id, exc.error, worker=worker)
         return
     except ModelEntry.DoesNotExist:
-        _fail(generation_id, writer, {"message": f"The model '{generation.model}' was removed.",
-                                      "type": "invalid_request_error", "param": "model",
-                                      "code": "model_not_found"}, from_state=State.RUNNING)
+        _fail(generation_id, _error(f"The model '{generation.model}' was removed.", "model_not_found",
+                                    type="invalid_request_error", param="model"), worker=worker)
+        return
+    except SoftTimeLimitExceeded:
+        logger.error("request %s ran past AIHUB_GENERATION_TIME_LIMIT_SECONDS", generation_id)
+        _fail(generation_id, _error(f"The request ran longer than the hub allows "
+                                    f"({settings.AIHUB_GENERATION_TIME_LIMIT_SECONDS} s).", "time_limit_exceeded"),
+              worker=worker)
         return
     except Exception as exc:
         if _is_out_of_memory(exc):
             # The model's cache is freed and the worker keeps serving; the request fails clearly.
             logger.error("request %s ran out of device memory", generation_id)
             manager.free_after_oom()
-            _fail(generation_id, writer, {
-                "message": "The device ran out of memory during generation; retry with fewer tokens.",
-                "type": "server_error", "param": None, "code": "insufficient_memory"}, from_state=State.RUNNING)
+            _fail(generation_id, _error("The device ran out of memory during generation; retry with fewer "
+                                        "tokens.", "insufficient_memory"), worker=worker)
             return
         logger.exception("request %s failed", generation_id)
-        _fail(generation_id, writer, {"message": "The model failed while generating; see the worker log.",
-                                      "type": "server_error", "param": None, "code": "generation_failed"},
-              from_state=State.RUNNING)
+        _fail(generation_id, _error("The model failed while generating; see the worker log.", "generation_failed"),
+              worker=worker)
         return
     finally:
         manager.current_task = None
 
     if result.finish_reason == "cancelled":
         _finish_cancelled(generation, writer, text=result.text, completion_tokens=result.completion_tokens,
-                          prompt_tokens=result.prompt_tokens, first_token_at=first_token_at)
+                          prompt_tokens=result.prompt_tokens, first_token_at=first_token_at, worker=worker)
         return
 
     finished_at = timezone.now()
     with transaction.atomic():
-        # CAS again: the conversation may have been deleted meanwhile.
-        changed = GenerationRequest.objects.filter(id=generation_id, state=State.RUNNING).update(
+        # CAS again: the web may have given up on it meanwhile, or its conversation been deleted.
+        changed = GenerationRequest.objects.filter(id=generation_id, state=State.RUNNING, worker=worker).update(
             state=State.SUCCEEDED,
             completion=result.text,
             finish_reason=result.finish_reason,
@@ -180,9 +252,9 @@ def _is_out_of_memory(exc: Exception) -> bool:
 
 
 def _finish_cancelled(generation, writer, *, text: str, completion_tokens: int, prompt_tokens: int,
-                      first_token_at=None) -> None:
+                      worker: str, first_token_at=None) -> None:
     # A cancelled answer is kept on the request row for the record, not added to the conversation.
-    changed = GenerationRequest.objects.filter(id=generation.id, state=State.RUNNING).update(
+    changed = GenerationRequest.objects.filter(id=generation.id, state=State.RUNNING, worker=worker).update(
         state=State.CANCELLED, completion=text, finish_reason="cancelled", prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens, first_token_at=first_token_at, finished_at=timezone.now())
     if changed:
@@ -191,12 +263,17 @@ def _finish_cancelled(generation, writer, *, text: str, completion_tokens: int, 
             "total_tokens": prompt_tokens + completion_tokens})
 
 
-def fail_orphaned_requests(nodename: str) -> int:
-    """At worker start: requests this worker node was running when it died can never finish."""
+def recover_orphaned_requests(nodename: str, *, started_before) -> int:
+    """At worker start: requests this node claimed before it (re)started lost their process with it.
+
+    By claim time, not by pid: in a container the new pool process may well get the pid of the old one.
+    """
     count = 0
     for generation_id in GenerationRequest.objects.filter(
-            state=State.RUNNING, worker__startswith=f"{nodename}:").values_list("id", flat=True):
-        handle_redelivery(generation_id)
-        settle_limits(generation_id)
-        count += 1
+            state=State.RUNNING, worker__startswith=f"{nodename}:", started_at__lt=started_before).values_list(
+            "id", flat=True):
+        outcome = recover(generation_id, worker_gone=True)
+        if outcome == REQUEUED:
+            generation_publish(generation_id=generation_id)
+        count += outcome in (REQUEUED, FAILED)
     return count

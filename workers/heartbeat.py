@@ -4,7 +4,9 @@ Key `aihub:workers:<nodename>`, a JSON document rewritten every
 AIHUB_HEARTBEAT_SECONDS with a TTL of three beats: a worker that stops
 reporting drops out of status (and out of routing) within three beats. The
 API reads these documents (apps/catalog/workers.py); the reaper that unloads
-idle models rides on the same thread.
+idle models rides on the same thread. Each pool process also renews a key of
+its own (`hostname:pid`), so that a request's `worker` can be told alive or
+gone (apps/catalog/workers.process_alive).
 """
 from __future__ import annotations
 
@@ -16,13 +18,13 @@ import time
 
 from django.conf import settings
 
-from apps.catalog.workers import HEARTBEAT_PREFIX
+from apps.catalog.workers import HEARTBEAT_PREFIX, PROCESS_PREFIX, PROCESS_TTL_BEATS
 from apps.core.redis import sync_client
 
 logger = logging.getLogger(__name__)
 
 # Set in the worker's main process at start-up (celeryd_after_setup), inherited by the pool process.
-identity: dict = {"nodename": None, "queues": [], "control_queue": None, "trains": False}
+identity: dict = {"nodename": None, "queues": [], "control_queue": None, "trains": False, "started_at": None}
 
 
 def worker_queue(nodename: str) -> str:
@@ -34,7 +36,11 @@ def beat_once(manager) -> None:
     state = {**manager.snapshot(), "hostname": identity["nodename"], "queues": identity["queues"],
              "control_queue": identity["control_queue"], "pid": os.getpid(), "reported_at": time.time()}
     interval = settings.AIHUB_HEARTBEAT_SECONDS
-    sync_client().set(HEARTBEAT_PREFIX + identity["nodename"], json.dumps(state), px=int(interval * 3000))
+    pipe = sync_client().pipeline(transaction=False)
+    pipe.set(HEARTBEAT_PREFIX + identity["nodename"], json.dumps(state), px=int(interval * 3000))
+    # This process's own key: a request row's `worker` is alive while it exists (workers/generation.py).
+    pipe.set(f"{PROCESS_PREFIX}{identity['nodename']}:{os.getpid()}", 1, px=int(interval * PROCESS_TTL_BEATS * 1000))
+    pipe.execute()
 
 
 def start(manager) -> threading.Thread:

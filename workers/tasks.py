@@ -53,9 +53,20 @@ def run_training_job(self, job_id: str) -> None:
     train(job_id, worker=f"{self.request.hostname}:{os.getpid()}")
 
 
+@shared_task(name="workers.tasks.sweep_stale_work", ignore_result=True)
+def sweep_stale_work(republish_after: float, give_up_after: float, batch: int) -> None:
+    """Scheduled by beat (celeryconfig.beat_schedule), which passes its thresholds along."""
+    from .sweeper import sweep
+
+    sweep(republish_after=republish_after, give_up_after=give_up_after, batch=batch)
+
+
 @celeryd_after_setup.connect
 def _add_worker_queue(sender, instance, **kwargs):
     """Inference workers also consume a queue of their own (model affinity, load/unload)."""
+    from django.utils import timezone
+
+    heartbeat.identity["started_at"] = timezone.now()  # before any claim of this run
     queues = instance.app.amqp.queues
     consumed = sorted(queues.consume_from) if queues.consume_from else []
     if celeryconfig.TRAINING_QUEUE in consumed:
@@ -85,7 +96,7 @@ def _announce_presence(sender=None, **kwargs):
 @worker_ready.connect
 def _resume_training_jobs_orphaned_by_a_crash(sender=None, **kwargs):
     if heartbeat.identity.get("trains"):
-        from .training import requeue_orphaned_jobs
+        from .sweeper import requeue_orphaned_jobs
 
         count = requeue_orphaned_jobs()
         if count:
@@ -93,10 +104,10 @@ def _resume_training_jobs_orphaned_by_a_crash(sender=None, **kwargs):
 
 
 @worker_ready.connect
-def _fail_requests_orphaned_by_a_previous_run(sender=None, **kwargs):
+def _recover_requests_orphaned_by_a_previous_run(sender=None, **kwargs):
     if heartbeat.identity["nodename"]:
-        from .generation import fail_orphaned_requests
+        from .generation import recover_orphaned_requests
 
-        count = fail_orphaned_requests(sender.hostname)
+        count = recover_orphaned_requests(sender.hostname, started_before=heartbeat.identity["started_at"])
         if count:
-            logger.warning("failed %d request(s) left running by a previous run of this worker", count)
+            logger.warning("recovered %d request(s) left running by a previous run of this worker", count)

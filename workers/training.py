@@ -32,6 +32,8 @@ from apps.training.models import TrainingCheckpoint, TrainingJob
 from apps.training.services import TRAIN_TASK, job_event, job_finish
 from apps.training.storage import checkpoint_quota_refusal, checkpoints_prune, directory_bytes, training_run_dir
 
+from .sweeper import training_lock_key as lock_key
+
 logger = logging.getLogger(__name__)
 Status = TrainingJob.Status
 LOCK_SECONDS = 15
@@ -46,10 +48,6 @@ class WaitForMemory(Exception):
 
 
 TRAINING_OVERHEAD = 1.5  # adapter gradients and optimizer state, activations of a batch
-
-
-def lock_key(job_id) -> str:
-    return f"aihub:train:{job_id}:lock"
 
 
 class JobLock:
@@ -363,16 +361,6 @@ def _control(worker, action: str) -> dict | None:
     send_task(CONTROL_TASK, args=[action, "", reply_id, {}], queue=worker.control_queue)
     event = events.wait_final_sync(reply_id, timeout=60)
     return event if event and event["type"] == events.DONE else None
-
-
-def requeue_orphaned_jobs() -> int:
-    """Running jobs whose lock expired lost their worker: send them again (they resume from a checkpoint)."""
-    count = 0
-    for job_id in TrainingJob.objects.filter(status=Status.RUNNING).values_list("id", flat=True):
-        if not sync_client().exists(lock_key(job_id)):
-            send_task(TRAIN_TASK, args=[str(job_id)], queue=celeryconfig.TRAINING_QUEUE)
-            count += 1
-    return count
 
 
 def _device() -> torch.device:

@@ -29,7 +29,7 @@ from apps.core.errors import AppError, app_error_from_event, as_app_error, error
 
 from .models import GenerationRequest
 from .serializers import ChatCompletionRequestSerializer
-from .services import chat_completion_create
+from .services import chat_completion_create, generation_give_up
 
 logger = logging.getLogger(__name__)
 READER_LEASE = settings.AIHUB_HTTP_READER_LEASE_SECONDS
@@ -93,11 +93,29 @@ def _describe(response, generation: GenerationRequest):
     return response
 
 
+async def generation_events(generation_id, *, after_seq: int = 0, lease_seconds: float | None = None):
+    """The request's events for a client (SSE, waiting view, websocket).
+
+    When the reader gives up (read_events' own `timeout` error, the 504), the
+    request is failed in the database first, so that no worker answers it later
+    for nobody. If it had ended at that very moment, its real final event is
+    in the log: that one is passed on instead.
+    """
+    async for event in events.read_events(generation_id, after_seq=after_seq, lease_seconds=lease_seconds):
+        if event["seq"] is None and not await sync_to_async(generation_give_up)(
+                generation_id=generation_id, error=event["error"]):
+            async for final in events.read_events(generation_id, after_seq=after_seq, idle_timeout=5):
+                yield final
+            return
+        after_seq = event["seq"] or after_seq
+        yield event
+
+
 async def wait_for_completion(generation: GenerationRequest) -> JsonResponse:
     finished = False
     try:
         await release_database_connection()
-        async for event in events.read_events(generation.id, lease_seconds=READER_LEASE):
+        async for event in generation_events(generation.id, lease_seconds=READER_LEASE):
             if event["type"] == events.ERROR:
                 finished = True
                 return error_response(app_error_from_event(event["error"]))
@@ -158,7 +176,7 @@ async def sse_stream(generation: GenerationRequest, include_usage: bool):
         yield _sse(_chunk(generation, created, {"role": "assistant", "content": ""}))
         # After the first chunk: the worker is busy with the prompt, so this costs the client nothing.
         await release_database_connection()
-        async for event in events.read_events(generation.id, lease_seconds=READER_LEASE):
+        async for event in generation_events(generation.id, lease_seconds=READER_LEASE):
             if event["type"] == events.TOKEN:
                 yield _sse(_chunk(generation, created, {"content": event["text"]}))
             elif event["type"] == events.DONE:

@@ -18,7 +18,7 @@ from apps.accounts.websocket import ApiKeyConsumer, error_message
 from apps.core import events
 from apps.core.errors import AppError, NotFoundError
 
-from .completions import chat_completion_submit
+from .completions import chat_completion_submit, generation_events
 from .models import GenerationRequest
 
 logger = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ class ChatConsumer(ApiKeyConsumer):
 
     async def _pump(self, request_id: str, after_seq: int) -> None:
         try:
-            async for event in events.read_events(request_id, after_seq=after_seq):
+            async for event in generation_events(request_id, after_seq=after_seq):
                 await self.send_json({"request_id": request_id, **event})
         except asyncio.CancelledError:
             raise

@@ -2,6 +2,7 @@ import uuid
 
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
 
 
 class Role(models.TextChoices):
@@ -70,6 +71,10 @@ class GenerationRequest(models.Model):
     prompt_tokens = models.PositiveIntegerField(default=0)
     completion_tokens = models.PositiveIntegerField(default=0)
     worker = models.CharField(max_length=200, blank=True, help_text="hostname:pid of the worker that ran it.")
+    # Counted by the worker's claim (queued -> running); past AIHUB_TASK_MAX_ATTEMPTS the request fails.
+    attempts = models.PositiveSmallIntegerField(default=0, help_text="Times a worker started it.")
+    # When its message was last published: the sweeper re-publishes a row that waited too long unclaimed.
+    queued_at = models.DateTimeField(default=timezone.now)
     cache_hit = models.BooleanField(default=False, help_text="Answered from the response cache, not a GPU.")
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)

@@ -7,6 +7,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+import celeryconfig
 from apps.accounts.limits import estimate_prompt_tokens, limits_admit, limits_settle
 from apps.accounts.models import Scope
 from apps.accounts.services import preferred_model_get
@@ -15,8 +16,8 @@ from apps.catalog.routing import Candidate, Performance, Route, choose_model, ch
 from apps.catalog.selectors import model_get, model_list
 from apps.catalog.workers import WorkerState, live_workers
 from apps.core.errors import AppError
-from apps.core.events import DONE, TOKEN, EventWriter, request_cancel_sync
-from apps.core.tasks import enqueue_on_commit
+from apps.core.events import DONE, ERROR, TOKEN, EventWriter, request_cancel_sync
+from apps.core.tasks import enqueue_on_commit, send_task
 from apps.monitoring.counters import request_metrics_record
 
 from .cache import cache_get, cache_key, cache_wanted
@@ -203,3 +204,50 @@ def conversation_delete(*, user, conversation_id) -> None:
         request_cancel_sync(generation_id)
     conversation.generations.update(prompt_messages=[], completion="")
     conversation.delete()
+
+
+def generation_fail(*, generation_id, error: dict, from_states: list[str], worker: str | None = None) -> bool:
+    """End a live request with `error`, once: compare-and-set, the error event, a cancel, the limits settled.
+
+    The one way a request fails from outside its generation (the web giving up,
+    the sweeper, a worker finding its predecessor dead) and from inside it.
+    `worker` narrows a `running` row to the process that claimed it. Returns
+    whether this call ended it; a request already final is left as it is.
+    """
+    rows = GenerationRequest.objects.filter(id=generation_id, state__in=from_states)
+    if worker is not None:
+        rows = rows.filter(worker=worker)
+    if not rows.update(state=GenerationRequest.State.FAILED, error=error, finished_at=timezone.now()):
+        return False
+    # A worker still generating it stops at its next token; its own final write then changes nothing.
+    request_cancel_sync(generation_id)
+    EventWriter.continuing(generation_id).append(ERROR, error=error)
+    generation_settle(generation_id=generation_id)
+    return True
+
+
+def generation_settle(*, generation_id) -> None:
+    """Give back a final request's concurrency slot and unused token reservation, and count it in /metrics.
+
+    Both happen once per request however often this runs (limits_settle and the metrics guard are idempotent).
+    """
+    generation = GenerationRequest.objects.filter(id=generation_id).first()
+    if generation is not None and generation.is_finished:
+        limits_settle(generation.params.get("limits"),
+                      used_tokens=generation.prompt_tokens + generation.completion_tokens)
+        request_metrics_record(generation=generation)
+
+
+def generation_give_up(*, generation_id, error: dict) -> bool:
+    """The web stopped waiting (its 504): no worker may answer this request later, for nobody."""
+    return generation_fail(generation_id=generation_id, error=error,
+                           from_states=[GenerationRequest.State.QUEUED, GenerationRequest.State.RUNNING])
+
+
+def generation_publish(*, generation_id) -> None:
+    """Send a queued request's message again (its first was lost, or its worker died before answering).
+
+    To the shared queue, not the route's worker queue: that worker may be the one that is gone. A
+    duplicate message is harmless, the claim is a compare-and-set (workers/generation.py).
+    """
+    send_task(GENERATE_TASK, args=[str(generation_id)], queue=celeryconfig.INFERENCE_QUEUE)

@@ -87,10 +87,11 @@ def web_server(host: str, port: int) -> list[str]:
     return [sys.executable, "-m", "aihub_project.web", "-b", host, "-p", str(port), "aihub_project.asgi:application"]
 
 
-def celery_worker(name: str, queue: str, concurrency: int) -> list[str]:
+def celery_worker(name: str, queue: str, concurrency: int, *, beat: bool = False) -> list[str]:
+    # `beat`: this worker also runs the scheduler of the periodic sweep (celeryconfig.beat_schedule); one per hub.
     return [sys.executable, "-m", "celery", "-A", "aihub_project", "worker", "-Q", queue,
             "-c", str(concurrency), "-n", f"{name}@%h", "--pool", "prefork", "-l", "INFO",
-            "--without-mingle", "--without-gossip"]
+            "--without-mingle", "--without-gossip", *(["--beat"] if beat else [])]
 
 
 class Supervisor:

@@ -3,7 +3,7 @@
 Why counters and not a query: /metrics used to GROUP BY the whole requests
 table at every scrape, so a scrape cost grew with the table (seconds at a few
 hundred thousand rows) and anyone could make the database do it. Now the one
-place a request is settled (the worker's `settle_limits`, the response cache's
+place a request is settled (`generation_settle` in apps/chat/services.py, the response cache's
 answer) adds it to one Redis hash, and a scrape is one HGETALL whatever the
 table holds. Redis is shared, so every web process reports the same totals.
 

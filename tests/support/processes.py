@@ -32,8 +32,9 @@ class ProcessGroup:
         self.processes[name] = process
         return process
 
-    def start_worker(self, name: str, queue: str, concurrency: int = 1, env: dict | None = None) -> subprocess.Popen:
-        return self.start(name, celery_worker(name, queue, concurrency), env)
+    def start_worker(self, name: str, queue: str, concurrency: int = 1, env: dict | None = None,
+                     beat: bool = False) -> subprocess.Popen:
+        return self.start(name, celery_worker(name, queue, concurrency, beat=beat), env)
 
     def start_web(self, port: int, name: str = "web", env: dict | None = None) -> subprocess.Popen:
         return self.start(name, web_server("127.0.0.1", port), env)
@@ -75,7 +76,7 @@ def start_hub(env: dict, log_dir: Path) -> tuple[str, ProcessGroup]:
     processes.start_web(port)
     processes.start_worker("inference", "gpu.inference")
     processes.start_worker("training", "gpu.training")
-    processes.start_worker("default", "default")
+    processes.start_worker("default", "default", beat=True)
     base_url = f"http://127.0.0.1:{port}"
     try:
         wait_until_healthy(base_url, processes)
@@ -130,9 +131,12 @@ def wait_until_listening(base_url: str, timeout: float = 60.0) -> None:
 
 
 @contextmanager
-def web_without_workers(name: str, *, redis_db: int, log_dir: Path, **env_overrides: str) -> Iterator[tuple[str, dict]]:
+def web_without_workers(name: str, *, redis_db: int, log_dir: Path, broker_only: bool = False,
+                        **env_overrides: str) -> Iterator[tuple[str, dict]]:
     """A daphne process on a Redis database that no worker reads: every request it takes stays queued.
 
+    With `broker_only`, only its broker is that database: rows, limits and event
+    logs are the hub's, as when the hub's broker lost the messages.
     Yields its base URL and its environment. On the way out the requests it left
     queued are cancelled, so that they count against no later test's queue.
     """
@@ -140,7 +144,8 @@ def web_without_workers(name: str, *, redis_db: int, log_dir: Path, **env_overri
     from apps.chat.models import GenerationRequest
 
     env = dict(os.environ)
-    env.update(REDIS_URL=env["REDIS_URL"].rsplit("/", 1)[0] + f"/{redis_db}", **env_overrides)
+    redis_url = env["REDIS_URL"].rsplit("/", 1)[0] + f"/{redis_db}"
+    env.update({"CELERY_BROKER_URL": redis_url} if broker_only else {"REDIS_URL": redis_url}, **env_overrides)
     port = free_port()
     processes = ProcessGroup(env, log_dir)
     processes.start_web(port, name=name)

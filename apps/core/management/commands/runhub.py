@@ -107,7 +107,7 @@ class Command(BaseCommand):
         supervisor.start("web", web_server(host, port))
         supervisor.start("inference worker", celery_worker("inference", celeryconfig.INFERENCE_QUEUE, 1))
         supervisor.start("training worker", celery_worker("training", celeryconfig.TRAINING_QUEUE, 1))
-        supervisor.start("default worker", celery_worker("default", celeryconfig.DEFAULT_QUEUE, 2))
+        supervisor.start("default worker", celery_worker("default", celeryconfig.DEFAULT_QUEUE, 2, beat=True))
         if flower:
             supervisor.start("flower", [python, "-m", "celery", "-A", "aihub_project", "flower",
                                         f"--port={flower_port}", f"--address={host}"],

@@ -1,0 +1,99 @@
+"""The periodic sweep: work whose message or worker was lost, found from the database and put right.
+
+Celery beat publishes `workers.tasks.sweep_stale_work` every
+AIHUB_SWEEP_INTERVAL_SECONDS to the default queue (docs/queues.md). Each sweep
+is a few indexed queries (`state` is indexed and live rows are few: the queue
+is bounded) over at most `batch` rows of each kind, and every change is a
+compare-and-set, so two sweeps at once, or a sweep racing a worker, do no harm.
+This module imports no torch: it runs on the CPU worker.
+"""
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from django.utils import timezone
+
+import celeryconfig
+from apps.catalog.workers import process_alive
+from apps.chat.models import GenerationRequest
+from apps.chat.services import generation_fail, generation_publish
+from apps.core.redis import sync_client
+from apps.core.tasks import send_task
+from apps.training.models import TrainingJob
+from apps.training.services import TRAIN_TASK
+
+logger = logging.getLogger(__name__)
+State = GenerationRequest.State
+
+
+def training_lock_key(job_id) -> str:
+    """Held by the worker training the job (workers/training.py JobLock); here so the sweep needs no torch."""
+    return f"aihub:train:{job_id}:lock"
+
+
+def sweep(*, republish_after: float, give_up_after: float, batch: int) -> dict[str, int]:
+    counts = {
+        "timed_out": _fail_expired_queued(give_up_after, batch),
+        "republished": _republish_unclaimed(republish_after, batch),
+        "recovered": _recover_lost_running(batch),
+        "training_resent": requeue_orphaned_jobs(batch=batch),
+    }
+    if any(counts.values()):
+        logger.warning("sweep: %s", counts)
+    return counts
+
+
+def _fail_expired_queued(give_up_after: float, batch: int) -> int:
+    """Queued longer than any reader waits (AIHUB_REQUEST_TIMEOUT_SECONDS): nobody is left to answer."""
+    cutoff = timezone.now() - timedelta(seconds=give_up_after)
+    expired = GenerationRequest.objects.filter(state=State.QUEUED, created_at__lt=cutoff).order_by(
+        "created_at").values_list("id", flat=True)[:batch]
+    error = {"message": f"No worker took the request within {give_up_after:.0f} s; it was cancelled.",
+             "type": "server_error", "param": None, "code": "queue_timeout"}
+    return sum(generation_fail(generation_id=generation_id, error=error, from_states=[State.QUEUED])
+               for generation_id in expired)
+
+
+def _republish_unclaimed(republish_after: float, batch: int) -> int:
+    """Queued, unclaimed since its message was sent: the message may be lost (broker data, a dead worker's
+    own queue, a web process that died between commit and publish). Send it again; the claim makes a
+    duplicate harmless."""
+    now = timezone.now()
+    stale = GenerationRequest.objects.filter(
+        state=State.QUEUED, queued_at__lt=now - timedelta(seconds=republish_after)).order_by(
+        "queued_at").values_list("id", "queued_at")[:batch]
+    count = 0
+    for generation_id, queued_at in stale:
+        if GenerationRequest.objects.filter(id=generation_id, state=State.QUEUED, queued_at=queued_at).update(
+                queued_at=now):
+            generation_publish(generation_id=generation_id)
+            count += 1
+    return count
+
+
+def _recover_lost_running(batch: int) -> int:
+    """Running on a process that no longer beats: what a redelivered message would have done."""
+    from .generation import FAILED, REQUEUED, recover
+
+    count = 0
+    running = GenerationRequest.objects.filter(state=State.RUNNING).values_list("id", "worker")[:batch]
+    for generation_id, worker in running:
+        if process_alive(worker):
+            continue
+        outcome = recover(generation_id, worker_gone=True)
+        if outcome == REQUEUED:
+            generation_publish(generation_id=generation_id)
+        count += outcome in (REQUEUED, FAILED)
+    return count
+
+
+def requeue_orphaned_jobs(*, batch: int | None = None) -> int:
+    """Running jobs whose lock expired lost their worker: send them again (they resume from a checkpoint)."""
+    count = 0
+    client = sync_client()
+    for job_id in TrainingJob.objects.filter(status=TrainingJob.Status.RUNNING).values_list("id", flat=True)[:batch]:
+        if not client.exists(training_lock_key(job_id)):
+            send_task(TRAIN_TASK, args=[str(job_id)], queue=celeryconfig.TRAINING_QUEUE)
+            count += 1
+    return count
