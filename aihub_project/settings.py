@@ -109,20 +109,17 @@ DATABASES = {"default": env.db_url_config(DATABASE_URL)}
 # reused. It borrows from a psycopg pool instead (DATABASE_POOL, set by aihub_project/web.py):
 # opening a PostgreSQL connection costs ~10-15 ms, a large part of the time to first token.
 if env.bool("DATABASE_POOL", default=False):
-    from psycopg_pool import ConnectionPool
-
     DATABASES["default"]["CONN_MAX_AGE"] = 0  # Django's pool requires it: "closing" returns to the pool
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
         "min_size": env.int("DATABASE_POOL_MIN_SIZE", default=2),
         "max_size": env.int("DATABASE_POOL_MAX_SIZE", default=20),
         # A request that finds every connection busy waits this long, then fails (a 500, logged).
         "timeout": env.float("DATABASE_POOL_TIMEOUT_SECONDS", default=10.0),
-        # Pooled connections die with a PostgreSQL restart; one round trip per checkout (~0.1 ms on
-        # loopback) finds a dead one and opens a fresh one instead of failing a request with it.
-        "check": ConnectionPool.check_connection,
     }
 else:
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=600)
+# Also makes Django's pool check each connection before lending it (one round trip): a connection
+# that died with a PostgreSQL restart is replaced instead of failing the request that drew it.
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

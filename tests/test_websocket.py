@@ -93,6 +93,8 @@ def test_bad_messages_get_errors_and_the_socket_stays_usable(hub, alice, models)
     with _open(hub, alice) as ws:
         ws.send("not json")
         assert _recv(ws)["error"]["code"] == "invalid_message"
+        ws.send("[" * 100_000)  # nested past any limit: refused as a message, the socket lives on
+        assert _recv(ws)["error"]["code"] == "invalid_message"
         ws.send(json.dumps({"type": "dance"}))
         assert _recv(ws)["error"]["param"] == "type"
         ws.send(json.dumps({"type": "chat.completion", "request": {"messages": []}}))

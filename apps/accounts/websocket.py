@@ -16,6 +16,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
 from apps.core.errors import AppError, AuthenticationError
+from apps.core.json_input import JsonInputError, loads_bounded
 
 from .models import ApiKey
 from .services import api_key_authenticate, api_key_still_usable, bearer_token_from_scope, require_scope
@@ -53,9 +54,11 @@ class ApiKeyConsumer(AsyncJsonWebsocketConsumer):
         await self.stop_streams()
 
     async def decode_json(self, text_data):
+        # Bounded like every HTTP body (apps/core/json_input.py): deep nesting would raise RecursionError
+        # here and drop the socket with a server error. Daphne caps a message at 1 MiB before this.
         try:
-            return await super().decode_json(text_data)
-        except ValueError:
+            return loads_bounded(text_data, max_depth=settings.AIHUB_MAX_JSON_DEPTH, strict=True)
+        except JsonInputError:
             return None  # answered by receive_json as an invalid message
 
     async def receive_json(self, content, **kwargs):
