@@ -9,6 +9,7 @@ from django.test import Client
 
 from apps.accounts.models import ApiKey
 from apps.accounts.services import api_key_authenticate
+from tests.conftest import make_account
 from tests.support.processes import ROOT
 
 
@@ -32,10 +33,11 @@ def test_a_key_with_a_valid_prefix_but_a_wrong_secret_is_refused(alice):
 
 
 def test_health_checks_every_dependency(hub):
-    response = httpx.get(f"{hub.base_url}/health", timeout=10)
+    operator = make_account("ops", staff=True, scopes=["admin"])  # details are for operators (docs/observability.md)
+    response = httpx.get(f"{hub.base_url}/health", headers=operator.auth, timeout=10)
     assert response.status_code == 200
     checks = response.json()["checks"]
-    assert set(checks) == {"database", "redis", "broker", "worker:gpu.inference", "worker:gpu.training"}
+    assert set(checks) == {"database", "redis", "broker", "worker:gpu.inference", "worker:gpu.training", "disk"}
     assert all(check["ok"] for check in checks.values())
     assert "pgvector" in checks["database"]["detail"]
     assert checks["worker:gpu.inference"]["detail"].startswith("inference@")
