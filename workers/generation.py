@@ -36,6 +36,7 @@ from apps.chat.cache import cache_put
 from apps.chat.models import Conversation, GenerationRequest, Message
 from apps.chat.services import generation_fail, generation_publish, generation_settle
 from apps.core import events
+from apps.core.db import retry_on_lost_connection
 from apps.core.redis import sync_client
 
 logger = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ def _error(message: str, code: str, *, type: str = "server_error", param: str | 
     return {"message": message, "type": type, "param": param, "code": code}
 
 
+@retry_on_lost_connection
 def _fail(generation_id, error: dict, *, worker: str) -> None:
     generation_fail(generation_id=generation_id, error=error, from_states=[State.RUNNING], worker=worker)
 
@@ -127,9 +129,10 @@ def run_generation(generation_id: str, *, worker: str) -> None:
         _fail(generation_id, _error("The request failed on the worker; see the worker log.", "generation_failed"),
               worker=worker)
     finally:
-        generation_settle(generation_id=generation_id)
+        retry_on_lost_connection(generation_settle)(generation_id=generation_id)
 
 
+@retry_on_lost_connection
 def _claim(generation_id, *, worker: str):
     """queued -> running by this process, counting the attempt; a row in any other state goes to `recover`."""
     for _ in range(2):
@@ -214,10 +217,24 @@ def _run_generation(generation_id: str, *, worker: str) -> None:
                           prompt_tokens=result.prompt_tokens, first_token_at=first_token_at, worker=worker)
         return
 
+    changed = _store_answer(generation, result, worker=worker, started_at=started_at, first_token_at=first_token_at)
+    if changed and generation.params.get("cache_key"):
+        cache_put(generation.params["cache_key"], completion=result.text, finish_reason=result.finish_reason,
+                  prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens)
+    if changed:
+        # Announced only after the commit: a reader that sees `done` finds the row final.
+        writer.append(events.DONE, finish_reason=result.finish_reason, usage={
+            "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
+            "total_tokens": result.prompt_tokens + result.completion_tokens})
+
+
+@retry_on_lost_connection
+def _store_answer(generation, result, *, worker: str, started_at, first_token_at) -> bool:
+    """Store the answer, once; True when this call (or a try of it whose reply the database lost) stored it."""
     finished_at = timezone.now()
     with transaction.atomic():
         # CAS again: the web may have given up on it meanwhile, or its conversation been deleted.
-        changed = GenerationRequest.objects.filter(id=generation_id, state=State.RUNNING, worker=worker).update(
+        changed = GenerationRequest.objects.filter(id=generation.id, state=State.RUNNING, worker=worker).update(
             state=State.SUCCEEDED,
             completion=result.text,
             finish_reason=result.finish_reason,
@@ -233,14 +250,9 @@ def _run_generation(generation_id: str, *, worker: str) -> None:
             Message.objects.create(conversation_id=generation.conversation_id, role="assistant",
                                    content=result.text, generation_id=generation.id)
             Conversation.objects.filter(id=generation.conversation_id).update(updated_at=finished_at)
-    if changed and generation.params.get("cache_key"):
-        cache_put(generation.params["cache_key"], completion=result.text, finish_reason=result.finish_reason,
-                  prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens)
-    if changed:
-        # Announced only after the commit: a reader that sees `done` finds the row final.
-        writer.append(events.DONE, finish_reason=result.finish_reason, usage={
-            "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
-            "total_tokens": result.prompt_tokens + result.completion_tokens})
+    # A retry after a commit whose reply was lost finds the row already ours: it still has to be announced.
+    return bool(changed) or GenerationRequest.objects.filter(
+        id=generation.id, state=State.SUCCEEDED, worker=worker).exists()
 
 
 def _is_out_of_memory(exc: Exception) -> bool:
@@ -251,6 +263,7 @@ def _is_out_of_memory(exc: Exception) -> bool:
             or "can't allocate memory" in message)  # the CPU allocator's wording
 
 
+@retry_on_lost_connection
 def _finish_cancelled(generation, writer, *, text: str, completion_tokens: int, prompt_tokens: int,
                       worker: str, first_token_at=None) -> None:
     # A cancelled answer is kept on the request row for the record, not added to the conversation.
