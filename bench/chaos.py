@@ -24,6 +24,7 @@ import os
 import shutil
 import signal
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -103,6 +104,8 @@ def main():
 
     from tests.support.processes import start_hub, start_services
 
+    # `timeout` and Ctrl-C alike: leave through the `finally` below, which stops every process started here.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
     run_dir = Path(tempfile.mkdtemp(prefix="aihub-chaos-"))
     servers, env = start_services(run_dir)
     os.environ.update(env)
