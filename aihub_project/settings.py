@@ -213,8 +213,9 @@ AIHUB_MAX_DATASET_JSON_DEPTH = env.int("AIHUB_MAX_DATASET_JSON_DEPTH", default=1
 AIHUB_TRAINING_KEEP_CHECKPOINTS = env.int("AIHUB_TRAINING_KEEP_CHECKPOINTS", default=3)
 # Disk one user may fill with uploaded files plus training checkpoints (0 = unlimited).
 AIHUB_USER_STORAGE_QUOTA_BYTES = env.int("AIHUB_USER_STORAGE_QUOTA_BYTES", default=10 * 2**30)
-# Deliveries of one task (counted on its row in PostgreSQL) before it ends as a clear failure: a message
-# that kills its worker is redelivered, and without a count it would be redelivered forever.
+# Starts of one task (a chat request, a dataset validation), counted on its row in PostgreSQL, before it
+# ends as a clear failure (`too_many_attempts`, "validation failed repeatedly"): a message that kills its
+# worker is redelivered, and without a count it would be redelivered forever.
 AIHUB_TASK_MAX_ATTEMPTS = env.int("AIHUB_TASK_MAX_ATTEMPTS", default=3)
 
 # Hostile input (docs/limits.md). Request bodies are refused with 413 before anything reads or
@@ -260,9 +261,6 @@ AIHUB_REQUEST_TIMEOUT_SECONDS = env.float("AIHUB_REQUEST_TIMEOUT_SECONDS", defau
 AIHUB_GENERATION_TIME_LIMIT_SECONDS = env.int("AIHUB_GENERATION_TIME_LIMIT_SECONDS", default=900)
 AIHUB_TRAINING_TIME_LIMIT_SECONDS = env.int("AIHUB_TRAINING_TIME_LIMIT_SECONDS", default=0)
 AIHUB_VALIDATION_TIME_LIMIT_SECONDS = env.int("AIHUB_VALIDATION_TIME_LIMIT_SECONDS", default=600)
-# Times a worker may start one chat request (its message redelivered after a worker died);
-# beyond it the request fails with `too_many_attempts` instead of looping.
-AIHUB_TASK_MAX_ATTEMPTS = env.int("AIHUB_TASK_MAX_ATTEMPTS", default=3)
 # The sweeper (Celery beat, docs/queues.md): how often it runs, how long a queued request may
 # wait unclaimed before its message is published again (its message may be lost; a duplicate
 # is harmless), and how many rows of each kind one sweep handles at most.
