@@ -117,6 +117,20 @@ def test_a_key_cannot_mint_a_later_expiry_or_looser_limits(hub):
     assert ApiKey.objects.filter(user=parent.user).count() == 2  # refusals store nothing
 
 
+def test_revoking_a_key_revokes_the_keys_it_minted_at_any_depth(hub, models):
+    parent = make_account("leaky")
+    child = _minted(hub, parent)
+    grandchild = _minted(hub, MintedKey(child))
+    sibling = make_account("other")  # an operator-made key of someone else: untouched
+
+    response = httpx.delete(f"{hub.api_url}/keys/{parent.key.id}", headers=parent.auth, timeout=30)
+    assert response.status_code == 200, response.text
+
+    for raw in (child["key"], grandchild["key"]):
+        _error(_chat(hub, _auth(raw)), 401, "invalid_api_key")
+    assert _chat(hub, sibling.auth).status_code == 200
+
+
 # --- stopped keys stop their websockets and requests ---------------------------------------------------------------
 
 def _recv(ws, timeout=30):

@@ -92,15 +92,28 @@ def api_key_revoke(*, user, key_id: int) -> ApiKey:
 
 @transaction.atomic
 def api_keys_revoke(*, keys: QuerySet) -> int:
-    """Revoke the keys at once and stop their queued and running requests; returns how many were active.
+    """Revoke the keys, and the keys minted from them, at once and stop their queued and running requests.
+
+    Returns how many were active.
 
     New requests are refused at authentication; open websockets stop at their
     next message (apps/accounts/websocket.py).
     """
-    ids = list(keys.values_list("id", flat=True))
+    ids = _with_minted_descendants(list(keys.values_list("id", flat=True)))
     revoked = ApiKey.objects.filter(id__in=ids, revoked_at__isnull=True).update(revoked_at=timezone.now())
     generation_requests_cancel(api_key_ids=ids)
     return revoked
+
+
+def _with_minted_descendants(ids: list[int]) -> list[int]:
+    """The keys and every key minted from them, at any depth: whoever held a leaked key may have minted
+    others to keep, so revoking it revokes what it made (one query per generation of keys)."""
+    found, frontier = set(ids), list(ids)
+    while frontier:
+        frontier = [i for i in ApiKey.objects.filter(parent_id__in=frontier).values_list("id", flat=True)
+                    if i not in found]
+        found.update(frontier)
+    return list(found)
 
 
 @transaction.atomic
