@@ -17,6 +17,7 @@ from apps.accounts.models import ApiKey
 from apps.accounts.services import api_key_create
 from apps.chat.models import GenerationRequest
 from tests.conftest import RUN_DIR, make_account
+from tests.support.fine_tuning import SECRET, job_create, job_finished, job_get, jsonl, upload, wait_for
 from tests.support.processes import ProcessGroup, wait_until_healthy
 
 HI = [{"role": "user", "content": "hi"}]
@@ -250,6 +251,19 @@ def test_revoking_a_key_cancels_its_running_generation(hub, models):
         assert httpx.delete(f"{hub.api_url}/keys/{account.key.id}", headers=_auth(other["key"])).status_code == 200
         assert _finish_reason(lines) == "cancelled"
     _assert_cancelled(request_id, revoked_at)
+
+
+def test_revoking_a_key_cancels_its_training_job(hub, models):
+    account = make_account("revoked-trainer")
+    _, other = api_key_create(user=account.user, name="operator-made")  # not minted from it: survives
+    data = upload(hub, account, jsonl(SECRET))
+    created = job_create(hub, account, training_file=data["id"], num_epochs=100, batch_size=1)
+    assert created.status_code == 201, created.text
+    job_id = created.json()["id"]
+    wait_for(lambda: job_get(hub, account, job_id), lambda j: j["status"] == "running")
+
+    assert httpx.delete(f"{hub.api_url}/keys/{account.key.id}", headers=_auth(other)).status_code == 200
+    assert job_finished(hub, MintedKey({"key": other}), job_id, timeout=60)["status"] == "cancelled"
 
 
 def test_deactivating_a_user_in_the_admin_cancels_their_running_generation(hub, models):

@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from apps.chat.cancellation import generation_requests_cancel
 from apps.core.errors import AppError, NotFoundError
+from apps.training.services import training_jobs_cancel
 
 from .limits import effective_limits, tighter
 from .models import DEFAULT_SCOPES, KEY_PREFIX, ApiKey, Profile, Scope
@@ -92,7 +93,7 @@ def api_key_revoke(*, user, key_id: int) -> ApiKey:
 
 @transaction.atomic
 def api_keys_revoke(*, keys: QuerySet) -> int:
-    """Revoke the keys, and the keys minted from them, at once and stop their queued and running requests.
+    """Revoke the keys, and the keys minted from them, at once; stop their requests and training jobs.
 
     Returns how many were active.
 
@@ -102,6 +103,7 @@ def api_keys_revoke(*, keys: QuerySet) -> int:
     ids = _with_minted_descendants(list(keys.values_list("id", flat=True)))
     revoked = ApiKey.objects.filter(id__in=ids, revoked_at__isnull=True).update(revoked_at=timezone.now())
     generation_requests_cancel(api_key_ids=ids)
+    training_jobs_cancel(api_key_ids=ids)
     return revoked
 
 
@@ -118,10 +120,11 @@ def _with_minted_descendants(ids: list[int]) -> list[int]:
 
 @transaction.atomic
 def user_deactivate(*, user) -> None:
-    """Deactivate the user: every key of theirs stops working and their queued and running requests stop."""
+    """Deactivate the user: every key of theirs stops working; their requests and training jobs stop."""
     get_user_model().objects.filter(pk=user.pk).update(is_active=False)
     user.is_active = False
     generation_requests_cancel(user=user)
+    training_jobs_cancel(user=user)
 
 
 def require_scope(key: ApiKey, scope: str) -> None:

@@ -144,14 +144,34 @@ def job_finish(job: TrainingJob, status: str, *, from_states, message: str, erro
 
 def training_job_cancel(*, user, job_id: str) -> TrainingJob:
     job = training_job_get(user=user, job_id=job_id)
-    if job.is_finished:
-        return job
+    if not job.is_finished:
+        _job_cancel(job)
+        job.refresh_from_db()
+    return job
+
+
+def _job_cancel(job: TrainingJob) -> None:
     # Not started yet: cancelled here. Running: the worker stops at its next step and confirms.
     if not job_finish(job, Status.CANCELLED, from_states=[Status.VALIDATING_FILES, Status.QUEUED],
                       message="The job was cancelled before it started."):
         events.request_cancel_sync(job.id)
-    job.refresh_from_db()
-    return job
+
+
+def training_jobs_cancel(*, api_key_ids: list[int] | None = None, user=None) -> int:
+    """Cancel the live jobs of these keys (or of this user): their key was revoked, or the user deactivated.
+
+    Runs once the caller's transaction commits, so a rolled-back revocation stops nothing.
+    """
+    live = TrainingJob.objects.exclude(status__in=TrainingJob.FINAL)
+    live = live.filter(api_key_id__in=api_key_ids) if api_key_ids is not None else live.filter(user=user)
+    jobs = list(live)
+
+    def cancel():
+        for job in jobs:
+            _job_cancel(job)
+
+    transaction.on_commit(cancel)
+    return len(jobs)
 
 
 def training_job_delete(*, user, job_id: str) -> TrainingJob | None:
