@@ -2,6 +2,7 @@
 import json
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 
@@ -16,6 +17,7 @@ from websockets.sync.client import connect
 from apps.accounts.models import ApiKey
 from apps.accounts.services import api_key_create
 from apps.chat.models import GenerationRequest
+from apps.core.events import request_cancel_sync
 from tests.conftest import RUN_DIR, make_account
 from tests.support.fine_tuning import SECRET, job_create, job_finished, job_get, jsonl, upload, wait_for
 from tests.support.processes import ProcessGroup, wait_until_healthy
@@ -251,6 +253,19 @@ def test_revoking_a_key_cancels_its_running_generation(hub, models):
         assert httpx.delete(f"{hub.api_url}/keys/{account.key.id}", headers=_auth(other["key"])).status_code == 200
         assert _finish_reason(lines) == "cancelled"
     _assert_cancelled(request_id, revoked_at)
+
+
+def test_a_request_whose_key_stops_while_it_waits_in_the_queue_is_refused_by_the_worker(hub, models):
+    busy, waiting = make_account("busy"), make_account("waiting")
+    with _long_stream(hub, busy) as (busy_id, _), ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(_chat, hub, waiting.auth)  # waits behind the busy one on the only worker
+        wait_for(lambda: GenerationRequest.objects.filter(user=waiting.user).values_list("state", flat=True).first(),
+                 lambda state: state == GenerationRequest.State.QUEUED, timeout=30)
+        waiting.key.revoke()  # only the row: as if revoked in the instant after the request was admitted
+        request_cancel_sync(busy_id)
+        response = answer.result(timeout=60)
+    _error(response, 401, "invalid_api_key")
+    assert GenerationRequest.objects.get(user=waiting.user).completion_tokens == 0
 
 
 def test_revoking_a_key_cancels_its_training_job(hub, models):

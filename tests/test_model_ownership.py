@@ -1,11 +1,13 @@
 """Fine-tuned models are owned: private by default, shared or public by their owner, removed with their job."""
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 from websockets.sync.client import connect
 
 from apps.catalog.models import ModelEntry
+from apps.chat.models import GenerationRequest
 from tests.conftest import make_account
 from tests.support.fine_tuning import QUESTION, fine_tune, wait_for
 
@@ -160,6 +162,25 @@ def test_deleting_a_fine_tuned_model_takes_it_off_the_workers_and_the_disk(hub, 
     wait_for(lambda: hub.processes.log("inference"), lambda log: f"detached adapter {model}" in log, timeout=30)
     assert _chat(hub, alice, models["tiny"]).status_code == 200  # the base serves on without it
     _not_found(_delete(hub, alice, model), model)
+
+
+def test_a_request_queued_for_a_model_that_then_goes_private_is_refused_by_the_worker(hub, alice, bob, models):
+    model = fine_tune(hub, alice, suffix="closing")["fine_tuned_model"]
+    assert _patch(hub, alice, model, {"visibility": "public"}).status_code == 200
+    with connect(f"{hub.ws_url}/ws/v1/chat/", additional_headers=alice.auth) as ws:
+        assert json.loads(ws.recv(timeout=10))["type"] == "authenticated"
+        ws.send(json.dumps({"type": "chat.completion", "request": {
+            "model": models["tiny"], "messages": QUESTION, "max_tokens": 3000, "ignore_eos": True}}))
+        busy = json.loads(ws.recv(timeout=30))["request_id"]
+        assert _ws_events(ws, busy, until=("token",))[-1]["type"] == "token"
+        with ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(_chat, hub, bob, model)  # waits behind the busy one on the only worker
+            wait_for(lambda: GenerationRequest.objects.filter(user=bob.user, model=model).values_list(
+                "state", flat=True).first(), lambda state: state == GenerationRequest.State.QUEUED, timeout=30)
+            assert _patch(hub, alice, model, {"visibility": "private"}).status_code == 200
+            ws.send(json.dumps({"type": "cancel", "request_id": busy}))
+            response = answer.result(timeout=60)
+    _not_found(response, model)
 
 
 def test_deleting_a_finished_job_deletes_its_model(hub, alice):

@@ -151,11 +151,15 @@ def _run_generation(generation_id: str, *, worker: str) -> None:
     if started_at is None:
         return
 
-    generation = GenerationRequest.objects.get(id=generation_id)
+    generation = GenerationRequest.objects.select_related("user", "api_key__user").get(id=generation_id)
     writer = events.EventWriter(generation_id)
     stop_signal = events.StopSignal(generation_id)
     if stop_signal():  # the client left while the request waited in the queue
         _finish_cancelled(generation, writer, text="", completion_tokens=0, prompt_tokens=0, worker=worker)
+        return
+    refusal = _no_longer_allowed(generation)
+    if refusal:
+        _fail(generation_id, refusal, worker=worker)
         return
 
     from .engine import GenerationError, active_adapter, attach_adapter, generate
@@ -226,6 +230,22 @@ def _run_generation(generation_id: str, *, worker: str) -> None:
         writer.append(events.DONE, finish_reason=result.finish_reason, usage={
             "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
             "total_tokens": result.prompt_tokens + result.completion_tokens})
+
+
+def _no_longer_allowed(generation) -> dict | None:
+    """What changed while the request waited in the queue, if it may no longer run: its key stopped
+    (revoked in the instant it was admitted, expired, its user deactivated), or its model went private."""
+    from apps.accounts.services import api_key_still_usable
+    from apps.catalog.selectors import model_list
+
+    key = generation.api_key
+    if key is not None and not api_key_still_usable(key_id=key.id):
+        return _error("The API key of this request was revoked or has expired, or its user was deactivated, "
+                      "before a worker took it.", "invalid_api_key", type="authentication_error")
+    if not model_list(user=generation.user, key=key).filter(id=generation.model).exists():
+        return _error(f"The model '{generation.model}' does not exist.", "model_not_found",
+                      type="invalid_request_error", param="model")
+    return None
 
 
 @retry_on_lost_connection
