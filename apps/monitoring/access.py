@@ -10,17 +10,18 @@ from apps.accounts.services import api_key_authenticate, bearer_token
 
 
 def _bearer(request) -> str | None:
-    header = request.headers.get("Authorization")
-    return bearer_token(header) if header else None
+    return bearer_token(request.headers.get("Authorization"))
+
+
+def _is_metrics_token(raw: str | None) -> bool:
+    """The request bears AIHUB_METRICS_TOKEN (never true while none is set); a constant-time comparison."""
+    expected = settings.AIHUB_METRICS_TOKEN
+    return bool(expected) and raw is not None and hmac.compare_digest(raw.encode(), expected.encode())
 
 
 def metrics_token_valid(request) -> bool:
     """True when no AIHUB_METRICS_TOKEN is set (open, for local scraping) or the request bears it."""
-    expected = settings.AIHUB_METRICS_TOKEN
-    if not expected:
-        return True
-    raw = _bearer(request)
-    return raw is not None and hmac.compare_digest(raw.encode(), expected.encode())
+    return not settings.AIHUB_METRICS_TOKEN or _is_metrics_token(_bearer(request))
 
 
 def may_see_details(request) -> bool:
@@ -28,7 +29,7 @@ def may_see_details(request) -> bool:
     raw = _bearer(request)
     if raw is None:
         return False
-    if settings.AIHUB_METRICS_TOKEN and hmac.compare_digest(raw.encode(), settings.AIHUB_METRICS_TOKEN.encode()):
+    if _is_metrics_token(raw):
         return True
     key = api_key_authenticate(raw_key=raw)
     return key is not None and key.has_scope(Scope.ADMIN)
