@@ -5,6 +5,7 @@ import logging
 
 from apps.catalog.models import ModelEntry
 from apps.core import events
+from apps.core.errors import error_object
 
 from . import heartbeat
 from .model_manager import InsufficientMemory, ModelSpec, get_manager
@@ -34,13 +35,12 @@ def run_control(action: str, model_id: str, reply_id: str, options: dict) -> Non
         writer.append(events.ERROR, error=exc.error)
         return
     except ModelEntry.DoesNotExist:
-        writer.append(events.ERROR, error={"message": f"The model '{model_id}' does not exist.",
-                                           "type": "invalid_request_error", "param": "model_id",
-                                           "code": "model_not_found"})
+        writer.append(events.ERROR, error=error_object(f"The model '{model_id}' does not exist.", param="model_id",
+                                                       code="model_not_found"))
         return
     except Exception as exc:  # noqa: BLE001 - the caller must get an answer, not a timeout
         logger.exception("%s %s failed", action, model_id)
-        writer.append(events.ERROR, error={"message": f"{action} failed: {exc}", "type": "server_error",
-                                           "param": None, "code": "model_control_failed"})
+        writer.append(events.ERROR, error=error_object(f"{action} failed: {exc}", type="server_error",
+                                                       code="model_control_failed"))
         return
     writer.append(events.DONE, worker=heartbeat.identity["nodename"], **result)

@@ -37,6 +37,7 @@ from apps.chat.models import Conversation, GenerationRequest, Message
 from apps.chat.services import generation_fail, generation_publish, generation_settle
 from apps.core import events
 from apps.core.db import retry_on_lost_connection
+from apps.core.errors import error_object
 from apps.core.redis import sync_client
 
 logger = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ def _ms(start, end) -> float | None:
 
 
 def _error(message: str, code: str, *, type: str = "server_error", param: str | None = None) -> dict:
-    return {"message": message, "type": type, "param": param, "code": code}
+    return error_object(message, type=type, param=param, code=code)
 
 
 @retry_on_lost_connection
@@ -296,17 +297,19 @@ def _finish_cancelled(generation, writer, *, text: str, completion_tokens: int, 
             "total_tokens": prompt_tokens + completion_tokens})
 
 
+def recover_lost(generation_id) -> bool:
+    """A running row whose worker is known to be gone: run it again (re-published) or fail it; True if either."""
+    outcome = recover(generation_id, worker_gone=True)
+    if outcome == REQUEUED:
+        generation_publish(generation_id=generation_id)
+    return outcome in (REQUEUED, FAILED)
+
+
 def recover_orphaned_requests(nodename: str, *, started_before) -> int:
     """At worker start: requests this node claimed before it (re)started lost their process with it.
 
     By claim time, not by pid: in a container the new pool process may well get the pid of the old one.
     """
-    count = 0
-    for generation_id in GenerationRequest.objects.filter(
-            state=State.RUNNING, worker__startswith=f"{nodename}:", started_at__lt=started_before).values_list(
-            "id", flat=True):
-        outcome = recover(generation_id, worker_gone=True)
-        if outcome == REQUEUED:
-            generation_publish(generation_id=generation_id)
-        count += outcome in (REQUEUED, FAILED)
-    return count
+    return sum(recover_lost(generation_id) for generation_id in GenerationRequest.objects.filter(
+        state=State.RUNNING, worker__startswith=f"{nodename}:", started_at__lt=started_before).values_list(
+        "id", flat=True))

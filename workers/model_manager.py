@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from apps.catalog.footprint import estimate_bytes
+from apps.core.errors import error_object
 
 from .engine import LoadedModel, detach_adapter, load_model, pick_device
 from .memory import device_memory, free_cached, module_bytes, resolve_budget
@@ -35,7 +36,7 @@ PINNED = -1
 class InsufficientMemory(Exception):
     def __init__(self, message: str):
         super().__init__(message)
-        self.error = {"message": message, "type": "server_error", "param": "model", "code": "insufficient_memory"}
+        self.error = error_object(message, type="server_error", param="model", code="insufficient_memory")
 
 
 @dataclass(frozen=True)

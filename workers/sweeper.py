@@ -18,6 +18,7 @@ import celeryconfig
 from apps.catalog.workers import process_alive
 from apps.chat.models import GenerationRequest
 from apps.chat.services import generation_fail, generation_publish
+from apps.core.errors import error_object
 from apps.core.redis import sync_client
 from apps.core.tasks import send_task
 from apps.training.models import TrainingJob
@@ -49,8 +50,8 @@ def _fail_expired_queued(give_up_after: float, batch: int) -> int:
     cutoff = timezone.now() - timedelta(seconds=give_up_after)
     expired = GenerationRequest.objects.filter(state=State.QUEUED, created_at__lt=cutoff).order_by(
         "created_at").values_list("id", flat=True)[:batch]
-    error = {"message": f"No worker took the request within {give_up_after:.0f} s; it was cancelled.",
-             "type": "server_error", "param": None, "code": "queue_timeout"}
+    error = error_object(f"No worker took the request within {give_up_after:.0f} s; it was cancelled.",
+                         type="server_error", code="queue_timeout")
     return sum(generation_fail(generation_id=generation_id, error=error, from_states=[State.QUEUED])
                for generation_id in expired)
 
@@ -74,18 +75,10 @@ def _republish_unclaimed(republish_after: float, batch: int) -> int:
 
 def _recover_lost_running(batch: int) -> int:
     """Running on a process that no longer beats: what a redelivered message would have done."""
-    from .generation import FAILED, REQUEUED, recover
+    from .generation import recover_lost
 
-    count = 0
     running = GenerationRequest.objects.filter(state=State.RUNNING).values_list("id", "worker")[:batch]
-    for generation_id, worker in running:
-        if process_alive(worker):
-            continue
-        outcome = recover(generation_id, worker_gone=True)
-        if outcome == REQUEUED:
-            generation_publish(generation_id=generation_id)
-        count += outcome in (REQUEUED, FAILED)
-    return count
+    return sum(recover_lost(generation_id) for generation_id, worker in running if not process_alive(worker))
 
 
 def requeue_orphaned_jobs(*, batch: int | None = None) -> int:

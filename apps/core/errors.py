@@ -38,9 +38,15 @@ class AuthenticationError(AppError):
         super().__init__(message, status=401, type="authentication_error", code=code)
 
 
+def error_object(message: str, *, type: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None) -> dict:
+    """The inside of the error shape: what `error` events, request rows and worker replies carry."""
+    return {"message": message, "type": type, "param": param, "code": code}
+
+
 def error_body(message: str, *, type: str = "invalid_request_error", param: str | None = None,
                code: str | None = None) -> dict:
-    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+    return {"error": error_object(message, type=type, param=param, code=code)}
 
 
 # HTTP status for the error codes workers report through event logs.

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 import redis
 from django.conf import settings
 
+from .errors import error_object
 from .redis import async_client, sync_client
 
 TOKEN = "token"
@@ -111,9 +112,9 @@ async def read_events(request_id, *, after_seq: int = 0, idle_timeout: float | N
         _raise_if_cancelled()
         if not response:
             if time.monotonic() - last_event_at > idle_timeout:
-                yield {"type": ERROR, "seq": None, "error": {
-                    "message": "No worker produced output in time; the request was cancelled.",
-                    "type": "server_error", "param": None, "code": "timeout"}}
+                yield {"type": ERROR, "seq": None, "error": error_object(
+                    "No worker produced output in time; the request was cancelled.", type="server_error",
+                    code="timeout")}
                 return
             continue
         last_event_at = time.monotonic()
