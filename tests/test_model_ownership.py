@@ -131,18 +131,24 @@ def test_operator_models_cannot_be_changed_or_deleted_through_the_api(hub, alice
     assert ModelEntry.objects.filter(id=models["tiny"], enabled=True).exists()
 
 
+def _occupy_the_worker(ws, models) -> str:
+    """Start a long generation on the hub's only inference worker; its id, once its tokens flow."""
+    assert json.loads(ws.recv(timeout=10))["type"] == "authenticated"
+    ws.send(json.dumps({"type": "chat.completion", "request": {
+        "model": models["tiny"], "messages": QUESTION, "max_tokens": 3000, "ignore_eos": True}}))
+    busy = json.loads(ws.recv(timeout=30))["request_id"]
+    assert _ws_events(ws, busy, until=("token",))[-1]["type"] == "token"
+    return busy
+
+
 def test_deleting_a_fine_tuned_model_takes_it_off_the_workers_and_the_disk(hub, alice, models):
     model = fine_tune(hub, alice, suffix="gone")["fine_tuned_model"]
     adapter = Path(ModelEntry.objects.get(id=model).adapter_path)
     assert adapter.is_dir()
     assert _chat(hub, alice, model).status_code == 200  # the inference worker now has the adapter attached
     with connect(f"{hub.ws_url}/ws/v1/chat/", additional_headers=alice.auth) as ws:
-        assert json.loads(ws.recv(timeout=10))["type"] == "authenticated"
         # A long generation holds the worker, so the next request waits in the queue while its model goes.
-        ws.send(json.dumps({"type": "chat.completion", "request": {
-            "model": models["tiny"], "messages": QUESTION, "max_tokens": 3000, "ignore_eos": True}}))
-        busy = json.loads(ws.recv(timeout=30))["request_id"]
-        assert _ws_events(ws, busy, until=("token",))[-1]["type"] == "token"
+        busy = _occupy_the_worker(ws, models)
         ws.send(json.dumps({"type": "chat.completion", "request": {"model": model, "messages": QUESTION}}))
         accepted = json.loads(ws.recv(timeout=30))
         while accepted.get("request_id") == busy and accepted["type"] == "token":  # the busy one streams on
@@ -168,11 +174,7 @@ def test_a_request_queued_for_a_model_that_then_goes_private_is_refused_by_the_w
     model = fine_tune(hub, alice, suffix="closing")["fine_tuned_model"]
     assert _patch(hub, alice, model, {"visibility": "public"}).status_code == 200
     with connect(f"{hub.ws_url}/ws/v1/chat/", additional_headers=alice.auth) as ws:
-        assert json.loads(ws.recv(timeout=10))["type"] == "authenticated"
-        ws.send(json.dumps({"type": "chat.completion", "request": {
-            "model": models["tiny"], "messages": QUESTION, "max_tokens": 3000, "ignore_eos": True}}))
-        busy = json.loads(ws.recv(timeout=30))["request_id"]
-        assert _ws_events(ws, busy, until=("token",))[-1]["type"] == "token"
+        busy = _occupy_the_worker(ws, models)
         with ThreadPoolExecutor(1) as pool:
             answer = pool.submit(_chat, hub, bob, model)  # waits behind the busy one on the only worker
             wait_for(lambda: GenerationRequest.objects.filter(user=bob.user, model=model).values_list(
