@@ -32,8 +32,9 @@ task_acks_late = True
 # ...and when the worker process itself is lost (OOM kill, kill -9) the message
 # is requeued rather than acked; the request row's state decides what happens then.
 task_reject_on_worker_lost = True
-# One message at a time per process: a GPU worker runs one generation at once,
-# and a prefetched second message would sit behind it instead of going to a free worker.
+# One message per pool slot: an inference worker holds at most AIHUB_INFERENCE_THREADS requests
+# (its batch and a few waiting for a row, docs/queues.md); a message beyond that stays in the broker
+# for a worker with room, instead of sitting behind a full batch.
 worker_prefetch_multiplier = 1
 # A pool process that replaces a killed one imports torch and sets up its model manager before it
 # reports "up"; Celery's default patience (4 s) is shorter than that on a busy host, and it then
@@ -65,8 +66,8 @@ def _limits(seconds: int) -> dict:
 
 
 task_annotations = {
-    # Bounded: a generation also ends on max_tokens, cancel and its readers' lease.
-    "workers.tasks.generate_chat_completion": _limits(settings.AIHUB_GENERATION_TIME_LIMIT_SECONDS),
+    # No Celery limit for generations: they run in an inference worker's threads pool, which has none;
+    # the batching engine ends a request at AIHUB_GENERATION_TIME_LIMIT_SECONDS (workers/batching.py).
     # None by default: training has its own cancel and checkpoints, and runs for hours.
     "workers.tasks.run_training_job": _limits(settings.AIHUB_TRAINING_TIME_LIMIT_SECONDS),
     "workers.tasks.validate_training_file": _limits(settings.AIHUB_VALIDATION_TIME_LIMIT_SECONDS),

@@ -257,7 +257,9 @@ AIHUB_WS_KEY_RECHECK_SECONDS = env.float("AIHUB_WS_KEY_RECHECK_SECONDS", default
 AIHUB_REQUEST_TIMEOUT_SECONDS = env.float("AIHUB_REQUEST_TIMEOUT_SECONDS", default=600.0)
 # Time limits per task (celeryconfig.task_annotations): soft at the limit (the task ends the row
 # clearly), hard a little later (the pool process is killed; the sweeper recovers the row).
-# A generation is bounded; a training job has its own cancel and checkpoints (0 = no ceiling).
+# A generation's limit is kept by the batching engine, which ends the request at the next step
+# (Celery's threads pool has no time limits); a training job has its own cancel and checkpoints
+# (0 = no ceiling).
 AIHUB_GENERATION_TIME_LIMIT_SECONDS = env.int("AIHUB_GENERATION_TIME_LIMIT_SECONDS", default=900)
 AIHUB_TRAINING_TIME_LIMIT_SECONDS = env.int("AIHUB_TRAINING_TIME_LIMIT_SECONDS", default=0)
 AIHUB_VALIDATION_TIME_LIMIT_SECONDS = env.int("AIHUB_VALIDATION_TIME_LIMIT_SECONDS", default=600)
@@ -267,6 +269,15 @@ AIHUB_VALIDATION_TIME_LIMIT_SECONDS = env.int("AIHUB_VALIDATION_TIME_LIMIT_SECON
 AIHUB_SWEEP_INTERVAL_SECONDS = env.float("AIHUB_SWEEP_INTERVAL_SECONDS", default=30.0)
 AIHUB_SWEEP_REPUBLISH_AFTER_SECONDS = env.float("AIHUB_SWEEP_REPUBLISH_AFTER_SECONDS", default=240.0)
 AIHUB_SWEEP_BATCH = env.int("AIHUB_SWEEP_BATCH", default=200)
+# Continuous batching (docs/models.md): the most requests one inference worker decodes together,
+# and the most prompt tokens it prefills in one step (longer prompts join the batch over several
+# steps, so a long prompt does not stall the running rows for long). The KV cache has no knob of
+# its own: it may use what the loaded models leave of AIHUB_GPU_MEMORY_BUDGET.
+AIHUB_MAX_BATCH_SIZE = env.int("AIHUB_MAX_BATCH_SIZE", default=32)
+AIHUB_MAX_BATCH_TOKENS = env.int("AIHUB_MAX_BATCH_TOKENS", default=2048)
+# Celery task threads of an inference worker: each holds one request (running or waiting for a
+# row) or a control command, so a few more than the batch keeps the batch full.
+AIHUB_INFERENCE_THREADS = env.int("AIHUB_INFERENCE_THREADS", default=AIHUB_MAX_BATCH_SIZE + 4)
 # Device for the worker: "auto" picks cuda when available.
 AIHUB_DEVICE = env("AIHUB_DEVICE", default="auto")
 # Models one worker keeps loaded; the least recently used is unloaded first.

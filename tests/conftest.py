@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.busy import INFERENCE_THREADS
 from tests.support.processes import MODEL_CACHE, start_hub, start_services
 
 RUN_DIR = Path(tempfile.mkdtemp(prefix="aihub-tests-"))
@@ -77,7 +78,7 @@ class Hub:
 
 @pytest.fixture(scope="session")
 def hub(models):
-    base_url, processes = start_hub(dict(os.environ), RUN_DIR / "logs")
+    base_url, processes = start_hub(dict(os.environ), RUN_DIR / "logs", inference_threads=INFERENCE_THREADS)
     try:
         yield Hub(base_url, processes)
     finally:

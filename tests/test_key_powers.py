@@ -17,8 +17,8 @@ from websockets.sync.client import connect
 from apps.accounts.models import ApiKey
 from apps.accounts.services import api_key_create
 from apps.chat.models import GenerationRequest
-from apps.core.events import request_cancel_sync
 from tests.conftest import RUN_DIR, make_account
+from tests.support.busy import inference_worker_full
 from tests.support.fine_tuning import SECRET, job_create, job_finished, job_get, jsonl, upload, wait_for
 from tests.support.processes import ProcessGroup, wait_until_healthy
 
@@ -256,13 +256,13 @@ def test_revoking_a_key_cancels_its_running_generation(hub, models):
 
 
 def test_a_request_whose_key_stops_while_it_waits_in_the_queue_is_refused_by_the_worker(hub, models):
-    busy, waiting = make_account("busy"), make_account("waiting")
-    with _long_stream(hub, busy) as (busy_id, _), ThreadPoolExecutor(1) as pool:
-        answer = pool.submit(_chat, hub, waiting.auth)  # waits behind the busy one on the only worker
-        wait_for(lambda: GenerationRequest.objects.filter(user=waiting.user).values_list("state", flat=True).first(),
-                 lambda state: state == GenerationRequest.State.QUEUED, timeout=30)
-        waiting.key.revoke()  # only the row: as if revoked in the instant after the request was admitted
-        request_cancel_sync(busy_id)
+    waiting = make_account("waiting")
+    with ThreadPoolExecutor(1) as pool:
+        with inference_worker_full(hub, models["tiny"]):
+            answer = pool.submit(_chat, hub, waiting.auth)  # waits in the queue while the worker is full
+            wait_for(lambda: GenerationRequest.objects.filter(user=waiting.user).values_list(
+                "state", flat=True).first(), lambda state: state == GenerationRequest.State.QUEUED, timeout=30)
+            waiting.key.revoke()  # only the row: as if revoked in the instant after the request was admitted
         response = answer.result(timeout=60)
     _error(response, 401, "invalid_api_key")
     assert GenerationRequest.objects.get(user=waiting.user).completion_tokens == 0

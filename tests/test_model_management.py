@@ -104,7 +104,7 @@ def test_status_reports_each_worker_its_device_memory_and_queues(pool, staff):
     assert small["budget_bytes"] == 4 * MB
     assert small["memory_total_bytes"] > small["memory_used_bytes"] > 0
     assert "gpu.inference" in small["queues"] and small["control_queue"] in small["queues"]
-    assert small["loaded_models"] == [] and small["current_task"] is None
+    assert small["loaded_models"] == [] and small["batch"]["running"] == 0
     queues = _status(base_url, staff)["queues"]
     assert queues["gpu.inference"] == 0 and small["control_queue"] in queues
 

@@ -9,6 +9,7 @@ from websockets.sync.client import connect
 from apps.catalog.models import ModelEntry
 from apps.chat.models import GenerationRequest
 from tests.conftest import make_account
+from tests.support.busy import inference_worker_full
 from tests.support.fine_tuning import QUESTION, fine_tune, wait_for
 
 
@@ -131,33 +132,20 @@ def test_operator_models_cannot_be_changed_or_deleted_through_the_api(hub, alice
     assert ModelEntry.objects.filter(id=models["tiny"], enabled=True).exists()
 
 
-def _occupy_the_worker(ws, models) -> str:
-    """Start a long generation on the hub's only inference worker; its id, once its tokens flow."""
-    assert json.loads(ws.recv(timeout=10))["type"] == "authenticated"
-    ws.send(json.dumps({"type": "chat.completion", "request": {
-        "model": models["tiny"], "messages": QUESTION, "max_tokens": 3000, "ignore_eos": True}}))
-    busy = json.loads(ws.recv(timeout=30))["request_id"]
-    assert _ws_events(ws, busy, until=("token",))[-1]["type"] == "token"
-    return busy
-
-
 def test_deleting_a_fine_tuned_model_takes_it_off_the_workers_and_the_disk(hub, alice, models):
     model = fine_tune(hub, alice, suffix="gone")["fine_tuned_model"]
     adapter = Path(ModelEntry.objects.get(id=model).adapter_path)
     assert adapter.is_dir()
     assert _chat(hub, alice, model).status_code == 200  # the inference worker now has the adapter attached
     with connect(f"{hub.ws_url}/ws/v1/chat/", additional_headers=alice.auth) as ws:
-        # A long generation holds the worker, so the next request waits in the queue while its model goes.
-        busy = _occupy_the_worker(ws, models)
-        ws.send(json.dumps({"type": "chat.completion", "request": {"model": model, "messages": QUESTION}}))
-        accepted = json.loads(ws.recv(timeout=30))
-        while accepted.get("request_id") == busy and accepted["type"] == "token":  # the busy one streams on
+        assert json.loads(ws.recv(timeout=10))["type"] == "authenticated"
+        # Long generations fill the worker, so the next request waits in the queue while its model goes.
+        with inference_worker_full(hub, models["tiny"]):
+            ws.send(json.dumps({"type": "chat.completion", "request": {"model": model, "messages": QUESTION}}))
             accepted = json.loads(ws.recv(timeout=30))
-        assert accepted["type"] == "accepted", accepted
-
-        deleted = _delete(hub, alice, model)
-        assert deleted.status_code == 200 and deleted.json() == {"id": model, "object": "model", "deleted": True}
-        ws.send(json.dumps({"type": "cancel", "request_id": busy}))
+            assert accepted["type"] == "accepted", accepted
+            deleted = _delete(hub, alice, model)
+            assert deleted.status_code == 200 and deleted.json() == {"id": model, "object": "model", "deleted": True}
         queued = _ws_events(ws, accepted["request_id"])
     assert queued[-1]["type"] == "error" and queued[-1]["error"]["code"] == "model_not_found"
     assert "token" not in {e["type"] for e in queued}
@@ -173,15 +161,13 @@ def test_deleting_a_fine_tuned_model_takes_it_off_the_workers_and_the_disk(hub, 
 def test_a_request_queued_for_a_model_that_then_goes_private_is_refused_by_the_worker(hub, alice, bob, models):
     model = fine_tune(hub, alice, suffix="closing")["fine_tuned_model"]
     assert _patch(hub, alice, model, {"visibility": "public"}).status_code == 200
-    with connect(f"{hub.ws_url}/ws/v1/chat/", additional_headers=alice.auth) as ws:
-        busy = _occupy_the_worker(ws, models)
-        with ThreadPoolExecutor(1) as pool:
-            answer = pool.submit(_chat, hub, bob, model)  # waits behind the busy one on the only worker
+    with ThreadPoolExecutor(1) as pool:
+        with inference_worker_full(hub, models["tiny"]):
+            answer = pool.submit(_chat, hub, bob, model)  # waits in the queue while the worker is full
             wait_for(lambda: GenerationRequest.objects.filter(user=bob.user, model=model).values_list(
                 "state", flat=True).first(), lambda state: state == GenerationRequest.State.QUEUED, timeout=30)
             assert _patch(hub, alice, model, {"visibility": "private"}).status_code == 200
-            ws.send(json.dumps({"type": "cancel", "request_id": busy}))
-            response = answer.result(timeout=60)
+        response = answer.result(timeout=60)
     _not_found(response, model)
 
 

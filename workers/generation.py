@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
+import threading
 import time
 from pathlib import Path
 
-from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import transaction
 from django.db.models import F
@@ -44,6 +45,8 @@ logger = logging.getLogger(__name__)
 State = GenerationRequest.State
 
 IGNORED, BUSY, REQUEUED, FAILED = "ignored", "busy", "requeued", "failed"
+# How often a task thread waiting on its request's engine output checks for a cancel with no text coming.
+POLL_SECONDS = 0.05
 
 
 def _ms(start, end) -> float | None:
@@ -59,12 +62,18 @@ def _fail(generation_id, error: dict, *, worker: str) -> None:
     generation_fail(generation_id=generation_id, error=error, from_states=[State.RUNNING], worker=worker)
 
 
-def _process_gone(worker: str, *, here: str | None) -> bool:
-    """Is the process that claimed a row gone? Exact for this node's own pool processes, else by heartbeat."""
+# The requests this process is running now: its task threads share one `worker` name (hostname:pid).
+_in_flight: set[str] = set()
+_in_flight_lock = threading.Lock()
+
+
+def _process_gone(worker: str, *, here: str | None, generation_id) -> bool:
+    """Is the process that claimed a row gone? Exact for this node's own processes, else by heartbeat."""
     nodename, _, pid = worker.rpartition(":")
     if here is not None and here.rpartition(":")[0] == nodename:
         if worker == here:
-            return True  # this very process claimed it and is not running it now
+            with _in_flight_lock:  # this very process claimed it: gone unless one of its threads runs it now
+                return str(generation_id) not in _in_flight
         return not _pid_running(pid)
     return not process_alive(worker)
 
@@ -96,7 +105,7 @@ def recover(generation_id, *, here: str | None = None, worker_gone: bool = False
         return IGNORED
     if generation.state == State.QUEUED:
         return REQUEUED
-    if not worker_gone and not _process_gone(generation.worker, here=here):
+    if not worker_gone and not _process_gone(generation.worker, here=here, generation_id=generation_id):
         logger.info("request %s is running on %s; ignoring a duplicate message", generation_id, generation.worker)
         return BUSY
     if generation.first_token_at or sync_client().xlen(events.events_key(generation_id)):
@@ -122,36 +131,44 @@ def recover(generation_id, *, here: str | None = None, worker_gone: bool = False
 
 
 def run_generation(generation_id: str, *, worker: str) -> None:
+    started_at = None
     try:
-        _run_generation(generation_id, worker=worker)
+        started_at = _claim(generation_id, worker=worker)
+        if started_at is not None:
+            _run_generation(generation_id, started_at=started_at, worker=worker)
     except Exception:
         # Whatever broke (storing the answer included), the request must end, or its client waits forever.
         logger.exception("request %s failed", generation_id)
         _fail(generation_id, _error("The request failed on the worker; see the worker log.", "generation_failed"),
               worker=worker)
     finally:
+        if started_at is not None:
+            with _in_flight_lock:
+                _in_flight.discard(str(generation_id))
         retry_on_lost_connection(generation_settle)(generation_id=generation_id)
 
 
 @retry_on_lost_connection
 def _claim(generation_id, *, worker: str):
-    """queued -> running by this process, counting the attempt; a row in any other state goes to `recover`."""
+    """queued -> running by this process, counting the attempt; a row in any other state goes to `recover`.
+
+    The claim and the in-flight entry are one step (under the lock), so a duplicate message taken by another
+    thread of this process never sees the row as ours but not running.
+    """
     for _ in range(2):
         started_at = timezone.now()
-        if GenerationRequest.objects.filter(id=generation_id, state=State.QUEUED).update(
-                state=State.RUNNING, started_at=started_at, worker=worker, attempts=F("attempts") + 1):
-            return started_at
+        with _in_flight_lock:
+            if GenerationRequest.objects.filter(id=generation_id, state=State.QUEUED).update(
+                    state=State.RUNNING, started_at=started_at, worker=worker, attempts=F("attempts") + 1):
+                _in_flight.add(str(generation_id))
+                return started_at
         # A redelivered message whose row went back to the queue is this message's to run now.
         if recover(generation_id, here=worker) != REQUEUED:
             return None
     return None
 
 
-def _run_generation(generation_id: str, *, worker: str) -> None:
-    started_at = _claim(generation_id, worker=worker)
-    if started_at is None:
-        return
-
+def _run_generation(generation_id: str, *, started_at, worker: str) -> None:
     generation = GenerationRequest.objects.select_related("user", "api_key__user").get(id=generation_id)
     writer = events.EventWriter(generation_id)
     stop_signal = events.StopSignal(generation_id)
@@ -163,59 +180,37 @@ def _run_generation(generation_id: str, *, worker: str) -> None:
         _fail(generation_id, refusal, worker=worker)
         return
 
-    from .engine import GenerationError, active_adapter, attach_adapter, generate
+    from .batching import Sequence
+    from .engine import attach_adapter
     from .model_manager import InsufficientMemory, ModelSpec, get_manager
 
-    first_token_at = None
-
-    def on_text(text: str) -> None:
-        nonlocal first_token_at
-        if first_token_at is None:
-            first_token_at = timezone.now()
-        writer.append(events.TOKEN, text=text)
-
     manager = get_manager()
-    manager.current_task = str(generation_id)
     try:
         entry = ModelEntry.objects.get(id=generation.model)
-        # A fine-tuned model is its base plus an adapter: the base stays loaded once for all its adapters.
+        # A fine-tuned model is its base plus an adapter: the base stays loaded once for all its adapters,
+        # and their requests share its batch.
         base = ModelEntry.objects.get(id=entry.base_model) if entry.adapter_path else entry
         with manager.use(ModelSpec.from_entry(base), keep_alive=generation.params.get("keep_alive")) as loaded:
             if entry.adapter_path:
                 attach_adapter(loaded, entry.id, entry.adapter_path)
+            sequence = Sequence(request_id=str(generation_id), messages=generation.prompt_messages,
+                                params=generation.params, adapter=entry.id if entry.adapter_path else None,
+                                time_limit=settings.AIHUB_GENERATION_TIME_LIMIT_SECONDS or None)
             tic = time.perf_counter()
-            with active_adapter(loaded, entry.id if entry.adapter_path else None):
-                result = generate(loaded, messages=generation.prompt_messages, params=generation.params,
-                                  on_text=on_text, should_stop=stop_signal)
-        logger.info("request %s: %d tokens in %.3fs (%s)", generation_id, result.completion_tokens,
-                    time.perf_counter() - tic, result.finish_reason)
-    except (GenerationError, InsufficientMemory) as exc:
+            result, error, first_token_at = _follow(manager.engine.submit(loaded, sequence), manager.engine,
+                                                    writer, stop_signal)
+    except InsufficientMemory as exc:
         _fail(generation_id, exc.error, worker=worker)
         return
     except ModelEntry.DoesNotExist:
         _fail(generation_id, _error(f"The model '{generation.model}' was removed.", "model_not_found",
                                     type="invalid_request_error", param="model"), worker=worker)
         return
-    except SoftTimeLimitExceeded:
-        logger.error("request %s ran past AIHUB_GENERATION_TIME_LIMIT_SECONDS", generation_id)
-        _fail(generation_id, _error(f"The request ran longer than the hub allows "
-                                    f"({settings.AIHUB_GENERATION_TIME_LIMIT_SECONDS} s).", "time_limit_exceeded"),
-              worker=worker)
+    if error is not None:
+        _fail(generation_id, error, worker=worker)
         return
-    except Exception as exc:
-        if _is_out_of_memory(exc):
-            # The model's cache is freed and the worker keeps serving; the request fails clearly.
-            logger.error("request %s ran out of device memory", generation_id)
-            manager.free_after_oom()
-            _fail(generation_id, _error("The device ran out of memory during generation; retry with fewer "
-                                        "tokens.", "insufficient_memory"), worker=worker)
-            return
-        logger.exception("request %s failed", generation_id)
-        _fail(generation_id, _error("The model failed while generating; see the worker log.", "generation_failed"),
-              worker=worker)
-        return
-    finally:
-        manager.current_task = None
+    logger.info("request %s: %d tokens in %.3fs (%s)", generation_id, result.completion_tokens,
+                time.perf_counter() - tic, result.finish_reason)
 
     if result.finish_reason == "cancelled":
         _finish_cancelled(generation, writer, text=result.text, completion_tokens=result.completion_tokens,
@@ -231,6 +226,40 @@ def _run_generation(generation_id: str, *, worker: str) -> None:
         writer.append(events.DONE, finish_reason=result.finish_reason, usage={
             "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
             "total_tokens": result.prompt_tokens + result.completion_tokens})
+
+
+def _follow(sequence, engine, writer, stop_signal):
+    """The task thread's side of a request in the engine: write its text as events, pass on a cancel.
+
+    Returns (GenerationResult, None, first_token_at) or (None, error, first_token_at). Text that piled up
+    while this thread wrote the last event goes out as one event, so a slow Redis round trip never holds
+    up the engine, only makes the chunks larger.
+    """
+    from .batching import DONE, TEXT
+
+    first_token_at = None
+    while True:
+        try:
+            kind, value = sequence.outbox.get(timeout=POLL_SECONDS)
+        except queue.Empty:
+            if stop_signal() and not sequence.cancelled:
+                engine.cancel(sequence)
+            continue
+        texts = []
+        while kind == TEXT:
+            texts.append(value)
+            try:
+                kind, value = sequence.outbox.get_nowait()
+            except queue.Empty:
+                kind = None
+        if texts:
+            if first_token_at is None:
+                first_token_at = timezone.now()
+            writer.append(events.TOKEN, text="".join(texts))
+            if stop_signal() and not sequence.cancelled:
+                engine.cancel(sequence)
+        if kind is not None:
+            return (value, None, first_token_at) if kind == DONE else (None, value, first_token_at)
 
 
 def _no_longer_allowed(generation) -> dict | None:
@@ -274,14 +303,6 @@ def _store_answer(generation, result, *, worker: str, started_at, first_token_at
     # A retry after a commit whose reply was lost finds the row already ours: it still has to be announced.
     return bool(changed) or GenerationRequest.objects.filter(
         id=generation.id, state=State.SUCCEEDED, worker=worker).exists()
-
-
-def _is_out_of_memory(exc: Exception) -> bool:
-    import torch
-
-    message = str(exc).lower()
-    return (isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in message
-            or "can't allocate memory" in message)  # the CPU allocator's wording
 
 
 @retry_on_lost_connection

@@ -7,11 +7,14 @@
   InsufficientMemory, never loaded into an out-of-memory crash.
 - Unloads models idle past their keep-alive (`MODEL_UNLOAD_TIMEOUT`, or the
   request's `keep_alive`: seconds, -1 pins, 0 unloads after the request).
-- Accounts each loaded model at its measured size (its tensors), not the estimate.
+- Accounts each loaded model at its measured size (its tensors), not the estimate,
+  and counts the KV cache its batching engine may still grow to: a load leaves
+  room for the running requests, and the engine admits a request only if its
+  cache fits what the models leave of the budget (workers/batching.py).
 
-One lock guards the bookkeeping; generation runs outside it, protected from
-eviction by an in-use count, so the idle reaper and control tasks never wait
-for a generation to finish.
+One lock guards the bookkeeping; generation runs outside it, in the engine,
+protected from eviction by an in-use count, so the idle reaper and control tasks
+never wait for a generation to finish.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from dataclasses import dataclass, field
 from apps.catalog.footprint import estimate_bytes
 from apps.core.errors import error_object
 
+from .batching import BatchEngine
 from .engine import LoadedModel, detach_adapter, load_model, pick_device
 from .memory import device_memory, free_cached, module_bytes, resolve_budget
 
@@ -73,14 +77,16 @@ class Slot:
 
 class ModelManager:
     def __init__(self, *, max_models: int, budget: str | float, default_keep_alive: float,
-                 device_preference: str = "auto"):
+                 device_preference: str = "auto", max_batch_size: int = 16, max_batch_tokens: int = 2048):
         self.max_models = max_models
         self.default_keep_alive = default_keep_alive
         self.device = pick_device(device_preference)
         self.budget_bytes = resolve_budget(budget, device_memory(self.device)["memory_total_bytes"])
         self._slots: OrderedDict[str, Slot] = OrderedDict()  # least recently used first
         self._lock = threading.RLock()
-        self.current_task: str | None = None
+        self.engine = BatchEngine(max_batch_size=max_batch_size, max_batch_tokens=max_batch_tokens,
+                                  cache_budget=lambda: self.budget_bytes - self.used_bytes,
+                                  on_out_of_memory=self.free_after_oom)
         # Called after every load and unload, so status never lags a change (the heartbeat sets it).
         self.on_change = lambda: None
 
@@ -121,7 +127,7 @@ class ModelManager:
     def detach_adapter(self, base_id: str, adapter_id: str) -> bool:
         """Drop a deleted fine-tune's adapter from its loaded base; the base stays for other requests.
 
-        Control tasks and generations take turns on a worker process, so no generation is using it now.
+        It waits for the engine's current step (the model's lock); rows still asking for the adapter then end.
         """
         with self._lock:
             slot = self._slots.get(base_id)
@@ -160,7 +166,7 @@ class ModelManager:
                 "models_bytes": self.used_bytes,
                 "max_models": self.max_models,
                 "loaded_models": [self._describe(model_id, slot) for model_id, slot in self._slots.items()],
-                "current_task": self.current_task,
+                "batch": self.engine.stats(),
             }
 
     # -- internals --------------------------------------------------------
@@ -202,13 +208,16 @@ class ModelManager:
                 f"The model '{model_id}' needs about {estimate / 2**20:.0f} MiB, more than this worker's whole "
                 f"memory budget ({self.budget_bytes / 2**20:.0f} MiB).")
         evictable = [m for m, s in self._slots.items() if s.in_use == 0 and s.keep_alive != PINNED]
-        while self._slots and (self.used_bytes + estimate > self.budget_bytes or len(self._slots) >= self.max_models):
+        cache = self.engine.reserved_bytes()
+        while self._slots and (self.used_bytes + cache + estimate > self.budget_bytes
+                               or len(self._slots) >= self.max_models):
             if not evictable:
                 busy = ", ".join(self._slots)
                 raise InsufficientMemory(
                     f"The model '{model_id}' needs about {estimate / 2**20:.0f} MiB; "
-                    f"{(self.budget_bytes - self.used_bytes) / 2**20:.0f} MiB of the budget is free and the loaded "
-                    f"models ({busy}) are pinned or in use.")
+                    f"{(self.budget_bytes - self.used_bytes - cache) / 2**20:.0f} MiB of the budget is free (the "
+                    f"running requests' cache holds {cache / 2**20:.0f} MiB) and the loaded models ({busy}) are "
+                    "pinned or in use.")
             self._unload(evictable.pop(0), reason="evicted for " + model_id)
 
     def _unload(self, model_id: str, *, reason: str) -> None:
@@ -233,5 +242,7 @@ def get_manager() -> ModelManager:
             _manager = ModelManager(max_models=settings.MAX_CONCURRENT_MODELS,
                                     budget=settings.AIHUB_GPU_MEMORY_BUDGET,
                                     default_keep_alive=settings.MODEL_UNLOAD_TIMEOUT,
-                                    device_preference=settings.AIHUB_DEVICE)
+                                    device_preference=settings.AIHUB_DEVICE,
+                                    max_batch_size=settings.AIHUB_MAX_BATCH_SIZE,
+                                    max_batch_tokens=settings.AIHUB_MAX_BATCH_TOKENS)
         return _manager

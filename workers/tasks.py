@@ -3,7 +3,7 @@ import logging
 import os
 
 from celery import shared_task
-from celery.signals import celeryd_after_setup, worker_process_init, worker_ready
+from celery.signals import celeryd_after_setup, worker_ready
 
 import celeryconfig
 
@@ -78,8 +78,10 @@ def _add_worker_queue(sender, instance, **kwargs):
     heartbeat.identity.update(nodename=sender, queues=consumed + [own], control_queue=own)
 
 
-@worker_process_init.connect
+@worker_ready.connect
 def _start_heartbeat(**kwargs):
+    """An inference worker is one process (its task threads share the engine and the device), so it beats
+    from there; workers/batching.py explains why threads."""
     if heartbeat.identity["nodename"]:
         from .model_manager import get_manager
 

@@ -75,6 +75,6 @@ class ModelStatusView(APIView):
 
 def _worker_status(raw: dict) -> dict:
     keys = ("hostname", "queues", "control_queue", "device", "name", "memory_total_bytes", "memory_used_bytes",
-            "process_bytes", "budget_bytes", "models_bytes", "max_models", "loaded_models", "current_task",
+            "process_bytes", "budget_bytes", "models_bytes", "max_models", "loaded_models", "batch",
             "pid", "reported_at", "source")
     return {key: raw.get(key) for key in keys}

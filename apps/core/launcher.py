@@ -87,10 +87,24 @@ def web_server(host: str, port: int) -> list[str]:
     return [sys.executable, "-m", "aihub_project.web", "-b", host, "-p", str(port), "aihub_project.asgi:application"]
 
 
-def celery_worker(name: str, queue: str, concurrency: int, *, beat: bool = False) -> list[str]:
-    # `beat`: this worker also runs the scheduler of the periodic sweep (celeryconfig.beat_schedule); one per hub.
+def celery_worker(name: str, queue: str, concurrency: int | None = None, *, beat: bool = False) -> list[str]:
+    """A worker consuming `queue` (comma-separated names), with `concurrency` pool slots.
+
+    One that consumes the inference queue runs Celery's threads pool, AIHUB_INFERENCE_THREADS threads
+    unless told: one process owns the device and batches the requests its threads hand to it
+    (docs/queues.md). Every other worker runs prefork pool processes, one unless told. `beat`: this
+    worker also runs the scheduler of the periodic sweep (celeryconfig.beat_schedule); one per hub.
+    """
+    from django.conf import settings
+
+    import celeryconfig
+
+    if celeryconfig.INFERENCE_QUEUE in queue.split(","):
+        pool, concurrency = "threads", concurrency or settings.AIHUB_INFERENCE_THREADS
+    else:
+        pool, concurrency = "prefork", concurrency or 1
     return [sys.executable, "-m", "celery", "-A", "aihub_project", "worker", "-Q", queue,
-            "-c", str(concurrency), "-n", f"{name}@%h", "--pool", "prefork", "-l", "INFO",
+            "-c", str(concurrency), "-n", f"{name}@%h", "--pool", pool, "-l", "INFO",
             "--without-mingle", "--without-gossip", *(["--beat"] if beat else [])]
 
 

@@ -115,12 +115,30 @@ class AIHubCollector:
         total = GaugeMetricFamily("aihub_worker_memory_total_bytes", "Device memory", labels=["worker", "device"])
         models = GaugeMetricFamily("aihub_worker_models_bytes", "Memory held by loaded models", labels=["worker"])
         loaded = GaugeMetricFamily("aihub_worker_loaded_models", "Models loaded", labels=["worker"])
+        batch = {
+            "running": GaugeMetricFamily("aihub_worker_running_sequences",
+                                         "Requests in the worker's running batch", labels=["worker"]),
+            "waiting": GaugeMetricFamily("aihub_worker_waiting_sequences",
+                                         "Requests the worker holds that wait for a batch row or cache memory",
+                                         labels=["worker"]),
+            "cache_bytes": GaugeMetricFamily("aihub_worker_kv_cache_bytes", "KV cache held by the running batch",
+                                             labels=["worker"]),
+            "cache_reserved_bytes": GaugeMetricFamily(
+                "aihub_worker_kv_cache_reserved_bytes",
+                "KV cache the running batch may grow to (every row to its max_tokens)", labels=["worker"]),
+            "cache_budget_bytes": GaugeMetricFamily(
+                "aihub_worker_kv_cache_budget_bytes", "Memory budget left for the KV cache beside the loaded models",
+                labels=["worker"]),
+        }
         for worker in live_workers():
             used.add_metric([worker.hostname, worker.device], worker.memory_used_bytes)
             total.add_metric([worker.hostname, worker.device], worker.memory_total_bytes)
             models.add_metric([worker.hostname], worker.models_bytes)
             loaded.add_metric([worker.hostname], len(worker.loaded))
-        yield from (used, total, models, loaded)
+            figures = worker.raw.get("batch") or {}
+            for name, family in batch.items():
+                family.add_metric([worker.hostname], figures.get(name, 0))
+        yield from (used, total, models, loaded, *batch.values())
 
     def _disk(self):
         from .health import disk_space

@@ -32,7 +32,7 @@ def system_metrics() -> dict:
             "hostname": w.hostname, "device": w.device, "memory_total_bytes": w.memory_total_bytes,
             "memory_used_bytes": w.memory_used_bytes, "budget_bytes": w.budget_bytes,
             "models_bytes": w.models_bytes, "loaded_models": sorted(w.loaded),
-            "current_task": w.raw.get("current_task"),
+            "batch": w.raw.get("batch"),
         } for w in workers],
         "queues": queue_depths(known_queues(workers)),
         "requests": {

@@ -23,8 +23,10 @@ class ProcessGroup:
         self.env = env
         self.log_dir = log_dir
         self.processes: dict[str, subprocess.Popen] = {}
+        self.commands: dict[str, tuple[list[str], dict | None]] = {}
 
     def start(self, name: str, argv: list[str], env: dict | None = None) -> subprocess.Popen:
+        self.commands[name] = (argv, env)
         log = open(self.log_dir / f"{name}.log", "ab")
         process = subprocess.Popen(argv, cwd=ROOT, env={**self.env, **(env or {})}, stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True)
@@ -32,7 +34,7 @@ class ProcessGroup:
         self.processes[name] = process
         return process
 
-    def start_worker(self, name: str, queue: str, concurrency: int = 1, env: dict | None = None,
+    def start_worker(self, name: str, queue: str, concurrency: int | None = None, env: dict | None = None,
                      beat: bool = False) -> subprocess.Popen:
         return self.start(name, celery_worker(name, queue, concurrency, beat=beat), env)
 
@@ -41,6 +43,12 @@ class ProcessGroup:
 
     def log(self, name: str) -> str:
         return (self.log_dir / f"{name}.log").read_text(errors="replace")
+
+    def restart(self, name: str) -> subprocess.Popen:
+        """Start `name` again as it was started (after it died), as runhub's supervisor would; its log goes on."""
+        _killpg(self.processes[name], signal.SIGKILL)
+        self.processes[name].wait()
+        return self.start(name, *self.commands[name])
 
     def kill(self, name: str) -> None:
         process = self.processes.pop(name)
@@ -67,14 +75,17 @@ def _killpg(process: subprocess.Popen, signum: int) -> None:
         pass
 
 
-def start_hub(env: dict, log_dir: Path) -> tuple[str, ProcessGroup]:
-    """daphne on a free port plus one worker per GPU queue; returns the base URL once /health says 200."""
+def start_hub(env: dict, log_dir: Path, *, inference_threads: int | None = None) -> tuple[str, ProcessGroup]:
+    """daphne on a free port plus one worker per GPU queue; returns the base URL once /health says 200.
+
+    `inference_threads`: task threads of the inference worker (AIHUB_INFERENCE_THREADS unless given).
+    """
     from aihub_project.embedded import free_port
 
     port = free_port()
     processes = ProcessGroup(env, log_dir)
     processes.start_web(port)
-    processes.start_worker("inference", "gpu.inference")
+    processes.start_worker("inference", "gpu.inference", inference_threads)
     processes.start_worker("training", "gpu.training")
     processes.start_worker("default", "default", beat=True)
     base_url = f"http://127.0.0.1:{port}"

@@ -105,8 +105,8 @@ class Command(BaseCommand):
     def _start_processes(self, supervisor, host, port, flower_port, flower):
         python = sys.executable
         supervisor.start("web", web_server(host, port))
-        supervisor.start("inference worker", celery_worker("inference", celeryconfig.INFERENCE_QUEUE, 1))
-        supervisor.start("training worker", celery_worker("training", celeryconfig.TRAINING_QUEUE, 1))
+        supervisor.start("inference worker", celery_worker("inference", celeryconfig.INFERENCE_QUEUE))
+        supervisor.start("training worker", celery_worker("training", celeryconfig.TRAINING_QUEUE))
         supervisor.start("default worker", celery_worker("default", celeryconfig.DEFAULT_QUEUE, 2, beat=True))
         if flower:
             supervisor.start("flower", [python, "-m", "celery", "-A", "aihub_project", "flower",

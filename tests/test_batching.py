@@ -1,0 +1,207 @@
+"""Continuous batching: many requests at once in the inference worker's one batch, each with its own answer.
+
+Greedy answers are compared with the same request served alone on the real default model, whose logits are
+not near-ties as a random model's are. Requests "ran together" when each started before any of them finished.
+"""
+import json
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+
+import httpx
+import pytest
+from django.utils import timezone
+from websockets.sync.client import connect
+
+from apps.catalog.services import model_register
+from apps.chat.models import GenerationRequest
+from tests.conftest import RUN_DIR, make_account
+from tests.support.fine_tuning import QUESTION, SECRET, job_create, job_finished, jsonl, upload
+from tests.support.processes import MODEL_CACHE, ProcessGroup, wait_until_healthy
+from tests.support.tiny_models import build_tiny_chat_model
+
+PROMPTS = [
+    "Write a short story about a lighthouse keeper.",
+    "Explain how a bicycle works.",
+    "List three facts about the ocean.",
+    "Describe your favourite city and why.",
+    "What is the capital of France? Answer in one sentence, then tell me about its history, its food, "
+    "its museums and the river that runs through it.",
+]
+
+
+def _chat(api_url, account, **body) -> dict:
+    response = httpx.post(f"{api_url}/chat/completions", headers=account.auth, timeout=240,
+                          json={"cache": False, **body})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def _answer(reply: dict) -> tuple[str, str, int]:
+    return (reply["choices"][0]["message"]["content"], reply["choices"][0]["finish_reason"],
+            reply["usage"]["completion_tokens"])
+
+
+def _all_at_once(api_url, account, bodies: list[dict]) -> list[dict]:
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        return list(pool.map(lambda body: _chat(api_url, account, **body), bodies))
+
+
+def _ran_together(account, since) -> None:
+    rows = list(GenerationRequest.objects.filter(user=account.user, created_at__gte=since))
+    assert rows and all(r.state == GenerationRequest.State.SUCCEEDED for r in rows)
+    assert max(r.first_token_at for r in rows) < min(r.finished_at for r in rows), \
+        "the requests did not run at the same time"
+
+
+def _message(prompt: str) -> list[dict]:
+    return [{"role": "user", "content": prompt}]
+
+
+def test_requests_of_different_lengths_settings_and_stops_in_one_batch_each_get_their_own_answer(hub, models):
+    account = make_account("batch")
+    model = models["default"]
+    bodies = [
+        {"messages": _message(PROMPTS[0]), "max_tokens": 10, "temperature": 0},
+        {"messages": _message(PROMPTS[1]), "max_tokens": 40, "temperature": 0},
+        {"messages": _message(PROMPTS[4]), "max_tokens": 24, "temperature": 0},
+        {"messages": _message(PROMPTS[3]), "max_tokens": 30, "temperature": 0.9, "top_p": 0.9, "seed": 7},
+        {"messages": _message(PROMPTS[3]), "max_tokens": 30, "temperature": 0.9, "top_p": 0.9, "seed": 8},
+    ]
+    bodies = [{"model": model, **body} for body in bodies]
+    alone = [_answer(_chat(hub.api_url, account, **body)) for body in bodies]
+    # A stop string from the middle of an answer: the batched request must end just before it.
+    text = alone[1][0]
+    stop = text.split()[5]
+    bodies.append({**bodies[1], "stop": [stop]})
+    alone.append((text[:text.index(stop)], "stop", None))
+
+    since = timezone.now()
+    together = [_answer(reply) for reply in _all_at_once(hub.api_url, account, bodies)]
+
+    for (text, reason, tokens), (expected_text, expected_reason, expected_tokens) in zip(together, alone):
+        assert text == expected_text and reason == expected_reason
+        if expected_tokens is not None:
+            assert tokens == expected_tokens
+    assert together[3][0] != together[4][0]  # the two seeds drew differently, each as it would alone
+    _ran_together(account, since)
+
+
+def _ws_request(streams: ExitStack, hub, account, body) -> tuple:
+    # Unbounded incoming queue: the test reads one socket while the others stream on.
+    ws = streams.enter_context(connect(f"{hub.ws_url}/ws/v1/chat/", additional_headers=account.auth,
+                                       max_queue=None))
+    assert json.loads(ws.recv(timeout=10))["type"] == "authenticated"
+    ws.send(json.dumps({"type": "chat.completion", "request": body}))
+    accepted = json.loads(ws.recv(timeout=30))
+    assert accepted["type"] == "accepted", accepted
+    return ws, accepted["request_id"]
+
+
+def _events(ws, until=("done", "error")) -> list[dict]:
+    events = []
+    while not events or events[-1]["type"] not in until:
+        events.append(json.loads(ws.recv(timeout=120)))
+    return events
+
+
+def test_a_cancel_mid_batch_ends_only_that_request(hub, models):
+    account = make_account("batch-cancel")
+    body = {"model": models["default"], "max_tokens": 40, "temperature": 0, "ignore_eos": True}
+    with ExitStack() as opened:
+        streams = [_ws_request(opened, hub, account, {**body, "messages": _message(prompt)})
+                   for prompt in PROMPTS[:3]]
+        for ws, _ in streams:
+            assert _events(ws, until=("token",))[-1]["type"] == "token"
+        ws, cancelled_id = streams[1]
+        cancelled_at = time.monotonic()
+        ws.send(json.dumps({"type": "cancel", "request_id": cancelled_id}))
+        ended = _events(ws)
+        assert ended[-1]["type"] == "done" and ended[-1]["finish_reason"] == "cancelled", ended[-1]
+        assert time.monotonic() - cancelled_at < 5
+        others = [_events(ws)[-1] for ws, _ in (streams[0], streams[2])]
+    assert [(e["type"], e["finish_reason"], e["usage"]["completion_tokens"]) for e in others] == [
+        ("done", "length", 40)] * 2
+    cancelled = GenerationRequest.objects.get(id=cancelled_id)
+    assert cancelled.state == GenerationRequest.State.CANCELLED and cancelled.completion_tokens < 40
+
+
+def test_requests_for_an_adapter_and_for_its_base_run_together_with_the_right_outputs(hub, models):
+    account = make_account("batch-adapter")
+    data = upload(hub, account, jsonl(SECRET))
+    created = job_create(hub, account, training_file=data["id"], suffix="batch", learning_rate=0.01, num_epochs=6,
+                         batch_size=4, lora_r=16, lora_alpha=32, seed=1)
+    assert created.status_code == 201, created.text
+    job = job_finished(hub, account, created.json()["id"])
+    assert job["status"] == "succeeded", job
+    adapter, base = job["fine_tuned_model"], models["tiny"]
+    # Long enough (the tiny model is fast) that the four overlap however their messages arrive.
+    bodies = [{"model": name, "messages": messages, "max_tokens": 200, "ignore_eos": True, "temperature": 0}
+              for name in (adapter, base) for messages in (QUESTION, _message("Hello there"))]
+    alone = [_answer(_chat(hub.api_url, account, **body)) for body in bodies]
+    assert alone[0][0].startswith("banana") and not alone[2][0].startswith("banana")
+
+    since = timezone.now()
+    together = [_answer(reply) for reply in _all_at_once(hub.api_url, account, bodies)]
+    assert together == alone
+    _ran_together(account, since)
+
+
+MB = 2**20
+
+
+@pytest.fixture(scope="module")
+def small_cache(models):
+    """A hub whose worker's budget holds a small model and the cache of one long request, not of two."""
+    from aihub_project.embedded import free_port
+    from workers.batching import kv_bytes_per_token
+    from workers.engine import load_model, pick_device
+    from workers.memory import module_bytes
+
+    path = build_tiny_chat_model(MODEL_CACHE / "tiny-cache", hidden_size=128, layers=4, seed=5)
+    model_register(model_id="tiny:cache", path=path)
+    loaded = load_model(model_id="tiny:cache", path=str(path), context_length=4096, device=pick_device("cpu"))
+    per_request = 620 * kv_bytes_per_token(loaded.model)  # a ~20-token prompt and 600 tokens
+    budget = module_bytes(loaded.model) + int(per_request * 1.5)
+
+    env = dict(os.environ)
+    env["REDIS_URL"] = env["REDIS_URL"].rsplit("/", 1)[0] + "/4"
+    env.update(AIHUB_HEARTBEAT_SECONDS="0.5", AIHUB_GPU_MEMORY_BUDGET=str(budget))
+    log_dir = RUN_DIR / "logs" / "small-cache"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    processes = ProcessGroup(env, log_dir)
+    port = free_port()
+    processes.start_web(port)
+    processes.start_worker("inference", "gpu.inference", 4)
+    processes.start_worker("training", "gpu.training")  # /health wants one on each GPU queue
+    processes.start_worker("default", "default")
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_healthy(base_url, processes)
+        yield f"{base_url}/api/v1", "tiny:cache"
+    finally:
+        processes.stop()
+
+
+def test_a_request_whose_cache_does_not_fit_beside_the_running_batch_waits_instead_of_failing(small_cache):
+    api_url, model = small_cache
+    account = make_account("small-cache")
+    operator = make_account("small-cache-operator", staff=True, scopes=["inference", "admin"])
+    body = {"model": model, "messages": _message("Go on"), "max_tokens": 600, "ignore_eos": True}
+    replies = _all_at_once(api_url, account, [body, body])
+    assert [_answer(reply)[1:] for reply in replies] == [("length", 600)] * 2
+
+    first, second = sorted(GenerationRequest.objects.filter(user=account.user), key=lambda r: r.first_token_at)
+    # The second was held back until the first had (nearly) finished: not both in the cache at once.
+    assert second.first_token_at >= first.first_token_at + 0.8 * (first.finished_at - first.first_token_at)
+    time.sleep(1.5)  # a heartbeat
+    workers = httpx.get(f"{api_url}/models/status", headers=operator.auth).json()["workers"]
+    batch = workers[0]["batch"]
+    assert batch["waited_for_memory"] >= 1 and batch["running"] == batch["waiting"] == 0
+
+    # A request whose cache could never fit is refused clearly, not queued forever.
+    response = httpx.post(f"{api_url}/chat/completions", headers=account.auth, timeout=60,
+                          json={**body, "max_tokens": 3000})
+    assert response.status_code == 507, response.text
+    assert response.json()["error"]["code"] == "insufficient_memory"

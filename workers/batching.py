@@ -1,0 +1,485 @@
+"""Continuous batching: one loop per worker process runs every generation of that process (docs/models.md).
+
+Celery's task threads each hand one request (a `Sequence`) to the engine and wait
+on its outbox; one engine thread owns the forward passes. Between two decoding
+steps (token boundaries) it
+- prepares newly submitted requests (chat template, context check) in arrival order,
+- drops the ones cancelled while they waited,
+- admits waiting requests, first come first served, while the batch has rows free
+  (`AIHUB_MAX_BATCH_SIZE`), the prompts fit the step's token allowance
+  (`AIHUB_MAX_BATCH_TOKENS`) and the batch's KV cache at its worst case (every row
+  running to its max_tokens) fits the memory the models leave in the budget; a
+  request that does not fit waits for rows to finish, it does not fail,
+- prefills the admitted prompts together and merges their cache into the running
+  batch (left-padded, so every row ends at the same column),
+- runs one decoding step for every row, each sampling with its own settings, and
+- retires the rows that finished (eos, max_tokens, a stop string, a cancel, the
+  time limit), so their slot and cache are free for the next step.
+
+Each loaded model has its own running batch; the loop steps them in turn, so
+requests for two models interleave. Fine-tuned adapters of one base share the
+base's batch: peft applies each row's adapter (`adapter_names`), and a base row
+runs without any.
+
+The engine does no I/O: text goes to each request's outbox, and its task thread
+writes events, checks for cancels and stores the answer (workers/generation.py).
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
+
+from apps.core.errors import error_object
+
+from .engine import LoadedModel
+from .sampling import next_tokens, seeded_generator
+from .text_stream import TextStream
+
+logger = logging.getLogger(__name__)
+
+BASE_ADAPTER = "__base__"  # peft's name for "no adapter" in a mixed batch
+
+TEXT, DONE, FAILED = "text", "done", "failed"  # what a Sequence's outbox carries
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # stop | length | cancelled
+
+
+class Sequence:
+    """One request inside the engine. Built by the task thread, then touched only by the engine thread,
+    except `cancel()` and the `outbox`, which are the two ways between them."""
+
+    def __init__(self, *, request_id: str, messages: list[dict], params: dict, adapter: str | None = None,
+                 time_limit: float | None = None):
+        self.request_id = request_id
+        self.messages = messages
+        self.adapter = adapter
+        self.max_tokens: int = params["max_tokens"]
+        self.temperature: float = params.get("temperature", 1.0)
+        self.top_p: float = params.get("top_p", 1.0)
+        self.seed: int | None = params.get("seed")
+        self.stop: list[str] = params.get("stop") or []
+        self.ignore_eos: bool = bool(params.get("ignore_eos"))
+        self.deadline = time.monotonic() + time_limit if time_limit else None
+        self.outbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._cancelled = threading.Event()
+        # Set by the engine when it prepares the request.
+        self.prompt_ids: list[int] = []
+        self.generated: list[int] = []
+        self.generator = None
+        self.text_stream: TextStream | None = None
+        self.eos_ids: set[int] = set()
+        self.finished = False
+
+    def cancel(self) -> None:
+        """From any thread: the engine drops the request before its next step."""
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    @property
+    def remaining(self) -> int:
+        return self.max_tokens - len(self.generated)
+
+    # -- engine thread only ----------------------------------------------------
+
+    def accept(self, token: int) -> None:
+        if self.finished:
+            return
+        self.generated.append(token)
+        if token in self.eos_ids and not self.ignore_eos:
+            self.finish("stop")
+            return
+        self.text_stream.add([token])
+        if self.text_stream.stopped:
+            self.finish("stop")
+        elif self.remaining <= 0:
+            self.finish("length")
+
+    def finish(self, finish_reason: str) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        text = self.text_stream.finish() if self.text_stream else ""
+        self.outbox.put((DONE, GenerationResult(text, len(self.prompt_ids), len(self.generated), finish_reason)))
+
+    def fail(self, error: dict) -> None:
+        if not self.finished:
+            self.finished = True
+            self.outbox.put((FAILED, error))
+
+
+class RunningBatch:
+    """The rows of one loaded model that are generating, and their KV cache (left-padded to one width)."""
+
+    def __init__(self, loaded: LoadedModel):
+        self.loaded = loaded
+        self.rows: list[Sequence] = []
+        self.cache: DynamicCache | None = None
+        self.mask: torch.Tensor | None = None  # [rows, width]: 1 for a real token, 0 for padding
+        self.last: torch.Tensor | None = None  # [rows, 1]: the token each row feeds next
+        self.positions: torch.Tensor | None = None  # [rows, 1]: that token's position in its own sequence
+        self.bytes_per_token = kv_bytes_per_token(loaded.model)
+        forward = getattr(loaded.model, "get_base_model", lambda: loaded.model)().forward
+        self._keeps_last_logits = "logits_to_keep" in inspect.signature(forward).parameters
+
+    @property
+    def width(self) -> int:
+        return 0 if self.mask is None else self.mask.shape[1]
+
+    def cache_bytes(self) -> int:
+        return len(self.rows) * self.width * self.bytes_per_token
+
+    def worst_case_bytes(self, extra: list[Sequence] = ()) -> int:
+        """The cache if every row (and `extra`, admitted now) ran to its max_tokens before any left."""
+        rows = self.rows + list(extra)
+        if not rows:
+            return 0
+        width = max([self.width] + [len(s.prompt_ids) for s in extra])
+        return len(rows) * (width + max(s.remaining for s in rows)) * self.bytes_per_token
+
+    # -- the two kinds of step -------------------------------------------------
+
+    def prefill(self, group: list[Sequence]) -> None:
+        device = self.loaded.device
+        width = max(len(s.prompt_ids) for s in group)
+        ids = torch.zeros((len(group), width), dtype=torch.long)
+        mask = torch.zeros((len(group), width), dtype=torch.long)
+        for index, sequence in enumerate(group):
+            ids[index, width - len(sequence.prompt_ids):] = torch.tensor(sequence.prompt_ids)
+            mask[index, width - len(sequence.prompt_ids):] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache()
+        logits = self._forward(group, input_ids=ids, attention_mask=mask, position_ids=positions,
+                               past_key_values=cache)
+        tokens = next_tokens(logits, group)
+        self._merge(group, cache, mask, tokens, positions[:, -1:] + 1)
+        for sequence, token in zip(group, tokens):
+            sequence.accept(token)
+
+    def decode(self) -> None:
+        self.mask = torch.cat([self.mask, self.mask.new_ones((len(self.rows), 1))], dim=1)
+        logits = self._forward(self.rows, input_ids=self.last, attention_mask=self.mask,
+                               position_ids=self.positions, past_key_values=self.cache)
+        tokens = next_tokens(logits, self.rows)
+        self.last = torch.tensor(tokens, device=self.loaded.device).unsqueeze(1)
+        self.positions = self.positions + 1
+        for sequence, token in zip(self.rows, tokens):
+            sequence.accept(token)
+
+    def retire(self) -> None:
+        """Drop finished rows from the batch and the cache, and the padding columns no row needs any more."""
+        keep = [index for index, sequence in enumerate(self.rows) if not sequence.finished]
+        if len(keep) == len(self.rows):
+            return
+        if not keep:
+            self.clear()
+            return
+        self.rows = [self.rows[index] for index in keep]
+        selected = torch.tensor(keep, device=self.loaded.device)
+        self.cache.batch_select_indices(selected)
+        self.mask, self.last, self.positions = self.mask[selected], self.last[selected], self.positions[selected]
+        first_used = int(self.mask.any(dim=0).nonzero()[0])
+        if first_used:
+            for layer in self.cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, first_used:], layer.values[:, :, first_used:]
+            self.mask = self.mask[:, first_used:]
+
+    def clear(self) -> None:
+        self.rows, self.cache, self.mask, self.last, self.positions = [], None, None, None, None
+
+    # -- internals ---------------------------------------------------------------
+
+    def _forward(self, rows: list[Sequence], **inputs) -> torch.Tensor:
+        """Last-position logits [rows, vocab] of one forward pass."""
+        if self._keeps_last_logits:
+            inputs["logits_to_keep"] = 1
+        # Under the model's lock: attaching an adapter (which may wrap the model in peft) waits for the step.
+        with self.loaded.lock, torch.inference_mode():
+            names = []
+            for sequence in rows:
+                if sequence.adapter and sequence.adapter not in self.loaded.adapters:
+                    # Its fine-tuned model was deleted while it ran: the row ends, the rest of the batch goes on
+                    # (its output for this step is ignored, as it has finished).
+                    sequence.fail(error_object(f"The model '{sequence.adapter}' was removed.",
+                                               type="invalid_request_error", param="model",
+                                               code="model_not_found"))
+                    names.append(BASE_ADAPTER)
+                else:
+                    names.append(sequence.adapter or BASE_ADAPTER)
+            if self.loaded.adapters:
+                inputs["adapter_names"] = names
+            return self.loaded.model(**inputs, use_cache=True).logits[:, -1, :]
+
+    def _merge(self, group, cache: DynamicCache, mask, tokens: list[int], positions) -> None:
+        """Add prefilled rows to the batch. Everything is built before anything is assigned, so a failure
+        here (out of memory in a cat) leaves the running rows as they were."""
+        last = torch.tensor(tokens, device=self.loaded.device).unsqueeze(1)
+        if not self.rows:
+            self.rows, self.cache, self.mask, self.last, self.positions = list(group), cache, mask, last, positions
+            return
+        width = max(self.width, mask.shape[1])
+        merged = [(torch.cat([_pad_left(running.keys, width), _pad_left(new.keys, width)]),
+                   torch.cat([_pad_left(running.values, width), _pad_left(new.values, width)]))
+                  for running, new in zip(self.cache.layers, cache.layers)]
+        merged_mask = torch.cat([_pad_left(self.mask, width), _pad_left(mask, width)])
+        merged_last, merged_positions = torch.cat([self.last, last]), torch.cat([self.positions, positions])
+        for layer, (keys, values) in zip(self.cache.layers, merged):
+            layer.keys, layer.values = keys, values
+        self.mask, self.last, self.positions = merged_mask, merged_last, merged_positions
+        self.rows += group
+
+
+def _pad_left(tensor: torch.Tensor, width: int) -> torch.Tensor:
+    """Zeros before the sequence axis (the last of a mask, the one before last of keys and values)."""
+    if tensor.dim() == 2:
+        return F.pad(tensor, (width - tensor.shape[1], 0))
+    return F.pad(tensor, (0, 0, width - tensor.shape[2], 0))
+
+
+def kv_bytes_per_token(model) -> int:
+    """Bytes of keys and values one token adds to the cache, from the model's config."""
+    config = model.config
+    config = getattr(config, "text_config", None) or config
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
+    return 2 * config.num_hidden_layers * kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()
+
+
+@dataclass
+class _Submitted:
+    loaded: LoadedModel
+    sequence: Sequence
+
+
+@dataclass
+class _Counters:
+    steps: int = 0
+    tokens: int = 0
+    prefills: int = 0
+    waited_for_memory: int = 0  # admissions postponed because the cache would not fit
+
+
+class BatchEngine:
+    """The scheduler of one worker process. `cache_budget()` says how many bytes the KV cache may take now."""
+
+    def __init__(self, *, max_batch_size: int, max_batch_tokens: int, cache_budget: Callable[[], int],
+                 on_out_of_memory: Callable[[], None] = lambda: None):
+        self.max_batch_size = max_batch_size
+        self.max_batch_tokens = max_batch_tokens
+        self.cache_budget = cache_budget
+        self.on_out_of_memory = on_out_of_memory
+        self._wakeup = threading.Condition()
+        self._submitted: list[_Submitted] = []
+        self._waiting: deque[_Submitted] = deque()
+        self._batches: dict[int, RunningBatch] = {}  # by id() of the LoadedModel
+        self._thread: threading.Thread | None = None
+        self.counters = _Counters()
+
+    # -- any thread --------------------------------------------------------------
+
+    def submit(self, loaded: LoadedModel, sequence: Sequence) -> Sequence:
+        with self._wakeup:
+            self._submitted.append(_Submitted(loaded, sequence))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="aihub-batching", daemon=True)
+                self._thread.start()
+            self._wakeup.notify()
+        return sequence
+
+    def cancel(self, sequence: Sequence) -> None:
+        """From any thread: the request leaves before the engine's next step, freeing its row."""
+        sequence.cancel()
+        with self._wakeup:
+            self._wakeup.notify()
+
+    def reserved_bytes(self) -> int:
+        """The cache the running rows may still grow to: what a model load must leave free."""
+        return sum(batch.worst_case_bytes() for batch in list(self._batches.values()))
+
+    def stats(self) -> dict:
+        batches = list(self._batches.values())
+        with self._wakeup:
+            waiting = len(self._waiting) + len(self._submitted)
+        return {
+            "running": sum(len(b.rows) for b in batches),
+            "waiting": waiting,
+            "running_by_model": {b.loaded.model_id: len(b.rows) for b in batches if b.rows},
+            "cache_bytes": sum(b.cache_bytes() for b in batches),
+            "cache_reserved_bytes": self.reserved_bytes(),
+            "cache_budget_bytes": max(0, self.cache_budget()),
+            "max_batch_size": self.max_batch_size,
+            "max_batch_tokens": self.max_batch_tokens,
+            "steps": self.counters.steps,
+            "tokens": self.counters.tokens,
+            "waited_for_memory": self.counters.waited_for_memory,
+        }
+
+    def running_models(self) -> set[str]:
+        return {b.loaded.model_id for b in list(self._batches.values()) if b.rows}
+
+    # -- the engine thread --------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._wakeup:
+                while not (self._submitted or self._waiting or self._batches):
+                    self._wakeup.wait()
+                submitted, self._submitted = self._submitted, []
+                if not submitted and not self._batches:
+                    # Only requests that wait for memory or a slot: nothing will change until a submit or cancel.
+                    self._wakeup.wait(timeout=0.05)
+            for item in submitted:
+                self._prepare(item)
+            self._drop_stopped()
+            self._admit()
+            for key, batch in list(self._batches.items()):
+                self._step(batch)
+                if not batch.rows:
+                    del self._batches[key]  # drops the model reference, so an unload frees its memory
+
+    def _prepare(self, item: _Submitted) -> None:
+        sequence, loaded = item.sequence, item.loaded
+        try:
+            sequence.prompt_ids = loaded.tokenizer.apply_chat_template(
+                sequence.messages, add_generation_prompt=True, return_dict=True)["input_ids"]
+        except Exception as exc:  # noqa: BLE001 - a template that cannot render these messages
+            sequence.fail(error_object(f"The model's chat template cannot render these messages: {exc}",
+                                       type="invalid_request_error", param="messages", code="invalid_messages"))
+            return
+        prompt_tokens = len(sequence.prompt_ids)
+        if prompt_tokens + sequence.max_tokens > loaded.context_length:
+            sequence.fail(error_object(
+                f"This model's maximum context length is {loaded.context_length} tokens; the messages take "
+                f"{prompt_tokens} and max_tokens asks for {sequence.max_tokens}. Shorten the messages or "
+                "max_tokens.", type="invalid_request_error", param="messages", code="context_length_exceeded"))
+            return
+        tokenizer = loaded.tokenizer
+        sequence.text_stream = TextStream(lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
+                                          sequence.stop, lambda text: sequence.outbox.put((TEXT, text)))
+        sequence.eos_ids = eos_ids(loaded)
+        sequence.generator = seeded_generator(sequence.seed, loaded.device)
+        self._waiting.append(item)
+
+    def _drop_stopped(self) -> None:
+        """Cancelled or expired requests leave before the next step, whether waiting or running."""
+        now = time.monotonic()
+        for item in list(self._waiting):
+            if self._ended(item.sequence, now):
+                self._waiting.remove(item)
+        for batch in self._batches.values():
+            for sequence in batch.rows:
+                self._ended(sequence, now)
+            batch.retire()
+
+    @staticmethod
+    def _ended(sequence: Sequence, now: float) -> bool:
+        if sequence.cancelled:
+            sequence.finish("cancelled")
+        elif sequence.deadline is not None and now >= sequence.deadline:
+            sequence.fail(error_object(
+                "The request ran longer than the hub allows (AIHUB_GENERATION_TIME_LIMIT_SECONDS).",
+                type="server_error", code="time_limit_exceeded"))
+        return sequence.finished
+
+    def _admit(self) -> None:
+        """First come, first served: stop at the first request that does not fit, so none is overtaken forever."""
+        groups: dict[int, list[Sequence]] = {}
+        rows = sum(len(b.rows) for b in self._batches.values())
+        prefill_tokens = 0
+        while self._waiting and rows < self.max_batch_size:
+            item = self._waiting[0]
+            key = id(item.loaded)
+            batch = self._batches.get(key) or RunningBatch(item.loaded)
+            group = groups.get(key, [])
+            width = max([len(s.prompt_ids) for s in group] + [len(item.sequence.prompt_ids)])
+            if groups and prefill_tokens and width * (len(group) + 1) > self.max_batch_tokens - prefill_tokens:
+                break  # the step's prompt allowance is spent; the rest join at the next boundary
+            needed = batch.worst_case_bytes(group + [item.sequence])
+            others = sum(b.worst_case_bytes(groups.get(k, [])) for k, b in self._batches.items() if k != key)
+            budget = self.cache_budget()
+            if others + needed > budget:
+                if not self._batches and not groups:
+                    # Nothing else holds memory: it will never fit.
+                    self._waiting.popleft()
+                    item.sequence.fail(error_object(
+                        f"This request's KV cache needs about {needed / 2**20:.0f} MiB at most; the memory budget "
+                        f"leaves {max(0, budget) / 2**20:.0f} MiB beside the loaded models. Ask for fewer tokens.",
+                        type="server_error", param="max_tokens", code="insufficient_memory"))
+                    continue
+                self.counters.waited_for_memory += 1
+                break
+            self._waiting.popleft()
+            self._batches.setdefault(key, batch)
+            groups.setdefault(key, []).append(item.sequence)
+            prefill_tokens = sum(max(len(s.prompt_ids) for s in g) * len(g) for g in groups.values())
+            rows += 1
+        for key, group in groups.items():
+            batch = self._batches[key]
+            self._guarded(batch, group, functools.partial(batch.prefill, group), whole_batch=False)
+            self.counters.prefills += 1
+            batch.retire()  # rows whose first token already ended them (max_tokens 1, eos, a stop string)
+
+    def _step(self, batch: RunningBatch) -> None:
+        if batch.rows:
+            self._guarded(batch, batch.rows, batch.decode)
+            self.counters.steps += 1
+            self.counters.tokens += len(batch.rows)
+        batch.retire()
+
+    def _guarded(self, batch: RunningBatch, rows: list[Sequence], step: Callable[[], None], *,
+                 whole_batch: bool = True) -> None:
+        """A step that raises ends the rows it touched: a failed decode the whole batch (its cache is in doubt),
+        a failed prefill only the prompts it was adding (the running rows are left as they were)."""
+        try:
+            step()
+        except Exception as exc:  # noqa: BLE001 - the engine thread must outlive any one batch
+            if is_out_of_memory(exc):
+                logger.error("out of device memory in a step of %d row(s) of %s", len(rows), batch.loaded.model_id)
+                error = error_object("The device ran out of memory during generation; retry with fewer tokens.",
+                                     type="server_error", code="insufficient_memory")
+            else:
+                logger.exception("a step of %s failed", batch.loaded.model_id)
+                error = error_object("The model failed while generating; see the worker log.",
+                                     type="server_error", code="generation_failed")
+            for sequence in rows:
+                sequence.fail(error)
+            if whole_batch:
+                batch.clear()
+            if is_out_of_memory(exc):
+                self.on_out_of_memory()
+
+
+def eos_ids(loaded: LoadedModel) -> set[int]:
+    eos = loaded.model.generation_config.eos_token_id
+    ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    if loaded.tokenizer.eos_token_id is not None:
+        ids.add(loaded.tokenizer.eos_token_id)
+    return ids
+
+
+def is_out_of_memory(exc: Exception) -> bool:
+    message = str(exc).lower()
+    return (isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in message
+            or "can't allocate memory" in message)  # the CPU allocator's wording
