@@ -21,7 +21,7 @@ def inference_worker_full(hub, model: str):
 
     account = make_account("busy")
     with ExitStack() as streams:
-        ids = []
+        ids, readers = [], []  # a reader left to the garbage collector would close its stream (a cancel)
         for _ in range(INFERENCE_THREADS):
             response = streams.enter_context(httpx.stream(
                 "POST", f"{hub.api_url}/chat/completions", headers=account.auth, timeout=60,
@@ -30,5 +30,6 @@ def inference_worker_full(hub, model: str):
             assert response.status_code == 200, response.read()
             lines = (line for line in response.iter_lines() if line.startswith("data: "))
             next(lines), next(lines)  # the role chunk and a first token: it runs
+            readers.append(lines)
             ids.append(response.headers["x-aihub-request-id"])
         yield ids
