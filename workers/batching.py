@@ -343,21 +343,42 @@ class BatchEngine:
 
     def _run(self) -> None:
         while True:
-            with self._wakeup:
-                while not (self._submitted or self._waiting or self._batches):
-                    self._wakeup.wait()
-                submitted, self._submitted = self._submitted, []
-                if not submitted and not self._batches:
-                    # Only requests that wait for memory or a slot: nothing will change until a submit or cancel.
-                    self._wakeup.wait(timeout=0.05)
-            for item in submitted:
-                self._prepare(item)
-            self._drop_stopped()
-            self._admit()
-            for key, batch in list(self._batches.items()):
-                self._step(batch)
-                if not batch.rows:
-                    del self._batches[key]  # drops the model reference, so an unload frees its memory
+            try:
+                self._iterate()
+            except Exception:  # noqa: BLE001 - a bug here must not leave every request waiting forever
+                logger.exception("the batching engine failed; ending every request it held")
+                self._fail_everything(error_object("The model failed while generating; see the worker log.",
+                                                   type="server_error", code="generation_failed"))
+
+    def _fail_everything(self, error: dict) -> None:
+        with self._wakeup:
+            items, self._submitted = list(self._submitted) + list(self._waiting), []
+            self._waiting.clear()
+        for item in items:
+            item.sequence.fail(error)
+        for batch in self._batches.values():
+            for sequence in batch.rows:
+                sequence.fail(error)
+            batch.clear()
+        self._batches.clear()
+
+    def _iterate(self) -> None:
+        """One turn of the loop: take in, admit, step every batch."""
+        with self._wakeup:
+            while not (self._submitted or self._waiting or self._batches):
+                self._wakeup.wait()
+            submitted, self._submitted = self._submitted, []
+            if not submitted and not self._batches:
+                # Only requests that wait for memory: nothing changes until a submit or a cancel.
+                self._wakeup.wait(timeout=0.05)
+        for item in submitted:
+            self._prepare(item)
+        self._drop_stopped()
+        self._admit()
+        for key, batch in list(self._batches.items()):
+            self._step(batch)
+            if not batch.rows:
+                del self._batches[key]  # drops the model reference, so an unload frees its memory
 
     def _prepare(self, item: _Submitted) -> None:
         sequence, loaded = item.sequence, item.loaded

@@ -238,28 +238,32 @@ def _follow(sequence, engine, writer, stop_signal):
     from .batching import DONE, TEXT
 
     first_token_at = None
-    while True:
-        try:
-            kind, value = sequence.outbox.get(timeout=POLL_SECONDS)
-        except queue.Empty:
-            if stop_signal() and not sequence.cancelled:
-                engine.cancel(sequence)
-            continue
-        texts = []
-        while kind == TEXT:
-            texts.append(value)
+    try:
+        while True:
             try:
-                kind, value = sequence.outbox.get_nowait()
+                kind, value = sequence.outbox.get(timeout=POLL_SECONDS)
             except queue.Empty:
-                kind = None
-        if texts:
-            if first_token_at is None:
-                first_token_at = timezone.now()
-            writer.append(events.TOKEN, text="".join(texts))
-            if stop_signal() and not sequence.cancelled:
-                engine.cancel(sequence)
-        if kind is not None:
-            return (value, None, first_token_at) if kind == DONE else (None, value, first_token_at)
+                if stop_signal() and not sequence.cancelled:
+                    engine.cancel(sequence)
+                continue
+            texts = []
+            while kind == TEXT:
+                texts.append(value)
+                try:
+                    kind, value = sequence.outbox.get_nowait()
+                except queue.Empty:
+                    kind = None
+            if texts:
+                if first_token_at is None:
+                    first_token_at = timezone.now()
+                writer.append(events.TOKEN, text="".join(texts))
+                if stop_signal() and not sequence.cancelled:
+                    engine.cancel(sequence)
+            if kind is not None:
+                return (value, None, first_token_at) if kind == DONE else (None, value, first_token_at)
+    except BaseException:
+        engine.cancel(sequence)  # this thread cannot go on (Redis gone for good, a shutdown): free the row
+        raise
 
 
 def _no_longer_allowed(generation) -> dict | None:
@@ -329,7 +333,7 @@ def recover_lost(generation_id) -> bool:
 def recover_orphaned_requests(nodename: str, *, started_before) -> int:
     """At worker start: requests this node claimed before it (re)started lost their process with it.
 
-    By claim time, not by pid: in a container the new pool process may well get the pid of the old one.
+    By claim time, not by pid: in a container the new worker process may well get the pid of the old one.
     """
     return sum(recover_lost(generation_id) for generation_id in GenerationRequest.objects.filter(
         state=State.RUNNING, worker__startswith=f"{nodename}:", started_at__lt=started_before).values_list(

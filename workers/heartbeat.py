@@ -1,10 +1,10 @@
-"""Worker heartbeats: each inference worker's pool process reports its state to Redis.
+"""Worker heartbeats: each inference worker process reports its state to Redis.
 
 Key `aihub:workers:<nodename>`, a JSON document rewritten every
 AIHUB_HEARTBEAT_SECONDS with a TTL of three beats: a worker that stops
 reporting drops out of status (and out of routing) within three beats. The
 API reads these documents (apps/catalog/workers.py); the reaper that unloads
-idle models rides on the same thread. Each pool process also renews a key of
+idle models rides on the same thread. The process also renews a key of
 its own (`hostname:pid`), so that a request's `worker` can be told alive or
 gone (apps/catalog/workers.process_alive).
 """
@@ -23,7 +23,7 @@ from apps.core.redis import sync_client
 
 logger = logging.getLogger(__name__)
 
-# Set in the worker's main process at start-up (celeryd_after_setup), inherited by the pool process.
+# Set in the worker's process at start-up (celeryd_after_setup); its task threads share it.
 identity: dict = {"nodename": None, "queues": [], "control_queue": None, "trains": False, "started_at": None}
 
 

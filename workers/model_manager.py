@@ -155,7 +155,8 @@ class ModelManager:
 
     @property
     def used_bytes(self) -> int:
-        return sum(slot.size_bytes for slot in self._slots.values())
+        # A copy: the engine thread reads this while a task thread may be loading a model.
+        return sum(slot.size_bytes for slot in list(self._slots.values()))
 
     def snapshot(self) -> dict:
         with self._lock:

@@ -8,7 +8,7 @@ import celeryconfig
 from apps.core.redis import async_client, sync_client
 
 HEARTBEAT_PREFIX = "aihub:workers:"  # workers/heartbeat.py writes under it
-# One key per pool process ("hostname:pid", the `worker` of a request row), renewed with the heartbeat.
+# One key per worker process ("hostname:pid", the `worker` of a request row), renewed with the heartbeat.
 PROCESS_PREFIX = "aihub:worker-process:"
 # Five beats, not three: a process wrongly taken for dead has its unstarted request run elsewhere,
 # so a slow beat under load must not look like a death (a real one is noticed within this).
@@ -52,7 +52,7 @@ def _parse(values) -> list[WorkerState]:
 
 
 def process_alive(worker: str) -> bool:
-    """Is the pool process `hostname:pid` that claimed a request still beating?"""
+    """Is the worker process `hostname:pid` that claimed a request still beating?"""
     return bool(worker) and bool(sync_client().exists(PROCESS_PREFIX + worker))
 
 
