@@ -46,8 +46,9 @@ end-of-sequence token to its continuous batching, and `max_tokens` stops it.
 
 Run: `make bench-throughput` or `python bench/throughput.py [--clients 1,4,16]
 [--tokens 48] [--requests-per-client 3] [--json PATH]`. The peer's first
-install takes a minute or two (torch's CPU wheel); the benchmark then takes
-about 8 minutes on 2 cores, most of it the hub at 16 clients.
+install takes about a minute (torch's CPU wheel is local); the benchmark then
+takes 10 to 17 minutes on 2 cores, most of it the hub at 16 clients while it
+serves one request at a time.
 """
 from __future__ import annotations
 
