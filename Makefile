@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: run test install install-dev bench lint
+.PHONY: run test install install-dev bench bench-throughput lint
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,9 @@ test: install-dev
 
 bench: install-dev
 	$(PY) bench/chat_latency.py
+
+bench-throughput: install-dev
+	$(PY) bench/throughput.py --clients 1,4,16 --tokens 48
 
 lint: install-dev
 	$(PY) -m ruff check apps workers aihub_project bench tests celeryconfig.py
