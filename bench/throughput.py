@@ -33,6 +33,12 @@ Per (target, clients):
   neither changes: per request, (stream closed - first content) / (tokens - 1),
   median over requests.
 - E2E p50: request sent -> stream closed, per request.
+- rival: the share of the machine's CPUs that the other target's servers used
+  while this one was measured. The peer's server keeps part of a core busy
+  even when idle (its batching loop polls: about a quarter of a core measured
+  here), so it is paused (SIGSTOP, then SIGCONT) while the hub is measured; the
+  hub is not paused (its workers must keep their heartbeats), and this column
+  shows what its idle processes took from the peer.
 - others: the share of the machine's CPUs that processes outside the
   benchmark (its servers included in it) used during the level; on a shared
   machine a level where it is high is not to be trusted.
@@ -56,10 +62,12 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -125,6 +133,32 @@ def others_cpu_share(before: tuple[float, float], after: tuple[float, float], wa
     """The share of the machine's CPUs that processes outside the benchmark used: a level it is high for is suspect."""
     machine, ours = after[0] - before[0], after[1] - before[1]
     return max(0.0, machine - ours) / (wall * psutil.cpu_count())
+
+
+def group_cpu_seconds(group) -> float:
+    """CPU seconds used so far by the processes of a ProcessGroup and their children."""
+    total = 0.0
+    for popen in group.processes.values():
+        try:
+            process = psutil.Process(popen.pid)
+            for one in [process, *process.children(recursive=True)]:
+                times = one.cpu_times()
+                total += times.user + times.system
+        except psutil.NoSuchProcess:
+            continue
+    return total
+
+
+@contextmanager
+def paused(group):
+    """Every process group of `group` stopped (SIGSTOP) for the block, continued after."""
+    for popen in group.processes.values():
+        os.killpg(popen.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for popen in group.processes.values():
+            os.killpg(popen.pid, signal.SIGCONT)
 
 
 def peer_cli(venv: Path) -> Path:
@@ -258,13 +292,13 @@ def ms(seconds: float | None) -> str:
 
 def report(figures: dict, levels: list[int], found: dict) -> None:
     print(f"{'target':<6} {'clients':>7} {'tok/s':>7} {'TTFT p50':>11} {'TTFT p95':>11} {'ITL p50':>11} "
-          f"{'TPOT p50':>11} {'E2E p50':>11} {'tok/chunk':>9} {'tokens':>6} {'others':>6}")
+          f"{'TPOT p50':>11} {'E2E p50':>11} {'tok/chunk':>9} {'tokens':>6} {'rival':>6} {'others':>6}")
     for level in levels:
         for name in ("hub", "peer"):
             f = figures[name][level]
             print(f"{name:<6} {level:>7} {f['tokens_per_s']:7.1f} {ms(f['ttft_p50_s'])} {ms(f['ttft_p95_s'])} "
                   f"{ms(f['itl_p50_s'])} {ms(f['tpot_p50_s'])} {ms(f['e2e_p50_s'])} {f['tokens_per_chunk']:9.2f} "
-                  f"{f['tokens']:>6} {f['others_cpu_share']:6.0%}")
+                  f"{f['tokens']:>6} {f['rival_cpu_share']:6.0%} {f['others_cpu_share']:6.0%}")
     print("ratios (issue #11's targets on the right):")
     for name, value in found.items():
         if name not in TARGETS:
@@ -309,11 +343,15 @@ def main():
             for level in levels:
                 prompts = level_prompts(level, args.requests_per_client)
                 for target in targets:
-                    before = cpu_seconds()
-                    streams, wall = asyncio.run(run_level(target, prompts))
-                    others = others_cpu_share(before, cpu_seconds(), wall)
+                    rival = peer_processes if target.name == "hub" else hub_processes
+                    with paused(peer_processes) if target.name == "hub" else nullcontext():
+                        before, rival_before = cpu_seconds(), group_cpu_seconds(rival)
+                        streams, wall = asyncio.run(run_level(target, prompts))
+                        others = others_cpu_share(before, cpu_seconds(), wall)
+                        rival_share = (group_cpu_seconds(rival) - rival_before) / (wall * psutil.cpu_count())
                     expected = args.tokens if target.name == "hub" else None
-                    figures[target.name][level] = {**summarise(streams, wall, expected), "others_cpu_share": others}
+                    figures[target.name][level] = {**summarise(streams, wall, expected), "others_cpu_share": others,
+                                                   "rival_cpu_share": rival_share}
                     print(f"  {target.name} at {level} clients: {figures[target.name][level]['tokens_per_s']:.1f} "
                           f"tok/s in {wall:.0f} s; other processes used {others:.0%} of the CPUs", flush=True)
         finally:

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from apps.core.errors import error_object
 
@@ -154,27 +155,40 @@ class RunningBatch:
         if not rows:
             return 0
         width = max([self.width] + [len(s.prompt_ids) for s in extra])
-        return len(rows) * (width + max(s.remaining for s in rows)) * self.bytes_per_token
+        # The cache's buffers may hold up to GROWTH columns more than are used.
+        return len(rows) * (width + max(s.remaining for s in rows) + _GrowingLayer.GROWTH) * self.bytes_per_token
 
     # -- the two kinds of step -------------------------------------------------
 
-    def prefill(self, group: list[Sequence]) -> None:
+    def prefill(self, group: list[Sequence]) -> int:
+        """Compute the prompts' cache and first tokens, and add the rows; returns the prompt tokens reused."""
         device = self.loaded.device
-        width = max(len(s.prompt_ids) for s in group)
+        prefix, reused = self._shared_prefix(group)
+        suffixes = [sequence.prompt_ids[reused:] for sequence in group]
+        width = max(len(suffix) for suffix in suffixes)
         ids = torch.zeros((len(group), width), dtype=torch.long)
-        mask = torch.zeros((len(group), width), dtype=torch.long)
-        for index, sequence in enumerate(group):
-            ids[index, width - len(sequence.prompt_ids):] = torch.tensor(sequence.prompt_ids)
-            mask[index, width - len(sequence.prompt_ids):] = 1
+        mask = torch.zeros((len(group), reused + width), dtype=torch.long)
+        mask[:, :reused] = 1
+        for index, suffix in enumerate(suffixes):
+            ids[index, width - len(suffix):] = torch.tensor(suffix)
+            mask[index, reused + width - len(suffix):] = 1
         ids, mask = ids.to(device), mask.to(device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache()
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, reused:]
+        cache = _new_cache()
+        if prefix is not None:
+            # Every row starts from the same prefix: [shared prefix | padding | its own suffix].
+            for index, (keys, values) in enumerate(prefix.states):
+                cache.update(keys[:, :, :reused].expand(len(group), -1, -1, -1).contiguous(),
+                             values[:, :, :reused].expand(len(group), -1, -1, -1).contiguous(), index)
         logits = self._forward(group, input_ids=ids, attention_mask=mask, position_ids=positions,
                                past_key_values=cache)
         tokens = next_tokens(logits, group)
+        if prefix is None:
+            self._remember_prefix(group[0], cache)
         self._merge(group, cache, mask, tokens, positions[:, -1:] + 1)
         for sequence, token in zip(group, tokens):
             sequence.accept(token)
+        return reused
 
     def decode(self) -> None:
         self.mask = torch.cat([self.mask, self.mask.new_ones((len(self.rows), 1))], dim=1)
@@ -201,7 +215,7 @@ class RunningBatch:
         first_used = int(self.mask.any(dim=0).nonzero()[0])
         if first_used:
             for layer in self.cache.layers:
-                layer.keys, layer.values = layer.keys[:, :, first_used:], layer.values[:, :, first_used:]
+                layer.set(layer.keys[:, :, first_used:], layer.values[:, :, first_used:])
             self.mask = self.mask[:, first_used:]
 
     def clear(self) -> None:
@@ -230,6 +244,29 @@ class RunningBatch:
                 inputs["adapter_names"] = names
             return self.loaded.model(**inputs, use_cache=True).logits[:, -1, :]
 
+    def _shared_prefix(self, group: list[Sequence]) -> tuple[_Prefix | None, int]:
+        """The remembered prefix every prompt of `group` starts with, and how many of its tokens they share.
+
+        Each row must keep at least its last prompt token to compute (its logits give the first new token).
+        Keys and values depend on the adapter, so a prefix serves only rows of the adapter it was made with.
+        """
+        adapters = {sequence.adapter for sequence in group}
+        prefix = self.loaded.prefixes.get(next(iter(adapters))) if len(adapters) == 1 else None
+        if prefix is None:
+            return None, 0
+        shared = min(min(_common_length(prefix.token_ids, s.prompt_ids), len(s.prompt_ids) - 1) for s in group)
+        return (prefix, shared) if shared >= MIN_SHARED_PREFIX else (None, 0)
+
+    def _remember_prefix(self, sequence: Sequence, cache: DynamicCache) -> None:
+        """Keep the first row's prompt and its keys and values (its real columns are the last ones): the next
+        prompts that start like it (the same system prompt, the chat template's preamble, the earlier turns of
+        a conversation) reuse their common part instead of computing it again."""
+        length = min(len(sequence.prompt_ids), MAX_REMEMBERED_PREFIX)
+        start = cache.layers[0].keys.shape[2] - len(sequence.prompt_ids)
+        states = [(layer.keys[:1, :, start:start + length].clone(), layer.values[:1, :, start:start + length].clone())
+                  for layer in cache.layers]
+        self.loaded.prefixes[sequence.adapter] = _Prefix(sequence.prompt_ids[:length], states)
+
     def _merge(self, group, cache: DynamicCache, mask, tokens: list[int], positions) -> None:
         """Add prefilled rows to the batch. Everything is built before anything is assigned, so a failure
         here (out of memory in a cat) leaves the running rows as they were."""
@@ -244,9 +281,74 @@ class RunningBatch:
         merged_mask = torch.cat([_pad_left(self.mask, width), _pad_left(mask, width)])
         merged_last, merged_positions = torch.cat([self.last, last]), torch.cat([self.positions, positions])
         for layer, (keys, values) in zip(self.cache.layers, merged):
-            layer.keys, layer.values = keys, values
+            layer.set(keys, values)
         self.mask, self.last, self.positions = merged_mask, merged_last, merged_positions
         self.rows += group
+
+
+class _GrowingLayer(DynamicLayer):
+    """A cache layer whose keys and values are views into buffers with room for more columns.
+
+    transformers' DynamicLayer concatenates at every step, copying the whole cache each time (about 8% of a
+    16-row decoding step here); this one writes the new column in place and copies only when it grows by
+    another GROWTH columns, or when the batch changes shape (`set`).
+    """
+
+    GROWTH = 64
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+            self.set(key_states, value_states)
+            return self.keys, self.values
+        length, needed = self.keys.shape[2], self.keys.shape[2] + key_states.shape[2]
+        if needed > self._key_room.shape[2]:
+            self._key_room = self._grown(self.keys, needed)
+            self._value_room = self._grown(self.values, needed)
+        self._key_room[:, :, length:needed] = key_states
+        self._value_room[:, :, length:needed] = value_states
+        self.keys, self.values = self._key_room[:, :, :needed], self._value_room[:, :, :needed]
+        return self.keys, self.values
+
+    def set(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """New contents (rows merged, selected or trimmed); the room grows again at the next update."""
+        self.dtype, self.device, self.is_initialized = keys.dtype, keys.device, True
+        self.keys, self.values, self._key_room, self._value_room = keys, values, keys, values
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self.set(self.keys[indices], self.values[indices])
+
+    def _grown(self, states: torch.Tensor, needed: int) -> torch.Tensor:
+        room = states.new_empty((*states.shape[:2], needed + self.GROWTH, states.shape[3]))
+        room[:, :, :states.shape[2]] = states
+        return room
+
+
+def _new_cache() -> DynamicCache:
+    cache = DynamicCache()
+    cache.layer_class_to_replicate = _GrowingLayer
+    return cache
+
+
+# A prompt prefix is reused when at least this many tokens are shared (below, a separate prefill costs about
+# as much as the copy), and at most this many are remembered per model and adapter.
+MIN_SHARED_PREFIX = 16
+MAX_REMEMBERED_PREFIX = 2048
+
+
+@dataclass
+class _Prefix:
+    token_ids: list[int]
+    states: list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys and values [1, kv heads, tokens, head size]
+
+
+def _common_length(first: list[int], second: list[int]) -> int:
+    length = 0
+    for a, b in zip(first, second):
+        if a != b:
+            break
+        length += 1
+    return length
 
 
 def _pad_left(tensor: torch.Tensor, width: int) -> torch.Tensor:
@@ -278,6 +380,7 @@ class _Counters:
     steps: int = 0
     tokens: int = 0
     prefills: int = 0
+    prefix_tokens_reused: int = 0  # prompt tokens whose cache came from a remembered prefix
     waited_for_memory: int = 0  # admissions postponed because the cache would not fit
 
 
@@ -333,6 +436,8 @@ class BatchEngine:
             "max_batch_tokens": self.max_batch_tokens,
             "steps": self.counters.steps,
             "tokens": self.counters.tokens,
+            "prefills": self.counters.prefills,
+            "prefix_tokens_reused": self.counters.prefix_tokens_reused,
             "waited_for_memory": self.counters.waited_for_memory,
         }
 
@@ -458,8 +563,9 @@ class BatchEngine:
             rows += 1
         for key, group in groups.items():
             batch = self._batches[key]
-            self._guarded(batch, group, functools.partial(batch.prefill, group), whole_batch=False)
+            reused = self._guarded(batch, group, functools.partial(batch.prefill, group), whole_batch=False)
             self.counters.prefills += 1
+            self.counters.prefix_tokens_reused += (reused or 0) * len(group)
             batch.retire()  # rows whose first token already ended them (max_tokens 1, eos, a stop string)
 
     def _step(self, batch: RunningBatch) -> None:
@@ -469,12 +575,11 @@ class BatchEngine:
             self.counters.tokens += len(batch.rows)
         batch.retire()
 
-    def _guarded(self, batch: RunningBatch, rows: list[Sequence], step: Callable[[], None], *,
-                 whole_batch: bool = True) -> None:
+    def _guarded(self, batch: RunningBatch, rows: list[Sequence], step: Callable, *, whole_batch: bool = True):
         """A step that raises ends the rows it touched: a failed decode the whole batch (its cache is in doubt),
         a failed prefill only the prompts it was adding (the running rows are left as they were)."""
         try:
-            step()
+            return step()
         except Exception as exc:  # noqa: BLE001 - the engine thread must outlive any one batch
             if is_out_of_memory(exc):
                 logger.error("out of device memory in a step of %d row(s) of %s", len(rows), batch.loaded.model_id)

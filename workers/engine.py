@@ -29,6 +29,8 @@ class LoadedModel:
     adapters: set = field(default_factory=set)
     # Held by each forward pass of the batching engine and by adapter changes, which may replace `model`.
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    # The batching engine's reusable prompt prefix, per adapter (None: the base); see workers/batching.py.
+    prefixes: dict = field(default_factory=dict, repr=False)
 
 
 def attach_adapter(loaded: LoadedModel, name: str, path: str) -> None:
