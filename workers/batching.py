@@ -11,7 +11,8 @@ steps (token boundaries) it
   running to its max_tokens) fits the memory the models leave in the budget; a
   request that does not fit waits for rows to finish, it does not fail,
 - prefills the admitted prompts together and merges their cache into the running
-  batch (left-padded, so every row ends at the same column),
+  batch (left-padded, so every row ends at the same column), reusing the cache
+  of a prompt prefix it has seen (a system prompt, the earlier turns),
 - runs one decoding step for every row, each sampling with its own settings, and
 - retires the rows that finished (eos, max_tokens, a stop string, a cancel, the
   time limit), so their slot and cache are free for the next step.
