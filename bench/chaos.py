@@ -3,8 +3,8 @@
 1. The inference worker (one process: it owns the device, its models and the
    batch of every request it holds; what an out-of-memory killer would pick)
    is killed with SIGKILL, `--kills` times, every `--interval` seconds, while
-   `--clients` clients stream chat completions back to back; it is started
-   again at once, as `runhub`'s supervisor does.
+   `--clients` clients stream chat completions back to back; a supervisor
+   thread starts it again, as `runhub`'s does.
 2. Embedded Valkey (broker, event logs, limits) is stopped and started again once.
 3. Embedded PostgreSQL is stopped and started again once.
 
@@ -110,7 +110,7 @@ def main():
     run_dir = Path(tempfile.mkdtemp(prefix="aihub-chaos-"))
     servers, env = start_services(run_dir)
     os.environ.update(env)
-    processes = None
+    processes = supervising = None
     try:
         import django
 
@@ -124,9 +124,13 @@ def main():
         _, raw_key = api_key_create(user=user_get_or_create(username="chaos"))
         (run_dir / "logs").mkdir(exist_ok=True)
         base_url, processes = start_hub(dict(os.environ), run_dir / "logs")
+        supervising = supervise(processes)
         report = run_load(args, base_url, raw_key, processes, servers)
         report_rows(report)
     finally:
+        if supervising is not None:
+            supervising.set()  # before stopping: the processes about to stop must not be started again
+            time.sleep(1)
         if processes is not None:
             processes.stop()
         for server in reversed(servers):
@@ -135,6 +139,24 @@ def main():
             shutil.rmtree(run_dir, ignore_errors=True)
         else:
             print(f"run directory kept: {run_dir}")
+
+
+def supervise(processes) -> threading.Event:
+    """Start again a hub process that exits on its own, as `runhub`'s supervisor does: a Celery worker exits
+    when it cannot recover from a lost broker connection (the threads-pool inference worker does after a
+    Valkey restart: docs/queues.md)."""
+    stopped = threading.Event()
+
+    def watch():
+        while not stopped.is_set():
+            for name, process in list(processes.processes.items()):
+                if process.poll() is not None:
+                    print(f"  {name} exited ({process.returncode}); starting it again", flush=True)
+                    processes.restart(name)
+            time.sleep(0.5)
+
+    threading.Thread(target=watch, name="supervisor", daemon=True).start()
+    return stopped  # set it to stop supervising
 
 
 def run_load(args, base_url: str, raw_key: str, processes, servers) -> dict:
@@ -173,8 +195,7 @@ def run_load(args, base_url: str, raw_key: str, processes, servers) -> dict:
     time.sleep(args.interval)
     for number in range(1, args.kills + 1):
         moment = time.monotonic()
-        os.kill(processes.processes["inference"].pid, signal.SIGKILL)
-        processes.restart("inference")
+        os.kill(processes.processes["inference"].pid, signal.SIGKILL)  # the supervisor starts it again
         recovery = answered_after(moment)
         faults.append((f"kill {number}", recovery))
         print(f"kill {number:2d}/{args.kills}: answered again after "
@@ -239,6 +260,9 @@ def report_rows(report: dict) -> None:
     print(f"  answered twice                    {len(twice)}")
     print(f"  streamed text != stored answer    {len(mismatched)}")
     print(f"  done on the wire but not stored as succeeded {len(done_but_failed)}")
+    for request_id in done_but_failed:
+        row = rows[request_id]
+        print(f"    {request_id}: {row.state} {row.finish_reason} {row.error and row.error.get('code')}")
     never = [name for name, seconds in report["faults"] if seconds is None]
     if recoveries:
         print(f"recovery after a fault: median {statistics.median(recoveries):.1f} s, max {max(recoveries):.1f} s"

@@ -334,7 +334,16 @@ def recover_orphaned_requests(nodename: str, *, started_before) -> int:
     """At worker start: requests this node claimed before it (re)started lost their process with it.
 
     By claim time, not by pid: in a container the new worker process may well get the pid of the old one.
+    Requests still queued from before are published again too: the previous run may have taken their
+    messages from the broker without claiming them yet (it prefetches one per task thread), or lost them
+    with a broker restart; those would otherwise wait for the sweeper's AIHUB_SWEEP_REPUBLISH_AFTER_SECONDS.
+    A duplicate message is harmless (the claim is a compare-and-set).
     """
-    return sum(recover_lost(generation_id) for generation_id in GenerationRequest.objects.filter(
+    recovered = sum(recover_lost(generation_id) for generation_id in GenerationRequest.objects.filter(
         state=State.RUNNING, worker__startswith=f"{nodename}:", started_at__lt=started_before).values_list(
         "id", flat=True))
+    queued = GenerationRequest.objects.filter(state=State.QUEUED, queued_at__lt=started_before).order_by(
+        "queued_at").values_list("id", flat=True)[:settings.AIHUB_SWEEP_BATCH]
+    for generation_id in queued:
+        generation_publish(generation_id=generation_id)
+    return recovered + len(queued)

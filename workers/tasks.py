@@ -112,4 +112,4 @@ def _recover_requests_orphaned_by_a_previous_run(sender=None, **kwargs):
 
         count = recover_orphaned_requests(sender.hostname, started_before=heartbeat.identity["started_at"])
         if count:
-            logger.warning("recovered %d request(s) left running by a previous run of this worker", count)
+            logger.warning("recovered %d request(s) left running or queued by a previous run of this worker", count)
