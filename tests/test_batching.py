@@ -179,13 +179,13 @@ def small_cache(models):
     base_url = f"http://127.0.0.1:{port}"
     try:
         wait_until_healthy(base_url, processes)
-        yield f"{base_url}/api/v1", "tiny:cache"
+        yield f"{base_url}/api/v1", "tiny:cache", per_request
     finally:
         processes.stop()
 
 
 def test_a_request_whose_cache_does_not_fit_beside_the_running_batch_waits_instead_of_failing(small_cache):
-    api_url, model = small_cache
+    api_url, model, per_request_bytes = small_cache
     account = make_account("small-cache")
     operator = make_account("small-cache-operator", staff=True, scopes=["inference", "admin"])
     body = {"model": model, "messages": _message("Go on"), "max_tokens": 600, "ignore_eos": True}
@@ -199,6 +199,11 @@ def test_a_request_whose_cache_does_not_fit_beside_the_running_batch_waits_inste
     workers = httpx.get(f"{api_url}/models/status", headers=operator.auth).json()["workers"]
     batch = workers[0]["batch"]
     assert batch["waited_for_memory"] >= 1 and batch["running"] == batch["waiting"] == 0
+    assert 0 < batch["cache_budget_bytes"] < 2 * per_request_bytes
+    scraped = httpx.get(api_url.removesuffix("/api/v1") + "/metrics").text
+    for series in ("aihub_worker_running_sequences", "aihub_worker_waiting_sequences", "aihub_worker_kv_cache_bytes",
+                   "aihub_worker_kv_cache_budget_bytes"):
+        assert f'{series}{{worker="{workers[0]["hostname"]}"}}' in scraped, series
 
     # A request whose cache could never fit is refused clearly, not queued forever.
     response = httpx.post(f"{api_url}/chat/completions", headers=account.auth, timeout=60,
