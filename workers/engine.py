@@ -54,6 +54,7 @@ def detach_adapter(loaded: LoadedModel, name: str) -> bool:
         if name not in loaded.adapters:
             return False
         loaded.adapters.discard(name)
+        loaded.prefixes.pop(name, None)  # its keys and values were computed through it
         if loaded.adapters:
             loaded.model.delete_adapter(name)
         else:
