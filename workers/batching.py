@@ -442,9 +442,6 @@ class BatchEngine:
             "waited_for_memory": self.counters.waited_for_memory,
         }
 
-    def running_models(self) -> set[str]:
-        return {b.loaded.model_id for b in list(self._batches.values()) if b.rows}
-
     # -- the engine thread --------------------------------------------------------
 
     def _run(self) -> None:

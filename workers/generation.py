@@ -243,9 +243,7 @@ def _follow(sequence, engine, writer, stop_signal):
             try:
                 kind, value = sequence.outbox.get(timeout=POLL_SECONDS)
             except queue.Empty:
-                if stop_signal() and not sequence.cancelled:
-                    engine.cancel(sequence)
-                continue
+                kind = None
             texts = []
             while kind == TEXT:
                 texts.append(value)
@@ -257,10 +255,10 @@ def _follow(sequence, engine, writer, stop_signal):
                 if first_token_at is None:
                     first_token_at = timezone.now()
                 writer.append(events.TOKEN, text="".join(texts))
-                if stop_signal() and not sequence.cancelled:
-                    engine.cancel(sequence)
             if kind is not None:
                 return (value, None, first_token_at) if kind == DONE else (None, value, first_token_at)
+            if stop_signal() and not sequence.cancelled:  # asks Redis at most every StopSignal interval
+                engine.cancel(sequence)
     except BaseException:
         engine.cancel(sequence)  # this thread cannot go on (Redis gone for good, a shutdown): free the row
         raise
@@ -339,11 +337,9 @@ def recover_orphaned_requests(nodename: str, *, started_before) -> int:
     with a broker restart; those would otherwise wait for the sweeper's AIHUB_SWEEP_REPUBLISH_AFTER_SECONDS.
     A duplicate message is harmless (the claim is a compare-and-set).
     """
+    from .sweeper import republish_unclaimed
+
     recovered = sum(recover_lost(generation_id) for generation_id in GenerationRequest.objects.filter(
         state=State.RUNNING, worker__startswith=f"{nodename}:", started_at__lt=started_before).values_list(
         "id", flat=True))
-    queued = GenerationRequest.objects.filter(state=State.QUEUED, queued_at__lt=started_before).order_by(
-        "queued_at").values_list("id", flat=True)[:settings.AIHUB_SWEEP_BATCH]
-    for generation_id in queued:
-        generation_publish(generation_id=generation_id)
-    return recovered + len(queued)
+    return recovered + republish_unclaimed(queued_before=started_before, batch=settings.AIHUB_SWEEP_BATCH)

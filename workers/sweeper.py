@@ -36,7 +36,8 @@ def training_lock_key(job_id) -> str:
 def sweep(*, republish_after: float, give_up_after: float, batch: int) -> dict[str, int]:
     counts = {
         "timed_out": _fail_expired_queued(give_up_after, batch),
-        "republished": _republish_unclaimed(republish_after, batch),
+        "republished": republish_unclaimed(queued_before=timezone.now() - timedelta(seconds=republish_after),
+                                           batch=batch),
         "recovered": _recover_lost_running(batch),
         "training_resent": requeue_orphaned_jobs(batch=batch),
     }
@@ -56,13 +57,12 @@ def _fail_expired_queued(give_up_after: float, batch: int) -> int:
                for generation_id in expired)
 
 
-def _republish_unclaimed(republish_after: float, batch: int) -> int:
-    """Queued, unclaimed since its message was sent: the message may be lost (broker data, a dead worker's
-    own queue, a web process that died between commit and publish). Send it again; the claim makes a
-    duplicate harmless."""
+def republish_unclaimed(*, queued_before, batch: int) -> int:
+    """Queued, unclaimed since its message was sent before `queued_before`: the message may be lost (broker
+    data, a dead worker's own queue or prefetch, a web process that died between commit and publish). Send
+    it again; the claim makes a duplicate harmless. Used by the sweep and by a restarting inference worker."""
     now = timezone.now()
-    stale = GenerationRequest.objects.filter(
-        state=State.QUEUED, queued_at__lt=now - timedelta(seconds=republish_after)).order_by(
+    stale = GenerationRequest.objects.filter(state=State.QUEUED, queued_at__lt=queued_before).order_by(
         "queued_at").values_list("id", "queued_at")[:batch]
     count = 0
     for generation_id, queued_at in stale:
