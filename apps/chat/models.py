@@ -9,6 +9,7 @@ class Role(models.TextChoices):
     SYSTEM = "system"
     USER = "user"
     ASSISTANT = "assistant"
+    TOOL = "tool"  # a tool's result, answering an assistant message's tool call
 
 
 class Conversation(models.Model):
@@ -31,6 +32,10 @@ class Message(models.Model):
     conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="messages")
     role = models.CharField(max_length=20, choices=Role.choices)
     content = models.TextField(blank=True)
+    # OpenAI's function calling: an assistant message may call tools instead of (or besides) answering,
+    # and a `tool` message carries one call's result back.
+    tool_calls = models.JSONField(null=True, blank=True, help_text="The assistant's tool calls, OpenAI's shape.")
+    tool_call_id = models.CharField(max_length=64, blank=True, help_text="The call a tool message answers.")
     generation = models.OneToOneField(
         "GenerationRequest", null=True, blank=True, on_delete=models.SET_NULL, related_name="answer",
         help_text="The request that produced this message (assistant answers only).",
@@ -68,6 +73,10 @@ class GenerationRequest(models.Model):
     finish_reason = models.CharField(max_length=20, blank=True)
     error = models.JSONField(null=True, blank=True)
     completion = models.TextField(blank=True)
+    # The answer beside its text (docs/api.md): {"choices": [{"index", "text", "finish_reason", "logprobs",
+    # "tool_calls"}, ...]} when a choice holds more than text or n > 1. `completion` and `finish_reason`
+    # stay the first choice's, so every reader of plain answers keeps working.
+    output = models.JSONField(default=dict, blank=True, help_text="Choices, tool calls and logprobs.")
     prompt_tokens = models.PositiveIntegerField(default=0)
     completion_tokens = models.PositiveIntegerField(default=0)
     worker = models.CharField(max_length=200, blank=True, help_text="hostname:pid of the worker that ran it.")
