@@ -8,7 +8,7 @@ django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
-from apps.chat.routing import websocket_urlpatterns  # noqa: E402
+from aihub_project.websockets import websocket_urlpatterns  # noqa: E402
 from apps.core.request_size import RequestBodyLimit  # noqa: E402
 from apps.core.websocket import BrowserOriginValidator  # noqa: E402
 

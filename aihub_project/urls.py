@@ -1,24 +1,29 @@
+"""The HTTP routes. Every API view is an apps.core.endpoints.Endpoint (docs/api.md: adding an endpoint)."""
 from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from apps.accounts.views import ApiKeyDetailView, ApiKeyListView, MeView
-from apps.catalog.control import model_load_view, model_unload_view
-from apps.catalog.views import ModelDetailView, ModelListView, ModelStatusView
-from apps.chat.completions import chat_completions_view
-from apps.chat.views import ConversationDetailView, ConversationListView
+from apps.catalog.views import (
+    ModelDetailView,
+    ModelListView,
+    ModelLoadView,
+    ModelStatusView,
+    ModelUnloadView,
+)
+from apps.chat.views import ChatCompletionsView, ConversationDetailView, ConversationListView
 from apps.monitoring.views import HealthView, LivenessView, SystemAnalyticsView, SystemMetricsView, metrics_view
 from apps.training import views as training
 
 api_v1 = [
-    path("chat/completions", chat_completions_view, name="chat-completions"),
+    path("chat/completions", ChatCompletionsView.as_view(), name="chat-completions"),
     path("chat/conversations", ConversationListView.as_view(), name="conversation-list"),
     path("chat/conversations/<uuid:conversation_id>", ConversationDetailView.as_view(),
          name="conversation-detail"),
     path("models", ModelListView.as_view(), name="model-list"),
     path("models/status", ModelStatusView.as_view(), name="model-status"),
-    path("models/load", model_load_view, name="model-load"),
-    path("models/unload", model_unload_view, name="model-unload"),
+    path("models/load", ModelLoadView.as_view(), name="model-load"),
+    path("models/unload", ModelUnloadView.as_view(), name="model-unload"),
     path("me", MeView.as_view(), name="me"),
     path("system/metrics", SystemMetricsView.as_view(), name="system-metrics"),
     path("system/analytics", SystemAnalyticsView.as_view(), name="system-analytics"),

@@ -1,13 +1,14 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from datetime import datetime
+from datetime import timedelta
 
 from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from apps.catalog.selectors import model_get
 from apps.chat.cancellation import generation_requests_cancel
 from apps.core.errors import AppError, NotFoundError
 from apps.training.services import training_jobs_cancel
@@ -47,13 +48,19 @@ def _beyond_powers(message: str, *, param: str) -> AppError:
 
 
 def api_key_mint(*, parent: ApiKey, name: str = "", scopes: list[str] | None = None,
-                 expires_at: datetime | None = None, limits: dict[str, int] | None = None) -> tuple[ApiKey, str]:
+                 expires_in_days: int | None = None, limits: dict[str, int] | None = None) -> tuple[ApiKey, str]:
     """A key made by a key (POST /keys): within its parent's scopes, expiry and limits, on the family's budget.
 
     Left out, scopes, expiry and limits are the parent's; asked for, each must be
     no wider than the parent's, else 403. The new key shares the counters of its
     family's root (docs/limits.md), so minting keys never adds budget.
+    `limits` may name only MINTABLE_LIMITS.
     """
+    expires_at = timezone.now() + timedelta(days=expires_in_days) if expires_in_days is not None else None
+    unknown = set(limits or {}) - set(MINTABLE_LIMITS)
+    if unknown:
+        raise AppError(f"These limits cannot be set on a key: {', '.join(sorted(unknown))}.",
+                       param=sorted(unknown)[0], code="unsupported_parameter")
     scopes = list(parent.scopes if scopes is None else scopes)
     beyond = set(scopes) - set(parent.scopes)
     if beyond:
@@ -186,5 +193,8 @@ def preferred_model_get(*, user) -> str | None:
     return Profile.objects.filter(user=user).values_list("preferred_model", flat=True).first() or None
 
 
-def preferred_model_set(*, user, model_id: str | None) -> None:
+def preferred_model_set(*, user, key: ApiKey, model_id: str | None) -> None:
+    """Set (or clear, with None or "") the model `auto` prefers; 404 for a model this key may not use."""
+    if model_id:
+        model_get(user=user, key=key, model_id=model_id)
     Profile.objects.update_or_create(user=user, defaults={"preferred_model": model_id or ""})

@@ -1,12 +1,7 @@
-from datetime import timedelta
-
-from django.utils import timezone
-from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
-from apps.catalog.selectors import model_get
+from apps.core.endpoints import Endpoint, list_of, operation
 
 from .models import ApiKey, Scope
 from .services import MINTABLE_LIMITS, api_key_mint, api_key_revoke, preferred_model_get, preferred_model_set
@@ -19,26 +14,22 @@ class MeSerializer(serializers.Serializer):
                                             help_text="Used for model=auto when it suits the task and fits.")
 
 
-class MeView(APIView):
+class MeView(Endpoint):
     required_scope = None
 
     def _body(self, user):
         return {"username": user.username, "is_staff": user.is_staff,
                 "preferred_model": preferred_model_get(user=user)}
 
-    @extend_schema(summary="Your account and settings", responses=MeSerializer)
+    @operation(summary="Your account and settings", responses=MeSerializer)
     def get(self, request):
         return Response(self._body(request.user))
 
-    @extend_schema(summary="Change your settings", request=MeSerializer, responses=MeSerializer)
-    def patch(self, request):
-        serializer = MeSerializer(data=request.data, partial=True)
-        serializer.is_valid(raise_exception=True)
-        if "preferred_model" in serializer.validated_data:
-            model_id = serializer.validated_data["preferred_model"] or None
-            if model_id:
-                model_get(user=request.user, key=request.auth, model_id=model_id)  # 404: unknown, or not yours
-            preferred_model_set(user=request.user, model_id=model_id)
+    @operation(summary="Change your settings", request=MeSerializer, responses=MeSerializer,
+               errors={404: "model_not_found: preferred_model is no model you may use"})
+    def patch(self, request, data):
+        if "preferred_model" in data:
+            preferred_model_set(user=request.user, key=request.auth, model_id=data["preferred_model"] or None)
         return Response(self._body(request.user))
 
 
@@ -50,6 +41,13 @@ class ApiKeySerializer(serializers.ModelSerializer):
         model = ApiKey
         fields = ["id", "name", "prefix", "scopes", "created_at", "last_used_at", "expires_at", "revoked_at", "active",
                   "parent", *MINTABLE_LIMITS]
+
+
+class ApiKeyCreatedSerializer(ApiKeySerializer):
+    key = serializers.CharField(read_only=True, help_text="The key itself: shown here only, never again.")
+
+    class Meta(ApiKeySerializer.Meta):
+        fields = [*ApiKeySerializer.Meta.fields, "key"]
 
 
 class ApiKeyCreateSerializer(serializers.Serializer):
@@ -65,32 +63,30 @@ class ApiKeyCreateSerializer(serializers.Serializer):
                                             help_text="Tokens per the family's budget period.")
 
 
-class ApiKeyListView(APIView):
+class ApiKeyListView(Endpoint):
     required_scope = None  # any valid key manages its own user's keys
 
-    @extend_schema(operation_id="keys_list", summary="Your API keys (never their secrets)",
-                   responses=ApiKeySerializer(many=True))
+    @operation(operation_id="keys_list", summary="Your API keys (never their secrets)",
+               responses=list_of(ApiKeySerializer, "ApiKeyList"))
     def get(self, request):
         keys = ApiKey.objects.filter(user=request.user)
         return Response({"object": "list", "data": ApiKeySerializer(keys, many=True).data})
 
-    @extend_schema(summary="Create a key within this key's powers: the response is the only time it is shown",
-                   request=ApiKeyCreateSerializer, responses={201: ApiKeySerializer})
-    def post(self, request):
-        serializer = ApiKeyCreateSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        data = serializer.validated_data
-        expires_at = timezone.now() + timedelta(days=data["expires_in_days"]) if "expires_in_days" in data else None
+    @operation(summary="Create a key within this key's powers: the response is the only time it is shown",
+               request=ApiKeyCreateSerializer, responses={201: ApiKeyCreatedSerializer},
+               errors={403: "insufficient_scope or beyond_key_powers: wider than the calling key; forbidden: "
+                            "admin scope for a user who is not staff"})
+    def post(self, request, data):
         key, raw = api_key_mint(parent=request.auth, name=data["name"], scopes=data.get("scopes"),
-                                expires_at=expires_at, limits={name: data[name] for name in MINTABLE_LIMITS
-                                                               if name in data})
+                                expires_in_days=data.get("expires_in_days"),
+                                limits={name: data[name] for name in MINTABLE_LIMITS if name in data})
         return Response({**ApiKeySerializer(key).data, "key": raw}, status=201)
 
 
-class ApiKeyDetailView(APIView):
+class ApiKeyDetailView(Endpoint):
     required_scope = None
 
-    @extend_schema(summary="Revoke one of your keys: refused at once, its running requests stopped",
-                   responses=ApiKeySerializer)
+    @operation(summary="Revoke one of your keys: refused at once, its running requests stopped",
+               responses={200: ApiKeySerializer})
     def delete(self, request, key_id: int):
         return Response(ApiKeySerializer(api_key_revoke(user=request.user, key_id=key_id)).data)

@@ -1,42 +1,22 @@
-"""POST /api/v1/models/load and /models/unload: commands to the worker that holds (or will hold) a model.
+"""Load and unload commands to the worker that holds (or will hold) a model (POST /models/load, /models/unload).
 
-Async views: the answer waits for the worker (a load can take seconds), and a
-sync view would hold Django's one shared thread for sync views meanwhile.
-The command goes to the worker's own queue; its answer comes back through an
-event log (apps/core/events.py), like tokens do.
+The answer waits for the worker (a load can take seconds), so the callers are
+async. The command goes to the worker's own queue; its answer comes back
+through an event log (apps/core/events.py), like tokens do.
 """
 from __future__ import annotations
 
 import uuid
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.http import JsonResponse
-from django.views.decorators.csrf import csrf_exempt
 
-from apps.accounts.models import Scope
-from apps.accounts.services import require_scope
 from apps.core import events
-from apps.core.async_views import authenticate_request, parse_json_body, require_method
-from apps.core.errors import AppError, app_error_from_event, error_response
+from apps.core.errors import AppError, app_error_from_event
 from apps.core.tasks import send_task
 
 from .routing import choose_worker
-from .selectors import model_get
 from .services import CONTROL_TASK
 from .workers import alive_workers
-
-
-async def _staff_request(request) -> tuple[dict, object]:
-    require_method(request, "POST")
-    key = await authenticate_request(request)
-    require_scope(key, Scope.ADMIN)
-    body = parse_json_body(request)
-    model_id = body.get("model_id")
-    if not isinstance(model_id, str) or not model_id:
-        raise AppError("model_id: a model id is required.", param="model_id", code="invalid_value")
-    entry = await sync_to_async(model_get)(user=key.user, key=key, model_id=model_id)
-    return body, entry
 
 
 async def _command(action: str, worker, entry, options: dict) -> dict:
@@ -78,31 +58,3 @@ async def model_command(action: str, entry, *, keep_alive=None, force_reload: bo
     result = await _command("load", worker, entry, {"keep_alive": keep_alive, "force_reload": force_reload})
     return {"status": result["status"], "workers": [result["worker"]], "worker": result["worker"],
             "model": result["model"], "reason": reason}
-
-
-@csrf_exempt
-async def model_load_view(request):
-    try:
-        body, entry = await _staff_request(request)
-        keep_alive = body.get("keep_alive")
-        if keep_alive is not None and (isinstance(keep_alive, bool) or not isinstance(keep_alive, (int, float))):
-            raise AppError("keep_alive: seconds (-1 pins the model, 0 unloads after the next request).",
-                           param="keep_alive", code="invalid_value")
-        force_reload = body.get("force_reload", False)
-        if not isinstance(force_reload, bool):
-            raise AppError("force_reload: must be true or false.", param="force_reload", code="invalid_value")
-        result = await model_command("load", entry, keep_alive=keep_alive, force_reload=force_reload,
-                                     worker_name=body.get("worker"))
-    except AppError as error:
-        return error_response(error)
-    return JsonResponse({"model_id": entry.id, **result})
-
-
-@csrf_exempt
-async def model_unload_view(request):
-    try:
-        _, entry = await _staff_request(request)
-        result = await model_command("unload", entry)
-    except AppError as error:
-        return error_response(error)
-    return JsonResponse({"model_id": entry.id, **result})

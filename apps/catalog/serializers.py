@@ -1,6 +1,8 @@
 from django.conf import settings
 from rest_framework import serializers
 
+from apps.core.fields import StrictBooleanField, StrictCharField, StrictFloatField
+
 from .models import ModelEntry, Visibility
 from .selectors import model_may_manage
 
@@ -74,3 +76,28 @@ class ModelDeletedSerializer(serializers.Serializer):
     id = serializers.CharField()
     object = serializers.CharField(default="model")
     deleted = serializers.BooleanField()
+
+
+class ModelUnloadSerializer(serializers.Serializer):
+    model_id = StrictCharField(max_length=200, help_text="The model to unload from every worker holding it.")
+
+
+class ModelLoadSerializer(serializers.Serializer):
+    model_id = StrictCharField(max_length=200, help_text="The model to load.")
+    keep_alive = StrictFloatField(
+        required=False, allow_null=True,
+        help_text="Seconds it stays loaded while idle (-1 pins it, 0 unloads after the next request); "
+                  "default: the worker's AIHUB_KEEP_ALIVE_SECONDS.")
+    force_reload = StrictBooleanField(required=False, default=False,
+                                      help_text="Load it again even when it is loaded (new weights on disk).")
+    worker = StrictCharField(required=False, allow_null=True, max_length=300,
+                             help_text="A live worker's hostname: load it there (default: the hub chooses).")
+
+
+class ModelCommandResultSerializer(serializers.Serializer):
+    model_id = serializers.CharField()
+    status = serializers.CharField(help_text="load: loaded or already_loaded; unload: unloaded or not_loaded")
+    workers = serializers.ListField(child=serializers.CharField(), help_text="The workers acted on.")
+    worker = serializers.CharField(required=False, help_text="load: the worker that holds the model.")
+    model = serializers.DictField(required=False, help_text="load: the worker's view of the loaded model.")
+    reason = serializers.CharField(required=False, help_text="load: why that worker was chosen.")

@@ -1,8 +1,9 @@
-"""POST /api/v1/chat/completions: an async view, because DRF views are sync-only.
+"""Chat completions: submitting a validated request, and its answer as one body or as a stream.
 
-A sync view would hold one of daphne's threads for the whole generation (and
-Django runs sync views on one shared thread by default). Validation still uses
-the DRF serializer, and errors still leave in the one error shape.
+The HTTP entry is ChatCompletionsView (views.py), an async handler of the one
+request pipeline (apps/core/endpoints.py): a sync one would hold one of
+daphne's threads for the whole generation. The websocket consumer submits
+through chat_completion_submit, with the same validation.
 """
 from __future__ import annotations
 
@@ -12,20 +13,13 @@ import time
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
-from django.views.decorators.csrf import csrf_exempt
+from django.http import JsonResponse, StreamingHttpResponse
 from rest_framework.exceptions import ValidationError
 
-from apps.accounts.models import Scope
-from apps.accounts.services import require_scope
 from apps.core import events
-from apps.core.async_views import (
-    authenticate_request,
-    parse_json_body,
-    release_database_connection,
-    require_method,
-)
-from apps.core.errors import AppError, app_error_from_event, as_app_error, error_response
+from apps.core.db import release_database_connection
+from apps.core.endpoints import validated_input
+from apps.core.errors import app_error_from_event, as_app_error, error_response
 
 from .models import GenerationRequest
 from .serializers import ChatCompletionRequestSerializer
@@ -36,12 +30,10 @@ READER_LEASE = settings.AIHUB_HTTP_READER_LEASE_SECONDS
 
 
 def validate_chat_request(body: dict) -> dict:
-    serializer = ChatCompletionRequestSerializer(data=body)
     try:
-        serializer.is_valid(raise_exception=True)
+        return validated_input(None, ChatCompletionRequestSerializer, body)
     except ValidationError as exc:
         raise as_app_error(exc)
-    return serializer.validated_data
 
 
 # Where the per-request CPU work runs (checked for issue #10): Django's ASGI handler gives each
@@ -61,27 +53,18 @@ def _validate_and_create(*, key, body: dict) -> tuple[GenerationRequest, dict]:
 
 
 async def chat_completion_submit(*, key, body: dict) -> tuple[GenerationRequest, dict]:
-    """Validate, store and enqueue; shared by the REST view and the websocket consumer."""
-    require_scope(key, Scope.INFERENCE)
+    """Validate, store and enqueue a request that came over the websocket (its handshake checked the scope)."""
     return await sync_to_async(_validate_and_create)(key=key, body=body)
 
 
-@csrf_exempt
-async def chat_completions_view(request: HttpRequest):
-    try:
-        require_method(request, "POST")
-        key = await authenticate_request(request)
-        body = await sync_to_async(parse_json_body)(request)
-        generation, data = await chat_completion_submit(key=key, body=body)
-    except AppError as error:
-        return error_response(error)
+async def chat_completion_answer(generation: GenerationRequest, data: dict):
+    """The HTTP answer to a submitted request: an SSE stream, or the whole completion once it is done."""
     if data["stream"]:
         include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
         response = StreamingHttpResponse(sse_stream(generation, include_usage), content_type="text/event-stream")
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"  # proxies must pass tokens through as they come
-        _describe(response, generation)
-        return response
+        return _describe(response, generation)
     return _describe(await wait_for_completion(generation), generation)
 
 

@@ -4,6 +4,7 @@ Every size a client controls is bounded here (docs/limits.md): messages, their
 characters, stop sequences, keep_alive. The body itself was bounded before parsing.
 """
 from django.conf import settings
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from apps.core.fields import StrictBooleanField, StrictCharField, StrictFloatField, StrictIntegerField
@@ -12,7 +13,25 @@ from .models import Conversation, Message, Role
 
 ACCEPTED_ROLES = {r.value for r in Role} | {"developer"}  # OpenAI's newer name for system
 
+# Keys OpenAI's chat API defines: one the serializer does not declare is refused as "not supported"
+# rather than "unknown" (apps/core/parameters.py). Declaring a field is what makes it accepted.
+OPENAI_CHAT_PARAMETERS = frozenset({
+    "audio", "frequency_penalty", "function_call", "functions", "logit_bias", "logprobs", "max_completion_tokens",
+    "max_tokens", "messages", "metadata", "modalities", "model", "n", "parallel_tool_calls", "prediction",
+    "presence_penalty", "prompt_cache_key", "reasoning_effort", "response_format", "safety_identifier", "seed",
+    "service_tier", "stop", "store", "stream", "stream_options", "temperature", "tool_choice", "tools",
+    "top_logprobs", "top_p", "user", "verbosity", "web_search_options",
+})
+OPENAI_MESSAGE_KEYS = frozenset({"role", "content", "name", "tool_calls", "tool_call_id", "refusal", "audio",
+                                 "function_call", "annotations"})
 
+
+@extend_schema_field({"oneOf": [
+    {"type": "string"},
+    {"type": "array", "items": {"type": "object", "required": ["type"], "properties": {
+        "type": {"type": "string", "enum": ["text", "image_url"]}, "text": {"type": "string"},
+        "image_url": {"type": "object"}}}},
+]})
 class MessageContentField(serializers.Field):
     """A string, or a list of content parts: returns {"text": joined text, "images": image part count}.
 
@@ -51,6 +70,8 @@ class MessageContentField(serializers.Field):
 
 
 class ChatMessageInputSerializer(serializers.Serializer):
+    openai_parameters = OPENAI_MESSAGE_KEYS
+
     role = StrictCharField()
     content = MessageContentField()
     name = StrictCharField(required=False, max_length=64)
@@ -67,9 +88,13 @@ class ChatMessageInputSerializer(serializers.Serializer):
 
 
 class StreamOptionsSerializer(serializers.Serializer):
+    openai_parameters = frozenset({"include_usage", "include_obfuscation"})
+
     include_usage = StrictBooleanField(required=False, default=False)
 
 
+@extend_schema_field({"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string", "minLength": 1}}],
+                     "nullable": True})
 class StopField(serializers.Field):
     default_error_messages = {
         "type": "must be a string or a list of up to {count} non-empty strings.",
@@ -92,6 +117,8 @@ class StopField(serializers.Field):
 
 
 class ChatCompletionRequestSerializer(serializers.Serializer):
+    openai_parameters = OPENAI_CHAT_PARAMETERS
+
     model = StrictCharField(required=False, allow_blank=False, max_length=200,  # ModelEntry.id
                             help_text='A model id, or "auto" to let the hub choose.')
     messages = ChatMessageInputSerializer(many=True, allow_empty=False, max_length=settings.AIHUB_MAX_MESSAGES)

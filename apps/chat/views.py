@@ -1,40 +1,50 @@
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from asgiref.sync import sync_to_async
+from drf_spectacular.types import OpenApiTypes
+from rest_framework import serializers
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
-from apps.core.errors import AppError
+from apps.core.endpoints import Endpoint, operation
 
+from .completions import chat_completion_answer
+from .output_serializers import ChatCompletionSerializer
 from .selectors import conversation_get_with_messages, conversation_list
-from .serializers import ConversationDetailSerializer, ConversationListSerializer, ConversationSerializer
-from .services import conversation_delete
+from .serializers import (
+    ChatCompletionRequestSerializer,
+    ConversationDetailSerializer,
+    ConversationListSerializer,
+    ConversationSerializer,
+)
+from .services import chat_completion_create, conversation_delete
 
 MAX_PAGE = 100
 
 
-def _int_param(request, name: str, default: int, *, low: int, high: int) -> int:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise AppError(f"{name} must be an integer.", param=name, code="invalid_value")
-    if not low <= value <= high:
-        raise AppError(f"{name} must be between {low} and {high}.", param=name, code="invalid_value")
-    return value
-
-
-class ConversationListView(APIView):
-    @extend_schema(
-        operation_id="conversations_list",
-        summary="List your conversations, most recently updated first",
-        parameters=[OpenApiParameter("limit", int, description=f"1..{MAX_PAGE}, default 20"),
-                    OpenApiParameter("offset", int, description="default 0")],
-        responses=ConversationListSerializer,
+class ChatCompletionsView(Endpoint):
+    @operation(
+        operation_id="chat_completions_create", request=ChatCompletionRequestSerializer,
+        summary="Create a chat completion (OpenAI-compatible; SSE when stream is true)",
+        description="With `stream: true`, a text/event-stream of chat.completion.chunk objects ending with "
+                    "`data: [DONE]` (docs/streaming.md).",
+        responses={(200, "application/json"): ChatCompletionSerializer, (200, "text/event-stream"): OpenApiTypes.STR},
+        errors={403: "insufficient_scope: the key lacks inference, or keep_alive -1/0 without an admin key",
+                404: "model_not_found or conversation not found", 429: None, 500: None,
+                503: "queue_full: too many requests wait for a GPU", 504: None, 507: None},
     )
-    def get(self, request):
-        limit = _int_param(request, "limit", 20, low=1, high=MAX_PAGE)
-        offset = _int_param(request, "offset", 0, low=0, high=10**9)
+    async def post(self, request, data):
+        generation = await sync_to_async(chat_completion_create)(user=request.user, api_key=request.auth, data=data)
+        return await chat_completion_answer(generation, data)
+
+
+class PageQuerySerializer(serializers.Serializer):
+    limit = serializers.IntegerField(required=False, default=20, min_value=1, max_value=MAX_PAGE)
+    offset = serializers.IntegerField(required=False, default=0, min_value=0, max_value=10**9)
+
+
+class ConversationListView(Endpoint):
+    @operation(operation_id="conversations_list", query=PageQuerySerializer, responses=ConversationListSerializer,
+               summary="List your conversations, most recently updated first")
+    def get(self, request, query):
+        limit, offset = query["limit"], query["offset"]
         queryset = conversation_list(user=request.user)
         total = queryset.count()
         page = list(queryset[offset:offset + limit])
@@ -46,13 +56,13 @@ class ConversationListView(APIView):
         })
 
 
-class ConversationDetailView(APIView):
-    @extend_schema(summary="A conversation with its messages", responses=ConversationDetailSerializer)
+class ConversationDetailView(Endpoint):
+    @operation(summary="A conversation with its messages", responses=ConversationDetailSerializer)
     def get(self, request, conversation_id):
         conversation = conversation_get_with_messages(user=request.user, conversation_id=conversation_id)
         return Response(ConversationDetailSerializer(conversation).data)
 
-    @extend_schema(summary="Delete a conversation and its messages", responses={204: None})
+    @operation(summary="Delete a conversation and its messages", responses={204: None})
     def delete(self, request, conversation_id):
         conversation_delete(user=request.user, conversation_id=conversation_id)
         return Response(status=204)

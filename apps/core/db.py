@@ -1,11 +1,12 @@
-"""Riding out a PostgreSQL restart in the long-lived worker processes."""
+"""Database connections: handing one back before a long response, and riding out a PostgreSQL restart."""
 from __future__ import annotations
 
 import functools
 import logging
 import time
 
-from django.db import InterfaceError, OperationalError, connection
+from asgiref.sync import sync_to_async
+from django.db import InterfaceError, OperationalError, close_old_connections, connection
 
 logger = logging.getLogger(__name__)
 
@@ -39,3 +40,14 @@ def retry_on_lost_connection(fn):
                 time.sleep(delay)
                 delay = min(2 * delay, 1.0)
     return wrapper
+
+
+async def release_database_connection() -> None:
+    """Hand the request's database connection back before a long response.
+
+    Django returns it when the response ends (`request_finished`); a stream or a
+    wait for a whole answer lasts seconds to minutes, and would hold one of the
+    web process's pooled connections all that time (settings.py, DATABASE_POOL).
+    Runs on the request's own thread, which holds the connection.
+    """
+    await sync_to_async(close_old_connections)()

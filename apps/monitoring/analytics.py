@@ -1,12 +1,16 @@
 """Usage analytics over the request records (GenerationRequest rows)."""
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
+from django.contrib.auth import get_user_model
 from django.db.models import Avg, Count, F, Q, Sum
 from django.db.models.functions import Coalesce, TruncDay, TruncHour
+from django.utils import timezone
 
+from apps.accounts.models import Scope
 from apps.chat.models import GenerationRequest
+from apps.core.errors import AppError
 
 State = GenerationRequest.State
 GROUPINGS = {
@@ -51,3 +55,23 @@ def _shape(row: dict) -> dict:
     for name in ("avg_queue_wait_ms", "avg_time_to_first_token_ms", "avg_total_ms"):
         row[name] = round(row[name], 2) if row[name] is not None else None
     return row
+
+
+def usage_analytics_for(*, key, group_by: str, since: datetime | None, until: datetime | None,
+                        username: str | None) -> dict:
+    """What a key may see of the analytics: its user's own, or with an admin key everyone's or one user's.
+
+    The answer names the window and which of the three it is (`scope`: own, all, filtered).
+    """
+    everyone = key.has_scope(Scope.ADMIN)
+    if username is not None and not everyone:
+        raise AppError("Only admin keys may look at other users.", status=403, type="permission_error",
+                       param="user", code="insufficient_scope")
+    until = until or timezone.now()
+    since = since or until - timedelta(hours=24)
+    users = None if everyone else [key.user]
+    if username is not None:
+        users = get_user_model().objects.filter(username=username)
+    result = usage_analytics(users=users, group_by=group_by, since=since, until=until)
+    return {"object": "analytics", "group_by": group_by, "since": since, "until": until,
+            "scope": "all" if users is None else "filtered" if username else "own", **result}

@@ -1,40 +1,36 @@
-from datetime import datetime, timedelta
-
-from django.contrib.auth import get_user_model
-from django.utils import timezone
 from django_prometheus.exports import ExportToDjangoView
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.utils import inline_serializer
 from rest_framework import serializers
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from apps.accounts.models import Scope
-from apps.core.errors import AppError, AuthenticationError, error_response
+from apps.core.endpoints import Endpoint, operation
+from apps.core.errors import AuthenticationError, error_response
 
 from .access import may_see_details, metrics_token_valid
-from .analytics import GROUPINGS, usage_analytics
+from .analytics import GROUPINGS, usage_analytics_for
 from .health import health_public, health_report
 from .system import system_metrics
 
 
-class LivenessView(APIView):
+class LivenessView(Endpoint):
     authentication_classes = []
     permission_classes = [AllowAny]
 
-    @extend_schema(summary="Liveness: the web process answers (no dependency is checked)",
-                   responses=inline_serializer("Live", {"status": serializers.CharField()}))
+    @operation(summary="Liveness: the web process answers (no dependency is checked)",
+               responses=inline_serializer("Live", {"status": serializers.CharField()}))
     def get(self, request):
         return Response({"status": "ok"})
 
 
-class HealthView(APIView):
+class HealthView(Endpoint):
     """Readiness, at /health and /health/ready: 503 until every dependency holds (docs/observability.md)."""
 
     authentication_classes = []
     permission_classes = [AllowAny]
 
-    @extend_schema(
+    @operation(
         summary="Database, Redis, broker, a worker per GPU queue, disk space (cached a few seconds)",
         description="200 when every check holds (status `ok`, or `warning` when the disk runs low), 503 "
                     "otherwise. Each check's `detail` (hostnames, paths, errors) is shown only to an admin "
@@ -58,10 +54,10 @@ def metrics_view(request):
     return ExportToDjangoView(request)
 
 
-class SystemMetricsView(APIView):
+class SystemMetricsView(Endpoint):
     required_scope = Scope.ADMIN
 
-    @extend_schema(summary="Host CPU and memory, per-GPU memory/utilisation/temperature, workers, queues (staff)",
+    @operation(summary="Host CPU and memory, per-GPU memory/utilisation/temperature, workers, queues (staff)",
                    responses=inline_serializer("SystemMetrics", {"host": serializers.DictField(),
                                                                  "gpus": serializers.ListField(),
                                                                  "workers": serializers.ListField(),
@@ -70,43 +66,26 @@ class SystemMetricsView(APIView):
         return Response(system_metrics())
 
 
-def _datetime_param(request, name: str, default: datetime) -> datetime:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return default
-    try:
-        value = datetime.fromisoformat(raw)
-    except ValueError:
-        raise AppError(f"{name} must be an ISO 8601 date or time.", param=name, code="invalid_value")
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+class AnalyticsQuerySerializer(serializers.Serializer):
+    group_by = serializers.ChoiceField(choices=list(GROUPINGS), required=False, default="model")
+    since = serializers.DateTimeField(required=False, help_text="ISO 8601 (UTC when no offset), default: 24 hours "
+                                                                 "before until")
+    until = serializers.DateTimeField(required=False, help_text="ISO 8601 (UTC when no offset), default: now")
+    user = serializers.CharField(required=False, max_length=150, help_text="a username (admin keys only)")
 
 
-class SystemAnalyticsView(APIView):
-    @extend_schema(
+class SystemAnalyticsView(Endpoint):
+    @operation(
         summary="Usage by user, model or time bucket: your own, or everyone's with an admin key",
-        parameters=[OpenApiParameter("group_by", str, enum=list(GROUPINGS), description="default: model"),
-                    OpenApiParameter("since", str, description="ISO 8601, default: 24 hours ago"),
-                    OpenApiParameter("until", str, description="ISO 8601, default: now"),
-                    OpenApiParameter("user", str, description="a username (admin keys only)")],
-        responses=inline_serializer("Analytics", {"data": serializers.ListField(),
+        query=AnalyticsQuerySerializer,
+        responses=inline_serializer("Analytics", {"object": serializers.CharField(),
+                                                  "group_by": serializers.CharField(),
+                                                  "since": serializers.DateTimeField(),
+                                                  "until": serializers.DateTimeField(),
+                                                  "scope": serializers.CharField(),
+                                                  "data": serializers.ListField(child=serializers.DictField()),
                                                   "totals": serializers.DictField()}),
     )
-    def get(self, request):
-        group_by = request.query_params.get("group_by", "model")
-        if group_by not in GROUPINGS:
-            raise AppError(f"group_by must be one of {', '.join(GROUPINGS)}.", param="group_by",
-                           code="invalid_value")
-        now = timezone.now()
-        until = _datetime_param(request, "until", now)
-        since = _datetime_param(request, "since", until - timedelta(hours=24))
-        everyone = request.auth.has_scope(Scope.ADMIN)
-        username = request.query_params.get("user")
-        if username is not None and not everyone:
-            raise AppError("Only admin keys may look at other users.", status=403, type="permission_error",
-                           param="user", code="insufficient_scope")
-        users = None if everyone else [request.user]
-        if username is not None:
-            users = get_user_model().objects.filter(username=username)
-        result = usage_analytics(users=users, group_by=group_by, since=since, until=until)
-        return Response({"object": "analytics", "group_by": group_by, "since": since, "until": until,
-                         "scope": "all" if users is None else "filtered" if username else "own", **result})
+    def get(self, request, query):
+        return Response(usage_analytics_for(key=request.auth, group_by=query["group_by"], since=query.get("since"),
+                                            until=query.get("until"), username=query.get("user")))

@@ -1,0 +1,36 @@
+"""The shapes of chat answers, for the OpenAPI schema: completion_body and sse_stream (completions.py) build them.
+
+Open objects (extra keys allowed), because the answer grows with the request's
+options (logprobs, tool calls); what is listed here is always there.
+"""
+from rest_framework import serializers
+
+
+class UsageSerializer(serializers.Serializer):
+    prompt_tokens = serializers.IntegerField()
+    completion_tokens = serializers.IntegerField()
+    total_tokens = serializers.IntegerField()
+
+
+class AssistantMessageSerializer(serializers.Serializer):
+    role = serializers.CharField(help_text="assistant")
+    content = serializers.CharField(allow_null=True)
+    refusal = serializers.CharField(allow_null=True)
+
+
+class ChoiceSerializer(serializers.Serializer):
+    index = serializers.IntegerField()
+    message = AssistantMessageSerializer()
+    logprobs = serializers.JSONField(allow_null=True)
+    finish_reason = serializers.CharField(help_text="stop, length, cancelled, tool_calls")
+
+
+class ChatCompletionSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    object = serializers.CharField(help_text="chat.completion")
+    created = serializers.IntegerField()
+    model = serializers.CharField()
+    system_fingerprint = serializers.CharField(allow_null=True)
+    choices = ChoiceSerializer(many=True)
+    usage = UsageSerializer()
+    conversation_id = serializers.UUIDField(allow_null=True, help_text="AI Hub extension: the stored conversation.")
