@@ -29,6 +29,14 @@ def error_message(error: AppError, **extra) -> dict:
     return {"type": "error", **error.as_body(), **extra}
 
 
+def after_seq_of(content: dict) -> int:
+    """The `after_seq` of a message that resumes an event log (0 when absent); 400-style error otherwise."""
+    after_seq = content.get("after_seq", 0)
+    if isinstance(after_seq, bool) or not isinstance(after_seq, int) or after_seq < 0:
+        raise AppError("after_seq must be an integer >= 0.", param="after_seq")
+    return after_seq
+
+
 class ApiKeyConsumer(AsyncJsonWebsocketConsumer):
     """A consumer that acts for one API key.
 

@@ -14,7 +14,7 @@ import uuid
 from django.conf import settings
 
 from apps.accounts.models import ApiKey, Scope
-from apps.accounts.websocket import ApiKeyConsumer, error_message
+from apps.accounts.websocket import ApiKeyConsumer, after_seq_of, error_message
 from apps.core import events
 from apps.core.errors import AppError, NotFoundError
 
@@ -98,9 +98,7 @@ class ChatConsumer(ApiKeyConsumer):
 
     async def _on_resume(self, content: dict) -> None:
         request_id = await self._owned_request(content)
-        after_seq = content.get("after_seq", 0)
-        if isinstance(after_seq, bool) or not isinstance(after_seq, int) or after_seq < 0:
-            raise AppError("after_seq must be an integer >= 0.", param="after_seq")
+        after_seq = after_seq_of(content)
         self.graces[request_id] = self._grace(content)
         await events.clear_reader_deadline(request_id)
         self._subscribe(request_id, after_seq=after_seq)

@@ -97,6 +97,16 @@ class AutoSchema(SpectacularAutoSchema):
         return bool(self.view.authentication_classes) and any(
             permission is not AllowAny for permission in self.view.permission_classes)
 
+    def _map_serializer_field(self, field, direction, bypass_extensions=False):
+        schema = super()._map_serializer_field(field, direction, bypass_extensions)
+        # spectacular leaves out a list's allow_empty=False and a nested list's max_length.
+        if isinstance(field, (serializers.ListSerializer, serializers.ListField)) and schema.get("type") == "array":
+            if not field.allow_empty:
+                schema["minItems"] = max(1, schema.get("minItems", 0))
+            if getattr(field, "max_length", None) is not None and "maxItems" not in schema:
+                schema["maxItems"] = field.max_length
+        return schema
+
     def _postprocess_serializer_schema(self, schema, serializer, direction):
         schema = super()._postprocess_serializer_schema(schema, serializer, direction)
         if direction == "request" and "properties" in schema:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
 
 from django.contrib.auth import get_user_model
 from django.db.models import Avg, Count, F, Q, Sum
@@ -13,6 +14,7 @@ from apps.chat.models import GenerationRequest
 from apps.core.errors import AppError
 
 State = GenerationRequest.State
+EARLIEST = datetime.min.replace(tzinfo=dt_timezone.utc)
 GROUPINGS = {
     "model": F("model"),
     "user": F("user__username"),
@@ -68,7 +70,8 @@ def usage_analytics_for(*, key, group_by: str, since: datetime | None, until: da
         raise AppError("Only admin keys may look at other users.", status=403, type="permission_error",
                        param="user", code="insufficient_scope")
     until = until or timezone.now()
-    since = since or until - timedelta(hours=24)
+    # max(): 24 hours before the first representable moment would overflow.
+    since = since or max(until, EARLIEST + timedelta(hours=24)) - timedelta(hours=24)
     users = None if everyone else [key.user]
     if username is not None:
         users = get_user_model().objects.filter(username=username)

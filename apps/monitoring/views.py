@@ -71,7 +71,8 @@ class AnalyticsQuerySerializer(serializers.Serializer):
     since = serializers.DateTimeField(required=False, help_text="ISO 8601 (UTC when no offset), default: 24 hours "
                                                                  "before until")
     until = serializers.DateTimeField(required=False, help_text="ISO 8601 (UTC when no offset), default: now")
-    user = serializers.CharField(required=False, max_length=150, help_text="a username (admin keys only)")
+    user = serializers.CharField(required=False, max_length=150, trim_whitespace=False,
+                                 help_text="a username (admin keys only)")
 
 
 class SystemAnalyticsView(Endpoint):

@@ -6,7 +6,7 @@ import asyncio
 from asgiref.sync import sync_to_async
 
 from apps.accounts.models import ApiKey, Scope
-from apps.accounts.websocket import ApiKeyConsumer, error_message
+from apps.accounts.websocket import ApiKeyConsumer, after_seq_of, error_message
 from apps.core import events
 from apps.core.errors import AppError, NotFoundError
 
@@ -46,9 +46,10 @@ class TrainingProgressConsumer(ApiKeyConsumer):
             await self.send_json(error_message(AppError("Send 'subscribe' (with after_seq).", param="type",
                                                         code="invalid_message")))
             return
-        after = content.get("after_seq", 0)
-        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
-            await self.send_json(error_message(AppError("after_seq must be an integer >= 0.", param="after_seq")))
+        try:
+            after = after_seq_of(content)
+        except AppError as error:
+            await self.send_json(error_message(error))
             return
         await self.stop_streams()
         self.pump = asyncio.create_task(self._stream(after))

@@ -29,7 +29,7 @@ def _list(items) -> dict:
 
 class FileUploadSerializer(serializers.Serializer):
     file = serializers.FileField(help_text="A JSONL dataset (docs/training.md).")
-    purpose = serializers.CharField(help_text="fine-tune")
+    purpose = serializers.ChoiceField(choices=["fine-tune"])
 
 
 class JobEventSerializer(serializers.Serializer):
