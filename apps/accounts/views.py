@@ -2,6 +2,7 @@ from rest_framework import serializers
 from rest_framework.response import Response
 
 from apps.core.endpoints import Endpoint, list_of, operation
+from apps.core.fields import StrictCharField, StrictIntegerField
 
 from .models import ApiKey, Scope
 from .services import MINTABLE_LIMITS, api_key_mint, api_key_revoke, preferred_model_get, preferred_model_set
@@ -10,7 +11,7 @@ from .services import MINTABLE_LIMITS, api_key_mint, api_key_revoke, preferred_m
 class MeSerializer(serializers.Serializer):
     username = serializers.CharField(read_only=True)
     is_staff = serializers.BooleanField(read_only=True)
-    preferred_model = serializers.CharField(allow_null=True, allow_blank=True, required=False,
+    preferred_model = StrictCharField(allow_null=True, allow_blank=True, required=False,
                                             help_text="Used for model=auto when it suits the task and fits.")
 
 
@@ -51,15 +52,15 @@ class ApiKeyCreatedSerializer(ApiKeySerializer):
 
 
 class ApiKeyCreateSerializer(serializers.Serializer):
-    name = serializers.CharField(required=False, allow_blank=True, max_length=100, default="")
+    name = StrictCharField(required=False, allow_blank=True, max_length=100, default="")
     scopes = serializers.ListField(child=serializers.ChoiceField(choices=Scope.values), required=False,
                                    allow_empty=False, help_text="Default and at most: the calling key's scopes.")
-    expires_in_days = serializers.IntegerField(required=False, min_value=1, max_value=3650,
+    expires_in_days = StrictIntegerField(required=False, min_value=1, max_value=3650,
                                                help_text="Default: the calling key's expiry (or none); never later.")
-    requests_per_minute = serializers.IntegerField(required=False, min_value=0, max_value=2**31 - 1)
-    tokens_per_minute = serializers.IntegerField(required=False, min_value=0, max_value=2**31 - 1)
-    max_concurrent_generations = serializers.IntegerField(required=False, min_value=0, max_value=2**31 - 1)
-    token_budget = serializers.IntegerField(required=False, min_value=0, max_value=2**63 - 1,
+    requests_per_minute = StrictIntegerField(required=False, min_value=0, max_value=2**31 - 1)
+    tokens_per_minute = StrictIntegerField(required=False, min_value=0, max_value=2**31 - 1)
+    max_concurrent_generations = StrictIntegerField(required=False, min_value=0, max_value=2**31 - 1)
+    token_budget = StrictIntegerField(required=False, min_value=0, max_value=2**63 - 1,
                                             help_text="Tokens per the family's budget period.")
 
 

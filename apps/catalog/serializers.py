@@ -68,7 +68,7 @@ class ModelUpdateSerializer(serializers.Serializer):
     visibility = serializers.ChoiceField(choices=Visibility.choices, required=False,
                                          help_text="private: you only; shared: you and shared_with; public: all")
     shared_with = serializers.ListField(
-        child=serializers.CharField(max_length=150), required=False, max_length=settings.AIHUB_MODEL_SHARE_MAX_USERS,
+        child=StrictCharField(max_length=150), required=False, max_length=settings.AIHUB_MODEL_SHARE_MAX_USERS,
         help_text="Usernames who may use the model while it is shared (replaces the list; unknown names: 400).")
 
 

@@ -69,10 +69,15 @@ class MessageContentField(serializers.Field):
         return value
 
 
+@extend_schema_field({"type": "string", "enum": sorted(ACCEPTED_ROLES)})
+class RoleField(StrictCharField):
+    """A message's role; the schema lists the accepted ones."""
+
+
 class ChatMessageInputSerializer(serializers.Serializer):
     openai_parameters = OPENAI_MESSAGE_KEYS
 
-    role = StrictCharField()
+    role = RoleField()
     content = MessageContentField()
     name = StrictCharField(required=False, max_length=64)
 

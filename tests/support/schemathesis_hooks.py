@@ -32,6 +32,7 @@ STATEFUL_REJECTIONS = {
     "PATCH /api/v1/models/{model_id}": {"shared_with"},  # usernames that exist
     "POST /api/v1/training/jobs": {"training_file", "dataset_path", "base_model"},  # one of two; on this server
     "GET /api/v1/system/analytics": {"since", "until"},  # date-times at the edge of the representable range
+    "POST /api/v1/chat/completions": {"messages"},  # image parts and no vision model here; a prompt too long
 }
 
 
