@@ -3,6 +3,7 @@ import json
 from datetime import timedelta
 
 import httpx
+import openai
 import pytest
 from django.utils import timezone
 from websockets.sync.client import connect
@@ -78,15 +79,19 @@ def test_a_key_cannot_grant_scopes_it_lacks(hub):
 
 
 def test_no_request_body_can_set_the_owner_or_stored_fields(hub, alice, bob, openai_client, models):
-    completion = openai_client.chat.completions.create(
-        model=models["tiny"], max_tokens=2, messages=HI,
-        extra_body={"user_id": bob.user.id, "state": "succeeded", "usage": {"prompt_tokens": 0}})
+    # Keys that name stored fields are refused by name (never silently dropped), and nothing is stored.
+    with pytest.raises(openai.BadRequestError) as refused:
+        openai_client.chat.completions.create(
+            model=models["tiny"], max_tokens=2, messages=HI,
+            extra_body={"user_id": bob.user.id, "state": "succeeded", "usage": {"prompt_tokens": 0}})
+    assert refused.value.body["code"] == "unsupported_parameter" and refused.value.body["param"] == "user_id"
     from apps.chat.models import GenerationRequest
 
-    generation = GenerationRequest.objects.get(conversation_id=completion.model_extra["conversation_id"])
-    assert generation.user == alice.user and generation.prompt_tokens > 0
+    assert not GenerationRequest.objects.filter(user__in=[alice.user, bob.user]).exists()
     patched = httpx.patch(f"{hub.api_url}/me", headers=alice.auth, json={"is_staff": True, "username": "root"})
-    assert patched.json()["is_staff"] is False and patched.json()["username"] == alice.user.username
+    assert patched.status_code == 400 and patched.json()["error"]["code"] == "unsupported_parameter"
+    me = httpx.get(f"{hub.api_url}/me", headers=alice.auth).json()
+    assert me["is_staff"] is False and me["username"] == alice.user.username
 
 
 @pytest.mark.parametrize("method, path", [

@@ -136,7 +136,8 @@ class ChatCompletionRequestSerializer(serializers.Serializer):
     stop = StopField(required=False, allow_null=True)
     seed = StrictIntegerField(required=False, allow_null=True)
     user = StrictCharField(required=False, allow_blank=True, max_length=256)
-    n = StrictIntegerField(required=False, allow_null=True)
+    n = StrictIntegerField(required=False, allow_null=True, min_value=1, max_value=1,  # stated in the schema
+                           error_messages=dict.fromkeys(("min_value", "max_value"), "only n=1 is supported."))
     keep_alive = StrictFloatField(
         required=False, allow_null=True,
         help_text="Seconds the model stays loaded after this request, up to the operator's bound "
