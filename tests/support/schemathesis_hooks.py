@@ -32,7 +32,9 @@ STATEFUL_REJECTIONS = {
     "PATCH /api/v1/models/{model_id}": {"shared_with"},  # usernames that exist
     "POST /api/v1/training/jobs": {"training_file", "dataset_path", "base_model"},  # one of two; on this server
     "GET /api/v1/system/analytics": {"since", "until"},  # date-times at the edge of the representable range
-    "POST /api/v1/chat/completions": {"messages"},  # image parts and no vision model here; a prompt too long
+    # image parts and no vision model here; a prompt or max_tokens beyond the model's context; max_tokens and
+    # max_completion_tokens both given, with different values
+    "POST /api/v1/chat/completions": {"messages", "max_tokens"},
 }
 
 
