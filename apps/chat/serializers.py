@@ -28,9 +28,12 @@ OPENAI_MESSAGE_KEYS = frozenset({"role", "content", "name", "tool_calls", "tool_
 
 @extend_schema_field({"oneOf": [
     {"type": "string"},
-    {"type": "array", "items": {"type": "object", "required": ["type"], "properties": {
-        "type": {"type": "string", "enum": ["text", "image_url"]}, "text": {"type": "string"},
-        "image_url": {"type": "object"}}}},
+    {"type": "array", "items": {"oneOf": [
+        {"type": "object", "required": ["type", "text"], "properties": {
+            "type": {"type": "string", "enum": ["text"]}, "text": {"type": "string"}}},
+        {"type": "object", "required": ["type", "image_url"], "properties": {
+            "type": {"type": "string", "enum": ["image_url"]}, "image_url": {"type": "object"}}},
+    ]}},
 ]})
 class MessageContentField(serializers.Field):
     """A string, or a list of content parts: returns {"text": joined text, "images": image part count}.
