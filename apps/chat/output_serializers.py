@@ -34,3 +34,13 @@ class ChatCompletionSerializer(serializers.Serializer):
     choices = ChoiceSerializer(many=True)
     usage = UsageSerializer()
     conversation_id = serializers.UUIDField(allow_null=True, help_text="AI Hub extension: the stored conversation.")
+
+
+class StreamEventSerializer(serializers.Serializer):
+    """One server-sent event of a streamed completion (OpenAPI 3.0 describes a stream by its events)."""
+
+    data = serializers.CharField(help_text="A chat.completion.chunk as JSON; an {\"error\": ...} object when the "
+                                           "generation fails midway; the last event is `[DONE]` (docs/streaming.md).")
+    event = serializers.CharField(required=False)
+    id = serializers.CharField(required=False)
+    retry = serializers.IntegerField(required=False)

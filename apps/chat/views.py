@@ -1,12 +1,11 @@
 from asgiref.sync import sync_to_async
-from drf_spectacular.types import OpenApiTypes
 from rest_framework import serializers
 from rest_framework.response import Response
 
 from apps.core.endpoints import Endpoint, operation
 
 from .completions import chat_completion_answer
-from .output_serializers import ChatCompletionSerializer
+from .output_serializers import ChatCompletionSerializer, StreamEventSerializer
 from .selectors import conversation_get_with_messages, conversation_list
 from .serializers import (
     ChatCompletionRequestSerializer,
@@ -25,7 +24,8 @@ class ChatCompletionsView(Endpoint):
         summary="Create a chat completion (OpenAI-compatible; SSE when stream is true)",
         description="With `stream: true`, a text/event-stream of chat.completion.chunk objects ending with "
                     "`data: [DONE]` (docs/streaming.md).",
-        responses={(200, "application/json"): ChatCompletionSerializer, (200, "text/event-stream"): OpenApiTypes.STR},
+        responses={(200, "application/json"): ChatCompletionSerializer,
+                   (200, "text/event-stream"): StreamEventSerializer},
         errors={403: "insufficient_scope: the key lacks inference, or keep_alive -1/0 without an admin key",
                 404: "model_not_found or conversation not found", 429: None, 500: None,
                 503: "queue_full: too many requests wait for a GPU", 504: None, 507: None},
