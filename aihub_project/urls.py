@@ -6,12 +6,14 @@ from apps.accounts.views import ApiKeyDetailView, ApiKeyListView, MeView
 from apps.catalog.control import model_load_view, model_unload_view
 from apps.catalog.views import ModelDetailView, ModelListView, ModelStatusView
 from apps.chat.completions import chat_completions_view
+from apps.chat.text_completions import text_completions_view
 from apps.chat.views import ConversationDetailView, ConversationListView
 from apps.monitoring.views import HealthView, LivenessView, SystemAnalyticsView, SystemMetricsView, metrics_view
 from apps.training import views as training
 
 api_v1 = [
     path("chat/completions", chat_completions_view, name="chat-completions"),
+    path("completions", text_completions_view, name="completions"),
     path("chat/conversations", ConversationListView.as_view(), name="conversation-list"),
     path("chat/conversations/<uuid:conversation_id>", ConversationDetailView.as_view(),
          name="conversation-detail"),
