@@ -13,8 +13,9 @@ import uuid
 from django.conf import settings
 from django.db import transaction
 
-from apps.accounts.limits import estimate_prompt_tokens, limits_admit, limits_settle
+from apps.accounts.limits import effective_limits, estimate_prompt_tokens, limits_admit, limits_settle
 from apps.catalog.workers import live_workers
+from apps.core.errors import AppError
 from apps.core.tasks import enqueue_on_commit
 
 from .models import GenerationRequest
@@ -33,7 +34,9 @@ def text_completion_create(*, user, api_key, data: dict) -> list[GenerationReque
 
     Each prompt is its own request against the key's limits (requests, tokens,
     concurrency), so a list of prompts costs what as many single requests cost;
-    if any is refused, none is stored and the shares already taken are given back.
+    if any is refused, none is stored and the tokens and concurrency already taken are given back (the
+    requests-per-minute count of the prompts before it stays spent, as for any admitted request; a list longer
+    than the key's per-minute allowance is refused before anything is taken).
     The response cache is not used: its entries are keyed on chat messages.
     """
     prompts = data["prompt"]
@@ -46,6 +49,11 @@ def text_completion_create(*, user, api_key, data: dict) -> list[GenerationReque
                               workers=live_workers(), api_key=api_key)
     max_tokens = max_tokens_for(model, requested=data.get("max_tokens"), default=LEGACY_DEFAULT_MAX_TOKENS)
     base_params = _params(data, model=model, max_tokens=max_tokens, api_key=api_key)
+    per_minute = effective_limits(api_key).requests_per_minute
+    if per_minute and len(prompts) > per_minute:
+        raise AppError(f"{len(prompts)} prompts are {len(prompts)} requests; this API key allows {per_minute} "
+                       "per minute.", status=429, type="rate_limit_error", param="prompt",
+                       code="rate_limit_exceeded", retry_after=60)
     queue_check()
     generations, reservations = [], []
     try:
