@@ -15,6 +15,7 @@ from .fine_tuning_serializers import (
     FineTuningJobSerializer,
     ListQuerySerializer,
     page_body,
+    unsupported_parameter,
 )
 from .selectors import training_checkpoints_page, training_events_page, training_job_get, training_jobs_page
 from .services import event_body, fine_tuning_job_create, training_job_cancel
@@ -27,6 +28,9 @@ def _page_schema(name: str, item) -> serializers.Serializer:
 
 
 def _query(request, default_limit: int) -> tuple[str | None, int]:
+    extra = sorted(set(request.query_params) - set(ListQuerySerializer().fields))
+    if extra:  # e.g. OpenAI's metadata filter: refused by name, never ignored
+        raise unsupported_parameter(extra[0], "is not supported by this hub's list calls.")
     query = ListQuerySerializer(data=request.query_params)
     query.is_valid(raise_exception=True)
     return query.validated_data.get("after"), query.validated_data.get("limit", default_limit)
