@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from contextlib import aclosing
 
 from asgiref.sync import sync_to_async
 from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
@@ -177,20 +178,22 @@ async def text_sse_stream(generations: list[GenerationRequest], echoes: list[str
             if echo:
                 yield _sse(_chunk(first, created, index, echo))
         await release_database_connection()
-        async for index, event in _merged_events(generations):
-            if event["type"] == events.TOKEN:
-                yield _sse(_chunk(first, created, index, event["text"]))
-            elif event["type"] == events.DONE:
-                unfinished.discard(generations[index].id)
-                usage = {name: usage[name] + event["usage"][name] for name in usage}
-                yield _sse(_chunk(first, created, index, "", finish_reason=event["finish_reason"]))
-            elif event["type"] == events.ERROR:
-                unfinished.discard(generations[index].id)
-                yield _sse({"error": event["error"]})
-                break  # the other prompts are cancelled below: the response has failed
-        else:
-            if include_usage:
-                yield _sse({**_chunk(first, created, 0, ""), "choices": [], "usage": usage})
+        failed = False
+        async with aclosing(_merged_events(generations)) as merged:
+            async for index, event in merged:
+                if event["type"] == events.TOKEN:
+                    yield _sse(_chunk(first, created, index, event["text"]))
+                elif event["type"] == events.DONE:
+                    unfinished.discard(generations[index].id)
+                    usage = {name: usage[name] + event["usage"][name] for name in usage}
+                    yield _sse(_chunk(first, created, index, "", finish_reason=event["finish_reason"]))
+                elif event["type"] == events.ERROR:
+                    unfinished.discard(generations[index].id)
+                    failed = True
+                    yield _sse({"error": event["error"]})
+                    break  # the other prompts are cancelled below: the response has failed
+        if include_usage and not failed:
+            yield _sse({**_chunk(first, created, 0, ""), "choices": [], "usage": usage})
         yield _sse("[DONE]")
     finally:
         for generation_id in unfinished:
