@@ -7,6 +7,7 @@ not implement are refused by name. Responses: `fine_tuning.job`,
 """
 from __future__ import annotations
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from apps.core.errors import AppError
@@ -26,6 +27,7 @@ def unsupported_parameter(param: str, why: str) -> AppError:
     return AppError(f"{param}: {why}", param=param, code="unsupported_parameter")
 
 
+@extend_schema_field({"oneOf": [{"type": "string", "enum": [AUTO]}, {"type": "number"}], "nullable": True})
 class AutoOr(serializers.Field):
     """A number, or "auto" (the hub's default): "auto" and null come back as None."""
 
@@ -201,10 +203,10 @@ class FineTuningJobSerializer(serializers.Serializer):
 
         return int(timezone.now().timestamp() + obj.eta_seconds)
 
-    def get_integrations(self, obj) -> None:
+    def get_integrations(self, obj) -> list | None:
         return None
 
-    def get_metadata(self, obj) -> None:
+    def get_metadata(self, obj) -> dict | None:
         return None
 
     def get_user_provided_suffix(self, obj) -> str | None:
