@@ -30,7 +30,7 @@ def test_a_job_made_with_the_sdk_trains_and_reports_as_openai(hub, alice):
     assert _wait(lambda: client.files.retrieve(training_file), lambda f: f.status != "uploaded").status == "processed"
     job = client.fine_tuning.jobs.create(
         model="tiny:chat", training_file=training_file, suffix="sdk", seed=3,
-        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 4,
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 4,
                                                                           "learning_rate_multiplier": "auto"}}},
         extra_body={"lora": {"lora_r": 4, "checkpoint_every": 1}})
     assert job.object == "fine_tuning.job" and job.id.startswith("ftjob-") and job.status == "validating_files"
@@ -41,7 +41,7 @@ def test_a_job_made_with_the_sdk_trains_and_reports_as_openai(hub, alice):
     assert job.trained_tokens > 0 and job.finished_at >= job.created_at and job.seed == 3
     assert job.training_file == training_file and job.model == "tiny:chat" and job.error is None
     assert (job.hyperparameters.n_epochs, job.hyperparameters.batch_size,
-            job.hyperparameters.learning_rate_multiplier) == (1, 4, 1.0)
+            job.hyperparameters.learning_rate_multiplier) == (2, 4, 1.0)
     assert job.model_extra["lora"]["lora_r"] == 4 and job.model_extra["lora"]["training_type"] == "lora"
     assert job.id in {listed.id for listed in client.fine_tuning.jobs.list()}
 
@@ -49,18 +49,18 @@ def test_a_job_made_with_the_sdk_trains_and_reports_as_openai(hub, alice):
     assert events.data[0].message.startswith("The job succeeded")  # newest first, as OpenAI
     assert {event.object for event in events.data} == {"fine_tuning.job.event"}
     metrics = [event for event in events.data if event.type == "metrics"]
-    assert [event.data["step"] for event in metrics] == [2, 1]
+    assert [event.data["step"] for event in metrics] == [4, 3, 2, 1]
     first_page = client.fine_tuning.jobs.list_events(job.id, limit=2)
     assert first_page.has_more and [e.id for e in first_page.data] == [e.id for e in events.data[:2]]
     assert [e.id for e in client.fine_tuning.jobs.list_events(job.id, limit=2)] == [e.id for e in events.data]
 
-    checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id)
-    assert [c.step_number for c in checkpoints.data] == [2, 1] and not checkpoints.has_more
+    checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id)  # the last step saves the model instead
+    assert [c.step_number for c in checkpoints.data] == [3, 2, 1] and not checkpoints.has_more
     assert checkpoints.data[0].object == "fine_tuning.job.checkpoint"
-    assert checkpoints.data[0].fine_tuned_model_checkpoint == f"{job.fine_tuned_model}:ckpt-step-2"
+    assert checkpoints.data[0].fine_tuned_model_checkpoint == f"{job.fine_tuned_model}:ckpt-step-3"
     assert checkpoints.data[0].fine_tuning_job_id == job.id and "train_loss" in checkpoints.data[0].metrics
     after = client.fine_tuning.jobs.checkpoints.list(job.id, limit=1, after=checkpoints.data[0].id)
-    assert [c.step_number for c in after.data] == [1]
+    assert [c.step_number for c in after.data] == [2]
     # The same job through the hub's own path.
     assert TrainingJob.objects.get(id=job.id.removeprefix("ftjob-")).hyperparameters["lora_r"] == 4
 
