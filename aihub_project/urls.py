@@ -11,12 +11,14 @@ from apps.catalog.views import (
     ModelStatusView,
     ModelUnloadView,
 )
-from apps.chat.views import ChatCompletionsView, ConversationDetailView, ConversationListView
+from apps.chat.views import ChatCompletionsView, ConversationDetailView, ConversationListView, TextCompletionsView
 from apps.monitoring.views import HealthView, LivenessView, SystemAnalyticsView, SystemMetricsView, metrics_view
+from apps.training import fine_tuning_views as fine_tuning
 from apps.training import views as training
 
 api_v1 = [
     path("chat/completions", ChatCompletionsView.as_view(), name="chat-completions"),
+    path("completions", TextCompletionsView.as_view(), name="completions"),
     path("chat/conversations", ConversationListView.as_view(), name="conversation-list"),
     path("chat/conversations/<uuid:conversation_id>", ConversationDetailView.as_view(),
          name="conversation-detail"),
@@ -36,6 +38,15 @@ api_v1 = [
     path("training/jobs/<str:job_id>/events", training.JobEventsView.as_view(), name="training-job-events"),
     path("training/jobs/<str:job_id>/checkpoints", training.JobCheckpointsView.as_view(),
          name="training-job-checkpoints"),
+    path("fine_tuning/jobs", fine_tuning.FineTuningJobListView.as_view(), name="fine-tuning-job-list"),
+    path("fine_tuning/jobs/<str:job_id>", fine_tuning.FineTuningJobDetailView.as_view(),
+         name="fine-tuning-job-detail"),
+    path("fine_tuning/jobs/<str:job_id>/cancel", fine_tuning.FineTuningJobCancelView.as_view(),
+         name="fine-tuning-job-cancel"),
+    path("fine_tuning/jobs/<str:job_id>/events", fine_tuning.FineTuningJobEventsView.as_view(),
+         name="fine-tuning-job-events"),
+    path("fine_tuning/jobs/<str:job_id>/checkpoints", fine_tuning.FineTuningJobCheckpointsView.as_view(),
+         name="fine-tuning-job-checkpoints"),
     path("keys", ApiKeyListView.as_view(), name="key-list"),
     path("keys/<int:key_id>", ApiKeyDetailView.as_view(), name="key-detail"),
     path("models/<path:model_id>", ModelDetailView.as_view(), name="model-detail"),

@@ -3,7 +3,8 @@
 Celery's task threads each hand one request (a `Sequence`) to the engine and wait
 on its outbox; one engine thread owns the forward passes. Between two decoding
 steps (token boundaries) it
-- prepares newly submitted requests (chat template, context check) in arrival order,
+- prepares newly submitted requests (chat template, or a raw prompt's plain tokens; context check) in
+  arrival order,
 - drops the ones cancelled while they waited,
 - admits waiting requests, first come first served, while the batch has rows free
   (`AIHUB_MAX_BATCH_SIZE`), the prompts fit the step's token allowance
@@ -78,6 +79,9 @@ class Sequence:
         self.seed: int | None = params.get("seed")
         self.stop: list[str] = params.get("stop") or []
         self.ignore_eos: bool = bool(params.get("ignore_eos"))
+        # Raw-prompt mode (legacy /completions): a text or token ids the model continues as they are, without
+        # the chat template; `messages` is then unused.
+        self.prompt: str | list[int] | None = params.get("prompt")
         self.deadline = time.monotonic() + time_limit if time_limit else None
         self.outbox: queue.SimpleQueue = queue.SimpleQueue()
         self._cancelled = threading.Event()
@@ -485,9 +489,12 @@ class BatchEngine:
 
     def _prepare(self, item: _Submitted) -> None:
         sequence, loaded = item.sequence, item.loaded
+        what = "messages" if sequence.prompt is None else "prompt"
         try:
-            sequence.prompt_ids = loaded.tokenizer.apply_chat_template(
-                sequence.messages, add_generation_prompt=True, return_dict=True)["input_ids"]
+            sequence.prompt_ids = prompt_token_ids(loaded, sequence)
+        except PromptError as exc:
+            sequence.fail(error_object(str(exc), type="invalid_request_error", param="prompt", code="invalid_prompt"))
+            return
         except Exception as exc:  # noqa: BLE001 - a template that cannot render these messages
             sequence.fail(error_object(f"The model's chat template cannot render these messages: {exc}",
                                        type="invalid_request_error", param="messages", code="invalid_messages"))
@@ -495,9 +502,9 @@ class BatchEngine:
         prompt_tokens = len(sequence.prompt_ids)
         if prompt_tokens + sequence.max_tokens > loaded.context_length:
             sequence.fail(error_object(
-                f"This model's maximum context length is {loaded.context_length} tokens; the messages take "
-                f"{prompt_tokens} and max_tokens asks for {sequence.max_tokens}. Shorten the messages or "
-                "max_tokens.", type="invalid_request_error", param="messages", code="context_length_exceeded"))
+                f"This model's maximum context length is {loaded.context_length} tokens; the {what} take "
+                f"{prompt_tokens} and max_tokens asks for {sequence.max_tokens}. Shorten the {what} or "
+                "max_tokens.", type="invalid_request_error", param=what, code="context_length_exceeded"))
             return
         tokenizer = loaded.tokenizer
         sequence.text_stream = TextStream(lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
@@ -593,6 +600,34 @@ class BatchEngine:
                 batch.clear()
             if is_out_of_memory(exc):
                 self.on_out_of_memory()
+
+
+class PromptError(ValueError):
+    """A raw prompt the model cannot take (a token id outside its vocabulary, nothing to continue)."""
+
+
+def prompt_token_ids(loaded: LoadedModel, sequence: Sequence) -> list[int]:
+    """The prompt's tokens: the chat template over the messages, or a raw prompt as it is.
+
+    A raw text is tokenized as the model's tokenizer does by default (its BOS token included, if it adds one),
+    as vLLM's /completions does; raw token ids go in unchanged, once checked against the vocabulary (an id
+    beyond the embedding table would fail the whole batch's step, not just this row).
+    """
+    tokenizer = loaded.tokenizer
+    if sequence.prompt is None:
+        return tokenizer.apply_chat_template(sequence.messages, add_generation_prompt=True,
+                                             return_dict=True)["input_ids"]
+    if isinstance(sequence.prompt, str):
+        ids = tokenizer(sequence.prompt)["input_ids"]
+    else:
+        vocabulary = loaded.model.get_input_embeddings().num_embeddings
+        bad = next((token for token in sequence.prompt if not 0 <= token < vocabulary), None)
+        if bad is not None:
+            raise PromptError(f"The prompt holds the token id {bad}; this model's ids go from 0 to {vocabulary - 1}.")
+        ids = list(sequence.prompt)
+    if not ids:
+        raise PromptError("The prompt is empty: give at least one token to continue.")
+    return ids
 
 
 def eos_ids(loaded: LoadedModel) -> set[int]:

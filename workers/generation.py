@@ -298,7 +298,7 @@ def _store_answer(generation, result, *, worker: str, started_at, first_token_at
             time_to_first_token_ms=_ms(generation.created_at, first_token_at),
             total_ms=_ms(generation.created_at, finished_at),
         )
-        if changed:
+        if changed and generation.conversation_id:  # a raw-prompt completion (/completions) has no conversation
             Message.objects.create(conversation_id=generation.conversation_id, role="assistant",
                                    content=result.text, generation_id=generation.id)
             Conversation.objects.filter(id=generation.conversation_id).update(updated_at=finished_at)

@@ -19,7 +19,7 @@ from rest_framework.exceptions import ValidationError
 from apps.core import events
 from apps.core.db import release_database_connection
 from apps.core.endpoints import validated_input
-from apps.core.errors import app_error_from_event, as_app_error, error_response
+from apps.core.errors import AppError, app_error_from_event, as_app_error, error_response
 
 from .models import GenerationRequest
 from .serializers import ChatCompletionRequestSerializer
@@ -94,23 +94,31 @@ async def generation_events(generation_id, *, after_seq: int = 0, lease_seconds:
         yield event
 
 
-async def wait_for_completion(generation: GenerationRequest) -> JsonResponse:
+async def wait_for_generation(generation_id) -> AppError | None:
+    """Follow a request to its end, under a reader lease: the error it failed with, or None once it is done."""
     finished = False
     try:
         await release_database_connection()
-        async for event in generation_events(generation.id, lease_seconds=READER_LEASE):
+        async for event in generation_events(generation_id, lease_seconds=READER_LEASE):
             if event["type"] == events.ERROR:
                 finished = True
-                return error_response(app_error_from_event(event["error"]))
+                return app_error_from_event(event["error"])
             if event["type"] == events.DONE:
                 finished = True
-        stored = await GenerationRequest.objects.aget(id=generation.id)
-        return JsonResponse(completion_body(stored))
+        return None
     finally:
         # The client went away (Django cancels the view) or we gave up: free the worker
         # now; the reader lease would stop it shortly anyway.
         if not finished:
-            await events.request_cancel(generation.id)
+            await events.request_cancel(generation_id)
+
+
+async def wait_for_completion(generation: GenerationRequest) -> JsonResponse:
+    error = await wait_for_generation(generation.id)
+    if error is not None:
+        return error_response(error)
+    stored = await GenerationRequest.objects.aget(id=generation.id)
+    return JsonResponse(completion_body(stored))
 
 
 def completion_body(generation: GenerationRequest) -> dict:

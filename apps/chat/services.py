@@ -80,13 +80,7 @@ def chat_completion_create(*, user, api_key, data: dict) -> GenerationRequest:
         requested = AUTO
     model, route = chat_route(user=user, requested=requested, messages=data["messages"], workers=live_workers(),
                               api_key=api_key)
-    cap = model.max_completion_tokens or model.context_length - 1
-    max_tokens = data.get("max_tokens") or min(settings.AIHUB_DEFAULT_MAX_TOKENS, cap)
-    if max_tokens > cap:
-        raise AppError(
-            f"max_tokens is {max_tokens}, but the model '{model.id}' allows at most {cap} "
-            f"(its context holds {model.context_length} tokens including the prompt).",
-            param="max_tokens", code="context_length_exceeded")
+    max_tokens = max_tokens_for(model, requested=data.get("max_tokens"), default=settings.AIHUB_DEFAULT_MAX_TOKENS)
 
     new_messages = [{"role": m["role"], "content": m["content"]} for m in data["messages"]]
     if data.get("conversation_id"):
@@ -123,6 +117,18 @@ def chat_completion_create(*, user, api_key, data: dict) -> GenerationRequest:
     else:
         enqueue_on_commit(GENERATE_TASK, args=[str(generation.id)], queue=route.queue)
     return generation
+
+
+def max_tokens_for(model: ModelEntry, *, requested: int | None, default: int) -> int:
+    """The request's max_tokens (or `default`, capped by the model), refused past what the model allows."""
+    cap = model.max_completion_tokens or model.context_length - 1
+    max_tokens = requested or min(default, cap)
+    if max_tokens > cap:
+        raise AppError(
+            f"max_tokens is {max_tokens}, but the model '{model.id}' allows at most {cap} "
+            f"(its context holds {model.context_length} tokens including the prompt).",
+            param="max_tokens", code="context_length_exceeded")
+    return max_tokens
 
 
 def _params(data: dict, *, model, max_tokens: int, api_key) -> dict:

@@ -14,6 +14,9 @@ from .serializers import (
     ConversationSerializer,
 )
 from .services import chat_completion_create, conversation_delete
+from .text_completions import text_completion_answer
+from .text_serializers import TextCompletionRequestSerializer
+from .text_services import text_completion_create
 
 MAX_PAGE = 100
 
@@ -33,6 +36,21 @@ class ChatCompletionsView(Endpoint):
     async def post(self, request, data):
         generation = await sync_to_async(chat_completion_create)(user=request.user, api_key=request.auth, data=data)
         return await chat_completion_answer(generation, data)
+
+
+class TextCompletionsView(Endpoint):
+    @operation(
+        operation_id="completions_create", request=TextCompletionRequestSerializer,
+        summary="Create a text completion (OpenAI's legacy /completions: a raw prompt, no chat template)",
+        description="One choice per prompt. With `stream: true`, a text/event-stream of text_completion chunks "
+                    "ending with `data: [DONE]` (docs/streaming.md).",
+        responses={(200, "application/json"): dict, (200, "text/event-stream"): StreamEventSerializer},
+        errors={403: None, 404: "model_not_found", 429: None, 500: None, 503: None, 504: None, 507: None},
+    )
+    async def post(self, request, data):
+        generations = await sync_to_async(text_completion_create)(user=request.user, api_key=request.auth,
+                                                                   data=data)
+        return await text_completion_answer(generations, data)
 
 
 class PageQuerySerializer(serializers.Serializer):

@@ -20,8 +20,12 @@ from .errors import AppError
 
 
 class UnsupportedParameter(AppError):
-    def __init__(self, param: str, *, openai: bool):
-        if openai:
+    """A parameter the hub refuses by name; `why` replaces the generic reason (a value not implemented)."""
+
+    def __init__(self, param: str, *, openai: bool = True, why: str | None = None):
+        if why:
+            message = f"{param}: {why}"
+        elif openai:
             message = f"{param}: this OpenAI parameter is not supported by this hub (docs/api.md lists what is)."
         else:
             message = f"{param}: unknown parameter (docs/api.md lists the parameters and the hub's extensions)."

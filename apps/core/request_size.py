@@ -28,7 +28,7 @@ def body_limit(path: str) -> int:
         name = resolve(path).url_name
     except Resolver404:
         name = None
-    if name == "chat-completions":
+    if name in ("chat-completions", "completions"):  # prompts are as large as chat messages
         return settings.AIHUB_MAX_CHAT_REQUEST_BYTES
     if name == "file-list":  # dataset uploads
         return settings.AIHUB_MAX_FILE_BYTES + MULTIPART_OVERHEAD_BYTES

@@ -29,26 +29,41 @@ class FileSerializer(serializers.ModelSerializer):
         return f"line {first['line']}: {first['message']}" if first.get("line") else first["message"]
 
 
-class JobCreateSerializer(serializers.Serializer):
+class LoraKnobsSerializer(serializers.Serializer):
+    """The LoRA/QLoRA settings: fields of POST /training/jobs, and the `lora` extension of /fine_tuning/jobs."""
+
+    training_type = serializers.ChoiceField(choices=TrainingJob.Type.choices, required=False)
+    lora_r = StrictIntegerField(required=False, min_value=1, max_value=512)
+    lora_alpha = StrictIntegerField(required=False, min_value=1, max_value=4096)
+    lora_dropout = StrictFloatField(required=False, min_value=0, max_value=0.9)
+    target_modules = serializers.ListField(child=StrictCharField(), required=False, allow_empty=False)
+    gradient_accumulation_steps = StrictIntegerField(required=False, min_value=1, max_value=1024)
+    max_seq_length = StrictIntegerField(required=False, min_value=16, max_value=131072)
+    checkpoint_every = StrictIntegerField(required=False, min_value=1)
+
+
+LEARNING_RATE_BOUNDS = (1e-7, 1.0)
+MAX_EPOCHS = 100
+MAX_BATCH_SIZE = 512
+
+
+def suffix_field() -> serializers.RegexField:
+    return serializers.RegexField(r"^[a-z0-9-]{1,40}$", required=False, allow_blank=True, allow_null=True,
+                                  error_messages={"invalid": "up to 40 lowercase letters, digits and dashes."})
+
+
+class JobCreateSerializer(LoraKnobsSerializer):
     name = StrictCharField(required=False, allow_blank=True, max_length=200)
     base_model = StrictCharField()
     dataset_path = StrictCharField(required=False, allow_blank=True)
     training_file = StrictCharField(required=False, allow_blank=True)
     validation_file = StrictCharField(required=False, allow_blank=True, allow_null=True)
-    training_type = serializers.ChoiceField(choices=TrainingJob.Type.choices, required=False)
-    learning_rate = StrictFloatField(required=False, min_value=1e-7, max_value=1.0)
-    num_epochs = StrictIntegerField(required=False, min_value=1, max_value=100)
-    lora_r = StrictIntegerField(required=False, min_value=1, max_value=512)
-    lora_alpha = StrictIntegerField(required=False, min_value=1, max_value=4096)
-    lora_dropout = StrictFloatField(required=False, min_value=0, max_value=0.9)
-    target_modules = serializers.ListField(child=StrictCharField(), required=False, allow_empty=False)
-    batch_size = StrictIntegerField(required=False, min_value=1, max_value=512)
-    gradient_accumulation_steps = StrictIntegerField(required=False, min_value=1, max_value=1024)
-    max_seq_length = StrictIntegerField(required=False, min_value=16, max_value=131072)
-    checkpoint_every = StrictIntegerField(required=False, min_value=1)
+    learning_rate = StrictFloatField(required=False, min_value=LEARNING_RATE_BOUNDS[0],
+                                     max_value=LEARNING_RATE_BOUNDS[1])
+    num_epochs = StrictIntegerField(required=False, min_value=1, max_value=MAX_EPOCHS)
+    batch_size = StrictIntegerField(required=False, min_value=1, max_value=MAX_BATCH_SIZE)
     seed = StrictIntegerField(required=False)
-    suffix = serializers.RegexField(r"^[a-z0-9-]{1,40}$", required=False, allow_blank=True,
-                                    error_messages={"invalid": "up to 40 lowercase letters, digits and dashes."})
+    suffix = suffix_field()
 
 
 class JobSerializer(serializers.ModelSerializer):

@@ -107,6 +107,31 @@ def training_job_create(*, user, api_key, data: dict) -> TrainingJob:
     return job
 
 
+def fine_tuning_job_create(*, user, api_key, data: dict) -> TrainingJob:
+    """OpenAI's fine_tuning.jobs.create (validated FineTuningJobCreateSerializer output) as our job create.
+
+    `hyperparameters` (top level and method.supervised merged) map onto ours, "auto" (None) meaning our
+    default; learning_rate_multiplier scales the default learning rate. `lora` carries our own knobs.
+    """
+    hyperparameters = data.get("hyperparameters") or {}
+    ours = {"base_model": data["model"], "training_file": data["training_file"],
+            "validation_file": data.get("validation_file"), "suffix": data.get("suffix"), "seed": data.get("seed"),
+            "num_epochs": hyperparameters.get("n_epochs"), "batch_size": hyperparameters.get("batch_size"),
+            **(data.get("lora") or {})}
+    multiplier = hyperparameters.get("learning_rate_multiplier")
+    if multiplier is not None:
+        ours["learning_rate"] = DEFAULT_HYPERPARAMETERS["learning_rate"] * multiplier
+        if not 1e-7 <= ours["learning_rate"] <= 1.0:
+            raise AppError(f"learning_rate_multiplier {multiplier:g} gives a learning rate of "
+                           f"{ours['learning_rate']:g}; it must be between 1e-7 and 1.",
+                           param="hyperparameters.learning_rate_multiplier", code="invalid_value")
+    try:
+        return training_job_create(user=user, api_key=api_key, data=ours)
+    except AppError as error:
+        error.param = {"base_model": "model"}.get(error.param, error.param)  # OpenAI's name for it
+        raise
+
+
 def job_event(job: TrainingJob, message: str, *, type: str = "message", data: dict | None = None,
               level: str = "info", final: str | None = None) -> None:
     """Record an event (API: /events) and append it to the job's live stream (websocket)."""
