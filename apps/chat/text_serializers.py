@@ -4,6 +4,7 @@ Every field OpenAI's API defines is declared, so each is either honoured or
 refused by name (400 `unsupported_parameter`), never silently dropped.
 """
 from django.conf import settings
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from apps.core.fields import StrictBooleanField, StrictCharField, StrictFloatField, StrictIntegerField
@@ -21,6 +22,10 @@ ENGINE_HAS_LOGPROBS = False
 
 
 
+@extend_schema_field({"oneOf": [
+    {"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1},
+    {"type": "array", "items": {"type": "integer"}, "minItems": 1},
+    {"type": "array", "items": {"type": "array", "items": {"type": "integer"}, "minItems": 1}, "minItems": 1}]})
 class PromptField(serializers.Field):
     """A string, a list of strings, a list of token ids, or a list of token-id lists: always a list of prompts.
 
