@@ -232,6 +232,9 @@ AIHUB_MAX_MESSAGES = env.int("AIHUB_MAX_MESSAGES", default=2048)
 AIHUB_MAX_PROMPT_CHARS = env.int("AIHUB_MAX_PROMPT_CHARS", default=1_000_000)
 AIHUB_MAX_STOP_SEQUENCES = env.int("AIHUB_MAX_STOP_SEQUENCES", default=4)
 AIHUB_MAX_STOP_CHARS = env.int("AIHUB_MAX_STOP_CHARS", default=256)
+# The most choices (`n`) one chat request may ask for: each is a row of the batch and n x max_tokens
+# counts against the key's token limits.
+AIHUB_MAX_N = env.int("AIHUB_MAX_N", default=8)
 # The longest `keep_alive` a chat request may ask for (seconds); -1 (pin) and 0 (unload now)
 # need the admin scope, like POST /models/load and /models/unload.
 AIHUB_KEEP_ALIVE_MAX_SECONDS = env.float("AIHUB_KEEP_ALIVE_MAX_SECONDS", default=3600.0)

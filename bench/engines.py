@@ -48,7 +48,7 @@ def ours(loaded, clients: int, tokens: int) -> tuple[float, list[float]]:
     while pending:  # poll every outbox, so a first token is timed when it comes, whoever it belongs to
         for index in list(pending):
             while not sequences[index].outbox.empty():
-                kind, value = sequences[index].outbox.get()
+                kind, _, value = sequences[index].outbox.get()
                 first.setdefault(index, time.perf_counter() - started)
                 if kind == FAILED:
                     raise RuntimeError(value)

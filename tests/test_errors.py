@@ -55,7 +55,7 @@ def test_malformed_json_is_a_400(hub, alice):
     ({"messages": OK_MESSAGES, "stream": "yes"}, "stream"),
     ({"messages": OK_MESSAGES, "max_tokens": 0}, "max_tokens"),
     ({"messages": OK_MESSAGES, "max_tokens": "10"}, "max_tokens"),
-    ({"messages": OK_MESSAGES, "n": 2}, "n"),
+    ({"messages": OK_MESSAGES, "n": 9}, "n"),  # over AIHUB_MAX_N (8)
     ({"messages": OK_MESSAGES, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
     ({"messages": OK_MESSAGES, "stop": "x" * 257}, "stop"),
     ({"messages": OK_MESSAGES, "stop": ["ok", "x" * 200_000]}, "stop"),

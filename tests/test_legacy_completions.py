@@ -101,8 +101,24 @@ def test_the_default_model_continues_a_sentence_sensibly(openai_client, models):
     assert "Paris" in completion.choices[0].text
 
 
-@pytest.mark.parametrize("param, value", [("suffix", "the end"), ("best_of", 2), ("logprobs", 2), ("n", 2),
-                                          ("presence_penalty", 0.5), ("logit_bias", {"5": 10})])
+def test_logprobs_come_in_the_legacy_shape_streamed_or_not(openai_client, models):
+    request = {"model": models["default"], "prompt": "The capital of France is", "max_tokens": 4,
+               "temperature": 0, "logprobs": 2}
+    whole = openai_client.completions.create(**request).choices[0]
+    logprobs = whole.logprobs
+    assert "".join(logprobs.tokens) == whole.text
+    assert len(logprobs.token_logprobs) == len(logprobs.tokens) == 4
+    assert all(len(top) <= 2 for top in logprobs.top_logprobs)
+    # Greedy: the chosen token is the most likely of its alternatives.
+    assert all(max(top.values()) == chosen for top, chosen in zip(logprobs.top_logprobs, logprobs.token_logprobs))
+    assert logprobs.text_offset == [sum(len(t) for t in logprobs.tokens[:i]) for i in range(4)]
+    streamed = [c.choices[0].logprobs for c in openai_client.completions.create(**request, stream=True)
+                if c.choices and c.choices[0].text]
+    assert [t for chunk in streamed for t in chunk.tokens] == logprobs.tokens
+    assert [o for chunk in streamed for o in chunk.text_offset] == logprobs.text_offset
+
+
+@pytest.mark.parametrize("param, value", [("suffix", "the end"), ("best_of", 2), ("n", 2)])
 def test_unimplemented_parameters_are_refused_by_name(openai_client, alice, models, param, value):
     with pytest.raises(openai.BadRequestError) as refused:
         _complete(openai_client, models["tiny"], **{param: value})

@@ -14,7 +14,8 @@ steps (token boundaries) it
 - prefills the admitted prompts together and merges their cache into the running
   batch (left-padded, so every row ends at the same column), reusing the cache
   of a prompt prefix it has seen (a system prompt, the earlier turns),
-- runs one decoding step for every row, each sampling with its own settings, and
+- runs one decoding step for every row, each with its own logits steps and sampling settings
+  (workers/sampling.py: logit_bias, penalties, a grammar mask, logprobs, the choice), and
 - retires the rows that finished (eos, max_tokens, a stop string, a cancel, the
   time limit), so their slot and cache are free for the next step.
 
@@ -46,14 +47,17 @@ from transformers.cache_utils import DynamicLayer
 from apps.core.errors import error_object
 
 from .engine import LoadedModel
-from .sampling import next_tokens, seeded_generator
+from .logprobs import token_text
+from .sampling import choose_tokens, seeded_generator
 from .text_stream import TextStream
 
 logger = logging.getLogger(__name__)
 
 BASE_ADAPTER = "__base__"  # peft's name for "no adapter" in a mixed batch
 
-TEXT, DONE, FAILED = "text", "done", "failed"  # what a Sequence's outbox carries
+# What a Sequence's outbox carries: (TEXT, index, (text, logprob entries or None)), (DONE, index, result),
+# (FAILED, index, error); `index` is the choice (n > 1 puts a request's choices in one outbox).
+TEXT, DONE, FAILED = "text", "done", "failed"
 
 
 @dataclass
@@ -65,14 +69,16 @@ class GenerationResult:
 
 
 class Sequence:
-    """One request inside the engine. Built by the task thread, then touched only by the engine thread,
-    except `cancel()` and the `outbox`, which are the two ways between them."""
+    """One choice of a request inside the engine (a request with `n` > 1 is n of them, `index` 0..n-1, sharing
+    one outbox). Built by the task thread, then touched only by the engine thread, except `cancel()` and the
+    `outbox`, which are the two ways between them."""
 
     def __init__(self, *, request_id: str, messages: list[dict], params: dict, adapter: str | None = None,
-                 time_limit: float | None = None):
+                 time_limit: float | None = None, index: int = 0, outbox: queue.SimpleQueue | None = None):
         self.request_id = request_id
         self.messages = messages
         self.adapter = adapter
+        self.index = index
         self.max_tokens: int = params["max_tokens"]
         self.temperature: float = params.get("temperature", 1.0)
         self.top_p: float = params.get("top_p", 1.0)
@@ -82,8 +88,14 @@ class Sequence:
         # Raw-prompt mode (legacy /completions): a text or token ids the model continues as they are, without
         # the chat template; `messages` is then unused.
         self.prompt: str | list[int] | None = params.get("prompt")
+        self.logprobs: bool = bool(params.get("logprobs"))
+        self.top_logprobs: int = params.get("top_logprobs") or 0
+        self.presence_penalty: float = params.get("presence_penalty") or 0.0
+        self.frequency_penalty: float = params.get("frequency_penalty") or 0.0
+        self.logit_bias: dict[int, float] = {int(token): value
+                                             for token, value in (params.get("logit_bias") or {}).items()}
         self.deadline = time.monotonic() + time_limit if time_limit else None
-        self.outbox: queue.SimpleQueue = queue.SimpleQueue()
+        self.outbox: queue.SimpleQueue = outbox if outbox is not None else queue.SimpleQueue()
         self._cancelled = threading.Event()
         # Set by the engine when it prepares the request.
         self.prompt_ids: list[int] = []
@@ -92,6 +104,12 @@ class Sequence:
         self.text_stream: TextStream | None = None
         self.eos_ids: set[int] = set()
         self.finished = False
+        self.token_text = None  # workers/logprobs.TokenText, for a row that asks for logprobs
+        self.bias_tokens: torch.Tensor | None = None  # logit_bias on the device: token ids and their values
+        self.bias_values: torch.Tensor | None = None
+        self.token_counts: torch.Tensor | None = None  # generated tokens counted per id, for the penalties
+        self.counted = 0  # how many of `generated` token_counts holds
+        self._logprobs: list[dict] = []  # entries of tokens whose text has not been emitted yet
 
     def cancel(self) -> None:
         """From any thread: the engine drops the request before its next step."""
@@ -107,13 +125,15 @@ class Sequence:
 
     # -- engine thread only ----------------------------------------------------
 
-    def accept(self, token: int) -> None:
+    def accept(self, token: int, logprob: dict | None = None) -> None:
         if self.finished:
             return
         self.generated.append(token)
         if token in self.eos_ids and not self.ignore_eos:
-            self.finish("stop")
+            self.finish("stop")  # the end-of-turn token is not part of the answer, nor of its logprobs
             return
+        if logprob is not None:
+            self._logprobs.append(logprob)
         self.text_stream.add([token])
         if self.text_stream.stopped:
             self.finish("stop")
@@ -125,12 +145,21 @@ class Sequence:
             return
         self.finished = True
         text = self.text_stream.finish() if self.text_stream else ""
-        self.outbox.put((DONE, GenerationResult(text, len(self.prompt_ids), len(self.generated), finish_reason)))
+        if self._logprobs and not self.text_stream.stopped:
+            self.emit("")  # tokens with no text of their own (special tokens) still have their logprobs
+        self.outbox.put((DONE, self.index,
+                         GenerationResult(text, len(self.prompt_ids), len(self.generated), finish_reason)))
 
     def fail(self, error: dict) -> None:
         if not self.finished:
             self.finished = True
-            self.outbox.put((FAILED, error))
+            self.outbox.put((FAILED, self.index, error))
+
+    def emit(self, text: str) -> None:
+        """New settled text, with the logprobs of the tokens that made it (the text a stop string cut off still
+        had tokens: their entries come with the text before it)."""
+        entries, self._logprobs = (self._logprobs, []) if self.logprobs else (None, self._logprobs)
+        self.outbox.put((TEXT, self.index, (text, entries)))
 
 
 class RunningBatch:
@@ -166,13 +195,18 @@ class RunningBatch:
     # -- the two kinds of step -------------------------------------------------
 
     def prefill(self, group: list[Sequence]) -> int:
-        """Compute the prompts' cache and first tokens, and add the rows; returns the prompt tokens reused."""
+        """Compute the prompts' cache and first tokens, and add the rows; returns the prompt tokens reused.
+
+        The choices of one request (`n` > 1) have the same prompt: each distinct prompt is computed once
+        and its row of the cache copied for the others.
+        """
         device = self.loaded.device
-        prefix, reused = self._shared_prefix(group)
-        suffixes = [sequence.prompt_ids[reused:] for sequence in group]
+        distinct, source = _distinct_prompts(group)
+        prefix, reused = self._shared_prefix(distinct)
+        suffixes = [sequence.prompt_ids[reused:] for sequence in distinct]
         width = max(len(suffix) for suffix in suffixes)
-        ids = torch.zeros((len(group), width), dtype=torch.long)
-        mask = torch.zeros((len(group), reused + width), dtype=torch.long)
+        ids = torch.zeros((len(distinct), width), dtype=torch.long)
+        mask = torch.zeros((len(distinct), reused + width), dtype=torch.long)
         mask[:, :reused] = 1
         for index, suffix in enumerate(suffixes):
             ids[index, width - len(suffix):] = torch.tensor(suffix)
@@ -183,27 +217,31 @@ class RunningBatch:
         if prefix is not None:
             # Every row starts from the same prefix: [shared prefix | padding | its own suffix].
             for index, (keys, values) in enumerate(prefix.states):
-                cache.update(keys[:, :, :reused].expand(len(group), -1, -1, -1).contiguous(),
-                             values[:, :, :reused].expand(len(group), -1, -1, -1).contiguous(), index)
-        logits = self._forward(group, input_ids=ids, attention_mask=mask, position_ids=positions,
+                cache.update(keys[:, :, :reused].expand(len(distinct), -1, -1, -1).contiguous(),
+                             values[:, :, :reused].expand(len(distinct), -1, -1, -1).contiguous(), index)
+        logits = self._forward(distinct, input_ids=ids, attention_mask=mask, position_ids=positions,
                                past_key_values=cache)
-        tokens = next_tokens(logits, group)
         if prefix is None:
-            self._remember_prefix(group[0], cache)
+            self._remember_prefix(distinct[0], cache)
+        if len(distinct) < len(group):
+            rows = torch.tensor(source, device=device)
+            cache.batch_select_indices(rows)
+            logits, mask, positions = logits[rows], mask[rows], positions[rows]
+        tokens, logprobs = choose_tokens(logits, group)
         self._merge(group, cache, mask, tokens, positions[:, -1:] + 1)
-        for sequence, token in zip(group, tokens):
-            sequence.accept(token)
+        for sequence, token, logprob in zip(group, tokens, logprobs):
+            sequence.accept(token, logprob)
         return reused
 
     def decode(self) -> None:
         self.mask = torch.cat([self.mask, self.mask.new_ones((len(self.rows), 1))], dim=1)
         logits = self._forward(self.rows, input_ids=self.last, attention_mask=self.mask,
                                position_ids=self.positions, past_key_values=self.cache)
-        tokens = next_tokens(logits, self.rows)
+        tokens, logprobs = choose_tokens(logits, self.rows)
         self.last = torch.tensor(tokens, device=self.loaded.device).unsqueeze(1)
         self.positions = self.positions + 1
-        for sequence, token in zip(self.rows, tokens):
-            sequence.accept(token)
+        for sequence, token, logprob in zip(self.rows, tokens, logprobs):
+            sequence.accept(token, logprob)
 
     def retire(self) -> None:
         """Drop finished rows from the batch and the cache, and the padding columns no row needs any more."""
@@ -345,6 +383,18 @@ MAX_REMEMBERED_PREFIX = 2048
 class _Prefix:
     token_ids: list[int]
     states: list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys and values [1, kv heads, tokens, head size]
+
+
+def _distinct_prompts(group: list[Sequence]) -> tuple[list[Sequence], list[int]]:
+    """The first row of each distinct (adapter, prompt) in `group`, and for every row the index of its own."""
+    distinct, source, seen = [], [], {}
+    for sequence in group:
+        key = (sequence.adapter, tuple(sequence.prompt_ids))
+        if key not in seen:
+            seen[key] = len(distinct)
+            distinct.append(sequence)
+        source.append(seen[key])
+    return distinct, source
 
 
 def _common_length(first: list[int], second: list[int]) -> int:
@@ -506,11 +556,23 @@ class BatchEngine:
                 f"{prompt_tokens} and max_tokens asks for {sequence.max_tokens}. Shorten the {what} or "
                 "max_tokens.", type="invalid_request_error", param=what, code="context_length_exceeded"))
             return
+        if sequence.logit_bias:
+            vocabulary = vocab_size(loaded)
+            outside = sorted(token for token in sequence.logit_bias if not 0 <= token < vocabulary)
+            if outside:
+                sequence.fail(error_object(
+                    f"logit_bias names token id {outside[0]}, but the model '{loaded.model_id}' has token ids 0 to "
+                    f"{vocabulary - 1}.", type="invalid_request_error", param="logit_bias", code="invalid_logit_bias"))
+                return
+            sequence.bias_tokens = torch.tensor(list(sequence.logit_bias), device=loaded.device)
+            sequence.bias_values = torch.tensor(list(sequence.logit_bias.values()), device=loaded.device)
+        if sequence.logprobs:
+            sequence.token_text = token_text(loaded)
         tokenizer = loaded.tokenizer
         sequence.text_stream = TextStream(lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
-                                          sequence.stop, lambda text: sequence.outbox.put((TEXT, text)))
+                                          sequence.stop, sequence.emit)
         sequence.eos_ids = eos_ids(loaded)
-        sequence.generator = seeded_generator(sequence.seed, loaded.device)
+        sequence.generator = seeded_generator(sequence.seed, loaded.device, sequence.index)
         self._waiting.append(item)
 
     def _drop_stopped(self) -> None:
@@ -636,6 +698,12 @@ def eos_ids(loaded: LoadedModel) -> set[int]:
     if loaded.tokenizer.eos_token_id is not None:
         ids.add(loaded.tokenizer.eos_token_id)
     return ids
+
+
+def vocab_size(loaded: LoadedModel) -> int:
+    """Token ids the model scores (its output layer; may exceed the tokenizer's, padded for speed)."""
+    config = loaded.model.config
+    return (getattr(config, "text_config", None) or config).vocab_size
 
 
 def is_out_of_memory(exc: Exception) -> bool:

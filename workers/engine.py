@@ -31,6 +31,8 @@ class LoadedModel:
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     # The batching engine's reusable prompt prefix, per adapter (None: the base); see workers/batching.py.
     prefixes: dict = field(default_factory=dict, repr=False)
+    # Each token id's text and bytes, for logprobs (workers/logprobs.py), made when a request first asks.
+    token_text: object = field(default=None, repr=False)
 
 
 def attach_adapter(loaded: LoadedModel, name: str, path: str) -> None:

@@ -181,6 +181,7 @@ def _run_generation(generation_id: str, *, started_at, worker: str) -> None:
         return
 
     from .batching import Sequence
+    from .choices import request_result
     from .engine import attach_adapter
     from .model_manager import InsufficientMemory, ModelSpec, get_manager
 
@@ -193,12 +194,18 @@ def _run_generation(generation_id: str, *, started_at, worker: str) -> None:
         with manager.use(ModelSpec.from_entry(base), keep_alive=generation.params.get("keep_alive")) as loaded:
             if entry.adapter_path:
                 attach_adapter(loaded, entry.id, entry.adapter_path)
-            sequence = Sequence(request_id=str(generation_id), messages=generation.prompt_messages,
-                                params=generation.params, adapter=entry.id if entry.adapter_path else None,
-                                time_limit=settings.AIHUB_GENERATION_TIME_LIMIT_SECONDS or None)
+            # One sequence per choice (`n`), sharing one outbox; the engine prefills their prompt once.
+            outbox = queue.SimpleQueue()
+            sequences = [Sequence(request_id=str(generation_id), messages=generation.prompt_messages,
+                                  params=generation.params, adapter=entry.id if entry.adapter_path else None,
+                                  time_limit=settings.AIHUB_GENERATION_TIME_LIMIT_SECONDS or None, index=index,
+                                  outbox=outbox)
+                         for index in range(generation.params.get("n") or 1)]
             tic = time.perf_counter()
-            result, error, first_token_at = _follow(manager.engine.submit(loaded, sequence), manager.engine,
-                                                    writer, stop_signal)
+            for sequence in sequences:
+                manager.engine.submit(loaded, sequence)
+            results, logprobs, error, first_token_at = _follow(sequences, outbox, manager.engine, writer,
+                                                               stop_signal, params=generation.params)
     except InsufficientMemory as exc:
         _fail(generation_id, exc.error, worker=worker)
         return
@@ -209,6 +216,7 @@ def _run_generation(generation_id: str, *, started_at, worker: str) -> None:
     if error is not None:
         _fail(generation_id, error, worker=worker)
         return
+    result = request_result(results, logprobs, params=generation.params)
     logger.info("request %s: %d tokens in %.3fs (%s)", generation_id, result.completion_tokens,
                 time.perf_counter() - tic, result.finish_reason)
 
@@ -223,45 +231,80 @@ def _run_generation(generation_id: str, *, started_at, worker: str) -> None:
                   prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens)
     if changed:
         # Announced only after the commit: a reader that sees `done` finds the row final.
+        extra = {"choices": [{"index": c["index"], "finish_reason": c["finish_reason"]}
+                             for c in result.output["choices"]]} if len(results) > 1 else {}
         writer.append(events.DONE, finish_reason=result.finish_reason, usage={
             "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
-            "total_tokens": result.prompt_tokens + result.completion_tokens})
+            "total_tokens": result.prompt_tokens + result.completion_tokens}, **extra)
 
 
-def _follow(sequence, engine, writer, stop_signal):
-    """The task thread's side of a request in the engine: write its text as events, pass on a cancel.
+def _follow(sequences, outbox, engine, writer, stop_signal, *, params: dict):
+    """The task thread's side of a request in the engine: write its choices' text as events, pass on a cancel.
 
-    Returns (GenerationResult, None, first_token_at) or (None, error, first_token_at). Text that piled up
-    while this thread wrote the last event goes out as one event, so a slow Redis round trip never holds
-    up the engine, only makes the chunks larger.
+    Returns (results, logprobs, None, first_token_at), one result and one list of logprob entries per choice,
+    or (None, None, error, first_token_at) when a choice failed: a failure, like a cancel, ends every choice.
+    Text that piled up while this thread wrote the last event goes out as one event per choice, so a slow
+    Redis round trip never holds up the engine, only makes the chunks larger.
     """
     from .batching import DONE, TEXT
 
+    results = [None] * len(sequences)
+    logprobs: list[list[dict]] = [[] for _ in sequences]
     first_token_at = None
     try:
         while True:
             try:
-                kind, value = sequence.outbox.get(timeout=POLL_SECONDS)
+                items = [outbox.get(timeout=POLL_SECONDS)]
             except queue.Empty:
-                kind = None
-            texts = []
-            while kind == TEXT:
-                texts.append(value)
+                items = []
+            while items:
                 try:
-                    kind, value = sequence.outbox.get_nowait()
+                    items.append(outbox.get_nowait())
                 except queue.Empty:
-                    kind = None
-            if texts:
+                    break
+            texts: dict[int, tuple[list[str], list[dict]]] = {}
+            error = None
+            for kind, index, value in items:
+                if kind == TEXT:
+                    text, entries = value
+                    pending = texts.setdefault(index, ([], []))
+                    pending[0].append(text)
+                    pending[1].extend(entries or [])
+                elif kind == DONE:
+                    results[index] = value
+                else:
+                    error = error or value
+            for index, (text_parts, entries) in texts.items():
                 if first_token_at is None:
                     first_token_at = timezone.now()
-                writer.append(events.TOKEN, text="".join(texts))
-            if kind is not None:
-                return (value, None, first_token_at) if kind == DONE else (None, value, first_token_at)
-            if stop_signal() and not sequence.cancelled:  # asks Redis at most every StopSignal interval
-                engine.cancel(sequence)
+                logprobs[index].extend(entries)
+                writer.append(events.TOKEN, **_token_event("".join(text_parts), index, entries, params))
+            if error is not None:
+                _cancel_all(engine, sequences)
+                return None, None, error, first_token_at
+            if all(result is not None for result in results):
+                return results, logprobs, None, first_token_at
+            if stop_signal() and not sequences[0].cancelled:  # asks Redis at most every StopSignal interval
+                _cancel_all(engine, sequences)
     except BaseException:
-        engine.cancel(sequence)  # this thread cannot go on (Redis gone for good, a shutdown): free the row
+        _cancel_all(engine, sequences)  # this thread cannot go on (Redis gone for good, a shutdown): free the rows
         raise
+
+
+def _token_event(text: str, index: int, entries: list[dict], params: dict) -> dict:
+    """A `token` event (docs/streaming.md): `index` names the choice when n > 1; `logprobs` when asked for."""
+    event = {"text": text}
+    if (params.get("n") or 1) > 1:
+        event["index"] = index
+    if params.get("logprobs"):
+        event["logprobs"] = entries
+    return event
+
+
+def _cancel_all(engine, sequences) -> None:
+    for sequence in sequences:
+        if not sequence.cancelled:
+            engine.cancel(sequence)
 
 
 def _no_longer_allowed(generation) -> dict | None:
@@ -289,6 +332,7 @@ def _store_answer(generation, result, *, worker: str, started_at, first_token_at
         changed = GenerationRequest.objects.filter(id=generation.id, state=State.RUNNING, worker=worker).update(
             state=State.SUCCEEDED,
             completion=result.text,
+            output=result.output,
             finish_reason=result.finish_reason,
             prompt_tokens=result.prompt_tokens,
             completion_tokens=result.completion_tokens,

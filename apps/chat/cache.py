@@ -13,16 +13,24 @@ from django.conf import settings
 
 from apps.core.redis import sync_client
 
-CACHED_PARAMS = ("max_tokens", "temperature", "top_p", "stop", "seed", "ignore_eos")
+# The fingerprint too: an answer cached from an earlier build of the model is not this build's answer.
+CACHED_PARAMS = ("max_tokens", "temperature", "top_p", "stop", "seed", "ignore_eos", "system_fingerprint")
 
 
 def is_deterministic(params: dict) -> bool:
     return params.get("temperature") == 0 or params.get("seed") is not None
 
 
+def reproducible_from_text(params: dict) -> bool:
+    """The cache stores one answer's text: a request wanting more (choices, logprobs) or sampling under
+    penalties or a bias is never answered from it."""
+    return ((params.get("n") or 1) == 1 and not params.get("logprobs") and not params.get("logit_bias")
+            and not params.get("presence_penalty") and not params.get("frequency_penalty"))
+
+
 def cache_wanted(requested: bool | None, params: dict) -> bool:
     wanted = settings.AIHUB_RESPONSE_CACHE_DEFAULT if requested is None else requested
-    return bool(wanted) and is_deterministic(params)
+    return bool(wanted) and is_deterministic(params) and reproducible_from_text(params)
 
 
 def cache_key(*, user_id: int, model: str, messages: list[dict], params: dict) -> str:

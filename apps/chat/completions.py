@@ -127,32 +127,50 @@ def completion_body(generation: GenerationRequest) -> dict:
         "object": "chat.completion",
         "created": int(generation.created_at.timestamp()),
         "model": generation.model,
-        "system_fingerprint": None,
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": generation.completion, "refusal": None},
-            "logprobs": None,
-            "finish_reason": generation.finish_reason or "stop",
-        }],
+        "system_fingerprint": _fingerprint(generation),
+        "choices": _choices(generation),
         "usage": generation.usage,
         "conversation_id": _conversation_id(generation),
     }
+
+
+def _choices(generation: GenerationRequest) -> list[dict]:
+    """Every choice (`n`) with its logprobs from `output`, else the one answer of `completion`."""
+    stored = generation.output.get("choices") or [
+        {"index": 0, "text": generation.completion, "finish_reason": generation.finish_reason, "logprobs": None}]
+    return [{"index": choice["index"],
+             "message": {"role": "assistant", "content": choice["text"], "refusal": None},
+             "logprobs": choice.get("logprobs"),
+             "finish_reason": choice["finish_reason"] or "stop"} for choice in stored]
+
+
+def _fingerprint(generation: GenerationRequest) -> str | None:
+    return generation.params.get("system_fingerprint")
 
 
 def _conversation_id(generation: GenerationRequest) -> str | None:
     return str(generation.conversation_id) if generation.conversation_id else None
 
 
-def _chunk(generation: GenerationRequest, created: int, delta: dict, finish_reason=None) -> dict:
+def _chunk(generation: GenerationRequest, created: int, delta: dict, finish_reason=None, *, index: int = 0,
+           logprobs: list[dict] | None = None) -> dict:
     return {
         "id": generation.completion_id,
         "object": "chat.completion.chunk",
         "created": created,
         "model": generation.model,
-        "system_fingerprint": None,
+        "system_fingerprint": _fingerprint(generation),
         "conversation_id": _conversation_id(generation),
-        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+        "choices": [{"index": index, "delta": delta, "finish_reason": finish_reason,
+                     "logprobs": None if logprobs is None else {"content": logprobs, "refusal": None}}],
     }
+
+
+def _finish_chunks(generation: GenerationRequest, created: int, event: dict) -> list[dict]:
+    """One chunk with its finish_reason per choice (`done` lists them when n > 1)."""
+    choices = event.get("choices") or [{"index": 0, "finish_reason": event["finish_reason"]}]
+    return [_chunk(generation, created, {}, finish_reason=choice["finish_reason"], index=choice["index"])
+            for choice in choices]
 
 
 def _sse(payload: dict | str) -> str:
@@ -164,15 +182,18 @@ async def sse_stream(generation: GenerationRequest, include_usage: bool):
     created = int(time.time())
     finished = False
     try:
-        yield _sse(_chunk(generation, created, {"role": "assistant", "content": ""}))
+        for index in range(generation.params.get("n") or 1):
+            yield _sse(_chunk(generation, created, {"role": "assistant", "content": ""}, index=index))
         # After the first chunk: the worker is busy with the prompt, so this costs the client nothing.
         await release_database_connection()
         async for event in generation_events(generation.id, lease_seconds=READER_LEASE):
             if event["type"] == events.TOKEN:
-                yield _sse(_chunk(generation, created, {"content": event["text"]}))
+                yield _sse(_chunk(generation, created, {"content": event["text"]}, index=event.get("index", 0),
+                                  logprobs=event.get("logprobs")))
             elif event["type"] == events.DONE:
                 finished = True
-                yield _sse(_chunk(generation, created, {}, finish_reason=event["finish_reason"]))
+                for chunk in _finish_chunks(generation, created, event):
+                    yield _sse(chunk)
                 if include_usage:
                     usage_chunk = _chunk(generation, created, {})
                     usage_chunk["choices"] = []

@@ -77,6 +77,8 @@ class GenerationRequest(models.Model):
     # "tool_calls"}, ...]} when a choice holds more than text or n > 1. `completion` and `finish_reason`
     # stay the first choice's, so every reader of plain answers keeps working.
     output = models.JSONField(default=dict, blank=True, help_text="Choices, tool calls and logprobs.")
+    metadata = models.JSONField(default=dict, blank=True,
+                                help_text="The client's metadata: up to 16 string pairs (OpenAI's `metadata`).")
     prompt_tokens = models.PositiveIntegerField(default=0)
     completion_tokens = models.PositiveIntegerField(default=0)
     worker = models.CharField(max_length=200, blank=True, help_text="hostname:pid of the worker that ran it.")

@@ -124,6 +124,57 @@ class StopField(serializers.Field):
         return value
 
 
+@extend_schema_field({"type": "object", "maxProperties": 300, "propertyNames": {"pattern": "^[0-9]{1,9}$"},
+                      "additionalProperties": {"type": "number", "minimum": -100, "maximum": 100}})
+class LogitBiasField(serializers.Field):
+    """OpenAI's logit_bias: token ids (as strings) to a bias from -100 to 100, at most 300 entries.
+
+    Whether an id is inside the model's vocabulary is checked by the worker, which has the model loaded.
+    """
+
+    MAX_ENTRIES = 300
+    default_error_messages = {
+        "type": "must be an object mapping token ids (strings of digits) to numbers from -100 to 100.",
+        "size": "may hold at most {count} tokens.",
+    }
+
+    def to_internal_value(self, data):
+        if not isinstance(data, dict):
+            self.fail("type")
+        if len(data) > self.MAX_ENTRIES:
+            self.fail("size", count=self.MAX_ENTRIES)
+        bias = {}
+        for token, value in data.items():
+            if not (token.isascii() and token.isdigit() and len(token) <= 9) or isinstance(value, bool) \
+                    or not isinstance(value, (int, float)) or not -100 <= value <= 100:
+                self.fail("type")
+            bias[str(int(token))] = float(value)
+        return bias
+
+    def to_representation(self, value):
+        return value
+
+
+@extend_schema_field({"type": "object", "maxProperties": 16, "propertyNames": {"minLength": 1, "maxLength": 64},
+                      "additionalProperties": {"type": "string", "maxLength": 512}})
+class MetadataField(serializers.Field):
+    """OpenAI's metadata: up to 16 string pairs, keys of at most 64 characters, values of at most 512."""
+
+    default_error_messages = {
+        "type": "must be an object of at most 16 string keys (64 characters each) with string values (512 each).",
+    }
+
+    def to_internal_value(self, data):
+        if not (isinstance(data, dict) and len(data) <= 16 and all(
+                isinstance(key, str) and 0 < len(key) <= 64 and isinstance(value, str) and len(value) <= 512
+                for key, value in data.items())):
+            self.fail("type")
+        return data
+
+    def to_representation(self, value):
+        return value
+
+
 class ChatCompletionRequestSerializer(serializers.Serializer):
     openai_parameters = OPENAI_CHAT_PARAMETERS
 
@@ -137,10 +188,21 @@ class ChatCompletionRequestSerializer(serializers.Serializer):
     temperature = StrictFloatField(required=False, allow_null=True, min_value=0, max_value=2)
     top_p = StrictFloatField(required=False, allow_null=True, min_value=0, max_value=1)
     stop = StopField(required=False, allow_null=True)
-    seed = StrictIntegerField(required=False, allow_null=True)
-    user = StrictCharField(required=False, allow_blank=True, max_length=256)
-    n = StrictIntegerField(required=False, allow_null=True, min_value=1, max_value=1,  # stated in the schema
-                           error_messages=dict.fromkeys(("min_value", "max_value"), "only n=1 is supported."))
+    seed = StrictIntegerField(required=False, allow_null=True, min_value=-2**63, max_value=2**63 - 1)
+    user = StrictCharField(required=False, allow_blank=True, max_length=256,
+                           help_text="Your end user's id; recorded with the request for analytics.")
+    n = StrictIntegerField(required=False, allow_null=True, min_value=1, max_value=settings.AIHUB_MAX_N,
+                           help_text="How many choices to generate (AIHUB_MAX_N at most).")
+    logprobs = StrictBooleanField(required=False, allow_null=True,
+                                  help_text="Return the log probability of each generated token.")
+    top_logprobs = StrictIntegerField(required=False, allow_null=True, min_value=0, max_value=20,
+                                      help_text="With logprobs: this many most likely alternatives per token.")
+    presence_penalty = StrictFloatField(required=False, allow_null=True, min_value=-2, max_value=2)
+    frequency_penalty = StrictFloatField(required=False, allow_null=True, min_value=-2, max_value=2)
+    logit_bias = LogitBiasField(required=False, allow_null=True)
+    metadata = MetadataField(required=False, allow_null=True, help_text="Stored with the request (admin).")
+    store = StrictBooleanField(required=False, allow_null=True,
+                               help_text="Accepted; the hub stores every completion (docs/api.md).")
     keep_alive = StrictFloatField(
         required=False, allow_null=True,
         help_text="Seconds the model stays loaded after this request, up to the operator's bound "
@@ -166,12 +228,9 @@ class ChatCompletionRequestSerializer(serializers.Serializer):
                 f"seconds between 0 and {bound:g}, or -1 to pin the model (admin keys only).")
         return value
 
-    def validate_n(self, value):
-        if value not in (None, 1):
-            raise serializers.ValidationError("only n=1 is supported.")
-        return value
-
     def validate(self, attrs):
+        if attrs.get("top_logprobs") is not None and not attrs.get("logprobs"):
+            raise serializers.ValidationError({"top_logprobs": "top_logprobs needs logprobs set to true."})
         if attrs.get("max_tokens") and attrs.get("max_completion_tokens"):
             if attrs["max_tokens"] != attrs["max_completion_tokens"]:
                 raise serializers.ValidationError(

@@ -22,6 +22,7 @@ from apps.monitoring.counters import request_metrics_record
 
 from .cache import cache_get, cache_key, cache_wanted
 from .models import Conversation, GenerationRequest, Message
+from .sampling import sampling_params
 from .selectors import conversation_get, model_performance
 
 GENERATE_TASK = "workers.tasks.generate_chat_completion"
@@ -102,12 +103,13 @@ def chat_completion_create(*, user, api_key, data: dict) -> GenerationRequest:
         queue_check()
     generation_id = uuid.uuid4()
     # A cache hit uses no GPU: it counts as a request, not against token limits.
-    cost = 0 if cached else estimate_prompt_tokens(history + new_messages) + max_tokens
+    cost = 0 if cached else estimate_prompt_tokens(history + new_messages) + params["n"] * max_tokens
     reservation = limits_admit(key=api_key, request_id=str(generation_id), cost=cost)
     try:
         params["limits"] = reservation
         generation = _store(generation_id, user=user, api_key=api_key, model=model, route=route, params=params,
-                            conversation=conversation, history=history, new_messages=new_messages)
+                            conversation=conversation, history=history, new_messages=new_messages,
+                            metadata=data.get("metadata") or {})
     except BaseException:
         limits_settle(reservation, used_tokens=0)  # the transaction rolls back: give the share back
         raise
@@ -150,6 +152,7 @@ def _params(data: dict, *, model, max_tokens: int, api_key) -> dict:
         "ignore_eos": data.get("ignore_eos", False),
         "context_length": model.context_length,
         "keep_alive": keep_alive,
+        **sampling_params(data, model=model),
     }
 
 
@@ -181,7 +184,7 @@ def queue_check() -> None:
 
 
 def _store(generation_id, *, user, api_key, model, route, params, conversation, history,
-           new_messages) -> GenerationRequest:
+           new_messages, metadata: dict) -> GenerationRequest:
     if conversation is None:
         conversation = Conversation.objects.create(user=user, model=model.id, title=_title_from(new_messages))
     else:
@@ -198,6 +201,7 @@ def _store(generation_id, *, user, api_key, model, route, params, conversation, 
         route=route.reason,
         prompt_messages=history + new_messages,
         params=params,
+        metadata=metadata,
     )
 
 

@@ -73,7 +73,7 @@ def text_completion_body(generations: list[GenerationRequest], echoes: list[str]
         "object": "text_completion",
         "created": int(first.created_at.timestamp()),
         "model": first.model,
-        "system_fingerprint": None,
+        "system_fingerprint": first.params.get("system_fingerprint"),
         "choices": [{"index": index, "text": echo + generation.completion,
                      "logprobs": _choice_logprobs(generation, echo),
                      "finish_reason": generation.finish_reason or "stop"}
@@ -84,7 +84,7 @@ def text_completion_body(generations: list[GenerationRequest], echoes: list[str]
 
 
 def _choice_logprobs(generation: GenerationRequest, echo: str) -> dict | None:
-    if generation.params.get("logprobs") is None:
+    if not generation.params.get("logprobs"):
         return None
     choices = (generation.output or {}).get("choices") or [{}]
     entries = ((choices[0].get("logprobs") or {}).get("content")) or []
@@ -110,7 +110,7 @@ def legacy_logprobs(entries: list[dict], *, start: int = 0) -> dict:
 def _chunk(generation: GenerationRequest, created: int, index: int, text: str, finish_reason=None,
            logprobs=None) -> dict:
     return {"id": text_completion_id(generation), "object": "text_completion", "created": created,
-            "model": generation.model, "system_fingerprint": None,
+            "model": generation.model, "system_fingerprint": generation.params.get("system_fingerprint"),
             "choices": [{"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}]}
 
 
@@ -154,10 +154,15 @@ async def text_sse_stream(generations: list[GenerationRequest], echoes: list[str
                 yield _sse(_chunk(first, created, index, echo))
         await release_database_connection()
         failed = False
+        offsets = [len(echo) for echo in echoes]  # where each choice's next token starts in its text
         async with aclosing(_merged_events(generations)) as merged:
             async for index, event in merged:
                 if event["type"] == events.TOKEN:
-                    yield _sse(_chunk(first, created, index, event["text"]))
+                    logprobs = None
+                    if generations[index].params.get("logprobs"):
+                        logprobs = legacy_logprobs(event.get("logprobs") or [], start=offsets[index])
+                    offsets[index] += len(event["text"])
+                    yield _sse(_chunk(first, created, index, event["text"], logprobs=logprobs))
                 elif event["type"] == events.DONE:
                     unfinished.discard(generations[index].id)
                     usage = {name: usage[name] + event["usage"][name] for name in usage}

@@ -10,15 +10,12 @@ from rest_framework import serializers
 from apps.core.fields import StrictBooleanField, StrictCharField, StrictFloatField, StrictIntegerField
 from apps.core.parameters import UnsupportedParameter
 
-from .serializers import StopField, StreamOptionsSerializer
+from .serializers import LogitBiasField, StopField, StreamOptionsSerializer
 
 # Prompts in one request (each becomes one choice, generated side by side in the batch).
 MAX_PROMPTS = 16
 LEGACY_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /completions
 MAX_LOGPROBS = 5
-# The engine does not compute log probabilities yet (the sampling work adds them): until it does, `logprobs` is
-# validated, then refused by name rather than answered with nothing.
-ENGINE_HAS_LOGPROBS = False
 
 
 
@@ -84,20 +81,15 @@ class TextCompletionRequestSerializer(serializers.Serializer):
     # OpenAI parameters the hub does not implement for /completions: declared so they are refused by name.
     suffix = serializers.JSONField(required=False, allow_null=True, help_text="Not supported: refused.")
     best_of = serializers.JSONField(required=False, allow_null=True, help_text="Only 1: more is refused.")
-    presence_penalty = serializers.JSONField(required=False, allow_null=True, help_text="Only 0: refused.")
-    frequency_penalty = serializers.JSONField(required=False, allow_null=True, help_text="Only 0: refused.")
-    logit_bias = serializers.JSONField(required=False, allow_null=True, help_text="Only empty: refused.")
+    presence_penalty = StrictFloatField(required=False, allow_null=True, min_value=-2, max_value=2)
+    frequency_penalty = StrictFloatField(required=False, allow_null=True, min_value=-2, max_value=2)
+    logit_bias = LogitBiasField(required=False, allow_null=True)
 
     def validate(self, attrs):
         refusals = {
             "suffix": (attrs.get("suffix") not in (None, ""), "inserting text (a suffix) is not supported."),
             "best_of": (attrs.get("best_of") not in (None, 1), "only best_of 1 is supported."),
             "n": (attrs.get("n") not in (None, 1), "only n 1 is supported; send a list of prompts for several."),
-            "presence_penalty": (attrs.get("presence_penalty") not in (None, 0), "is not supported."),
-            "frequency_penalty": (attrs.get("frequency_penalty") not in (None, 0), "is not supported."),
-            "logit_bias": (attrs.get("logit_bias") not in (None, {}), "is not supported."),
-            "logprobs": (attrs.get("logprobs") is not None and not ENGINE_HAS_LOGPROBS,
-                         "log probabilities are not available on this hub yet."),
             "echo": (attrs.get("echo") and any(not isinstance(p, str) for p in attrs["prompt"]),
                      "echo needs text prompts; with token ids the hub cannot show their text."),
         }

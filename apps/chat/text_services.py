@@ -49,6 +49,8 @@ def text_completion_create(*, user, api_key, data: dict) -> list[GenerationReque
                               workers=live_workers(), api_key=api_key)
     max_tokens = max_tokens_for(model, requested=data.get("max_tokens"), default=LEGACY_DEFAULT_MAX_TOKENS)
     base_params = _params(data, model=model, max_tokens=max_tokens, api_key=api_key)
+    if data.get("logprobs") is not None:  # legacy: an int, the alternatives wanted (0: the chosen token's only)
+        base_params.update(logprobs=True, top_logprobs=data["logprobs"])
     per_minute = effective_limits(api_key).requests_per_minute
     if per_minute and len(prompts) > per_minute:
         raise AppError(f"{len(prompts)} prompts are {len(prompts)} requests; this API key allows {per_minute} "
