@@ -8,6 +8,7 @@ from apps.catalog.views import ModelDetailView, ModelListView, ModelStatusView
 from apps.chat.completions import chat_completions_view
 from apps.chat.views import ConversationDetailView, ConversationListView
 from apps.monitoring.views import HealthView, LivenessView, SystemAnalyticsView, SystemMetricsView, metrics_view
+from apps.responses.views import ResponseDetailView, responses_view
 from apps.training import views as training
 
 api_v1 = [
@@ -15,6 +16,8 @@ api_v1 = [
     path("chat/conversations", ConversationListView.as_view(), name="conversation-list"),
     path("chat/conversations/<uuid:conversation_id>", ConversationDetailView.as_view(),
          name="conversation-detail"),
+    path("responses", responses_view, name="responses"),
+    path("responses/<str:response_id>", ResponseDetailView.as_view(), name="response-detail"),
     path("models", ModelListView.as_view(), name="model-list"),
     path("models/status", ModelStatusView.as_view(), name="model-status"),
     path("models/load", model_load_view, name="model-load"),

@@ -111,7 +111,8 @@ async def generation_events(generation_id, *, after_seq: int = 0, lease_seconds:
         yield event
 
 
-async def wait_for_completion(generation: GenerationRequest) -> JsonResponse:
+async def wait_for_completion(generation: GenerationRequest, *, body=None) -> JsonResponse:
+    """The whole answer as one JSON body, shaped by `body(row)` (a chat.completion unless told otherwise)."""
     finished = False
     try:
         await release_database_connection()
@@ -122,7 +123,7 @@ async def wait_for_completion(generation: GenerationRequest) -> JsonResponse:
             if event["type"] == events.DONE:
                 finished = True
         stored = await GenerationRequest.objects.aget(id=generation.id)
-        return JsonResponse(completion_body(stored))
+        return JsonResponse((body or completion_body)(stored))
     finally:
         # The client went away (Django cancels the view) or we gave up: free the worker
         # now; the reader lease would stop it shortly anyway.
