@@ -67,6 +67,7 @@ INSTALLED_APPS = [
     "apps.catalog",
     "apps.chat",
     "apps.monitoring",
+    "apps.responses",
     "apps.training",
 ]
 

@@ -13,6 +13,7 @@ from apps.catalog.views import (
 )
 from apps.chat.views import ChatCompletionsView, ConversationDetailView, ConversationListView, TextCompletionsView
 from apps.monitoring.views import HealthView, LivenessView, SystemAnalyticsView, SystemMetricsView, metrics_view
+from apps.responses.views import ResponseDetailView, ResponsesView
 from apps.training import fine_tuning_views as fine_tuning
 from apps.training import views as training
 
@@ -22,6 +23,8 @@ api_v1 = [
     path("chat/conversations", ConversationListView.as_view(), name="conversation-list"),
     path("chat/conversations/<uuid:conversation_id>", ConversationDetailView.as_view(),
          name="conversation-detail"),
+    path("responses", ResponsesView.as_view(), name="responses"),
+    path("responses/<str:response_id>", ResponseDetailView.as_view(), name="response-detail"),
     path("models", ModelListView.as_view(), name="model-list"),
     path("models/status", ModelStatusView.as_view(), name="model-status"),
     path("models/load", ModelLoadView.as_view(), name="model-load"),

@@ -113,12 +113,13 @@ async def wait_for_generation(generation_id) -> AppError | None:
             await events.request_cancel(generation_id)
 
 
-async def wait_for_completion(generation: GenerationRequest) -> JsonResponse:
+async def wait_for_completion(generation: GenerationRequest, *, body=None) -> JsonResponse:
+    """The whole answer as one JSON body, shaped by `body(row)` (a chat.completion unless told otherwise)."""
     error = await wait_for_generation(generation.id)
     if error is not None:
         return error_response(error)
     stored = await GenerationRequest.objects.aget(id=generation.id)
-    return JsonResponse(completion_body(stored))
+    return JsonResponse((body or completion_body)(stored))
 
 
 def completion_body(generation: GenerationRequest) -> dict:

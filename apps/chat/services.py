@@ -70,11 +70,16 @@ def chat_route(*, user, requested: str | None, messages: list[dict], workers: li
 
 
 @transaction.atomic
-def chat_completion_create(*, user, api_key, data: dict) -> GenerationRequest:
+def chat_completion_create(*, user, api_key, data: dict, instructions: str | None = None,
+                           extra_params: dict | None = None) -> GenerationRequest:
     """Store the request (and its new messages) and enqueue it for a GPU worker.
 
     `data` is validated ChatCompletionRequestSerializer output. Nothing is
     stored when a check fails: the whole function is one transaction.
+    `instructions` is a system message for this request only: the model sees
+    it first, the conversation does not keep it (the Responses API's rule).
+    `extra_params` are stored with the sampling parameters for the caller's
+    own use (the Responses API keeps what its response object echoes).
     """
     requested = data.get("model")
     if requested is None and settings.AIHUB_DEFAULT_MODEL == AUTO:
@@ -89,11 +94,13 @@ def chat_completion_create(*, user, api_key, data: dict) -> GenerationRequest:
         history = list(conversation.messages.values("role", "content"))
     else:
         conversation, history = None, []
+    if instructions:
+        history = [{"role": "system", "content": instructions}] + history
     # A prompt far beyond the context is refused here; the worker checks the exact token count.
     if estimate_prompt_tokens(history + new_messages) > 2 * model.context_length:
         raise AppError(f"The messages are far longer than the model '{model.id}' accepts "
                        f"({model.context_length} tokens).", param="messages", code="context_length_exceeded")
-    params = _params(data, model=model, max_tokens=max_tokens, api_key=api_key)
+    params = {**_params(data, model=model, max_tokens=max_tokens, api_key=api_key), **(extra_params or {})}
     cached = None
     if cache_wanted(data.get("cache"), params):
         params["cache_key"] = cache_key(user_id=user.id, model=model.id, messages=history + new_messages,
