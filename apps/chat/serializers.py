@@ -124,7 +124,7 @@ class StopField(serializers.Field):
         return value
 
 
-@extend_schema_field({"type": "object", "maxProperties": 300, "propertyNames": {"pattern": "^[0-9]{1,9}$"},
+@extend_schema_field({"type": "object", "maxProperties": 300, "description": "token id (digits) -> bias",
                       "additionalProperties": {"type": "number", "minimum": -100, "maximum": 100}})
 class LogitBiasField(serializers.Field):
     """OpenAI's logit_bias: token ids (as strings) to a bias from -100 to 100, at most 300 entries.
@@ -155,7 +155,7 @@ class LogitBiasField(serializers.Field):
         return value
 
 
-@extend_schema_field({"type": "object", "maxProperties": 16, "propertyNames": {"minLength": 1, "maxLength": 64},
+@extend_schema_field({"type": "object", "maxProperties": 16, "description": "keys of 1 to 64 characters",
                       "additionalProperties": {"type": "string", "maxLength": 512}})
 class MetadataField(serializers.Field):
     """OpenAI's metadata: up to 16 string pairs, keys of at most 64 characters, values of at most 512."""

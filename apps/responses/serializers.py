@@ -5,6 +5,7 @@ business: services.py turns them into chat messages, and chat's serializer
 then applies every limit chat has (message count, characters, roles).
 """
 from django.conf import settings
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from apps.core.fields import StrictBooleanField, StrictCharField, StrictFloatField, StrictIntegerField
@@ -13,6 +14,7 @@ INPUT_ROLES = ("user", "assistant", "system", "developer")
 TEXT_PARTS = ("input_text", "output_text")
 
 
+@extend_schema_field({"oneOf": [{"type": "string"}, {"type": "array", "minItems": 1, "items": {"type": "object"}}]})
 class ResponseInputField(serializers.Field):
     """A string (one user message) or a list of input items: messages, function calls and their outputs."""
 
