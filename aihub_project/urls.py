@@ -7,6 +7,7 @@ from apps.catalog.control import model_load_view, model_unload_view
 from apps.catalog.views import ModelDetailView, ModelListView, ModelStatusView
 from apps.chat.completions import chat_completions_view
 from apps.chat.views import ConversationDetailView, ConversationListView
+from apps.embeddings.views import embeddings_view
 from apps.monitoring.views import HealthView, LivenessView, SystemAnalyticsView, SystemMetricsView, metrics_view
 from apps.training import views as training
 
@@ -15,6 +16,7 @@ api_v1 = [
     path("chat/conversations", ConversationListView.as_view(), name="conversation-list"),
     path("chat/conversations/<uuid:conversation_id>", ConversationDetailView.as_view(),
          name="conversation-detail"),
+    path("embeddings", embeddings_view, name="embeddings"),
     path("models", ModelListView.as_view(), name="model-list"),
     path("models/status", ModelStatusView.as_view(), name="model-status"),
     path("models/load", model_load_view, name="model-load"),
