@@ -4,6 +4,7 @@ from __future__ import annotations
 from django.conf import settings
 from rest_framework import serializers
 
+from apps.core.errors import AppError
 from apps.core.fields import StrictCharField, StrictIntegerField
 
 ENCODING_FORMATS = ("float", "base64")
@@ -86,6 +87,15 @@ class EmbeddingRequestSerializer(serializers.Serializer):
     dimensions = StrictIntegerField(required=False, allow_null=True, min_value=1,
                                     help_text="Fewer dimensions, for models trained for truncation only.")
     user = StrictCharField(required=False, allow_blank=True, max_length=256)
+
+    def to_internal_value(self, data):
+        # Never ignore a parameter silently (OpenAI's own `unsupported_parameter`); the shared request pipeline
+        # will do this for every endpoint, and this check then goes.
+        unknown = sorted(set(data) - set(self.fields)) if isinstance(data, dict) else []
+        if unknown:
+            raise AppError(f"Unrecognized request argument supplied: {unknown[0]}.", param=unknown[0],
+                           code="unsupported_parameter")
+        return super().to_internal_value(data)
 
     def validate_encoding_format(self, value):
         if value not in ENCODING_FORMATS:
