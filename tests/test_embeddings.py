@@ -150,3 +150,40 @@ def test_the_key_token_budget_counts_embedding_tokens(hub, models):
     with pytest.raises(openai.RateLimitError) as exc_info:  # 12 spent: 40 more characters would pass 20
         client.embeddings.create(model=models["embedding"], input="a long enough sentence to pass the budget")
     assert _error(exc_info)["code"] == "insufficient_quota"
+
+
+def test_an_unknown_parameter_is_refused_by_name(hub, alice):
+    response = httpx.post(f"{hub.api_url}/embeddings", headers=alice.auth, timeout=120,
+                          json={"input": GUITAR, "truncate": "end"})
+    assert response.status_code == 400
+    assert (response.json()["error"]["param"], response.json()["error"]["code"]) == ("truncate",
+                                                                                     "unsupported_parameter")
+
+
+def test_a_model_trained_for_truncation_answers_fewer_dimensions(openai_client, models):
+    from apps.catalog.builtin import BUILTIN_MODELS
+    from apps.catalog.services import model_register
+
+    truncatable = f"matryoshka:{uuid.uuid4().hex[:6]}"  # the same weights, registered as truncatable
+    model_register(model_id=truncatable, path=BUILTIN_MODELS[EMBEDDING_MODEL].locate(), kind="embedding",
+                   supports_dimensions=True)
+    full = _vectors(openai_client.embeddings.create(model=truncatable, input=[GUITAR, UNRELATED]))
+    short = _vectors(openai_client.embeddings.create(model=truncatable, input=[GUITAR, UNRELATED], dimensions=64))
+    assert short.shape == (2, 64)
+    expected = full[:, :64] / np.linalg.norm(full[:, :64], axis=1, keepdims=True)
+    assert np.abs(short - expected).max() < 1e-5
+    with pytest.raises(openai.BadRequestError) as exc_info:
+        openai_client.embeddings.create(model=truncatable, input=GUITAR, dimensions=385)
+    assert (_error(exc_info)["param"], _error(exc_info)["code"]) == ("dimensions", "invalid_value")
+
+
+def test_embeddings_are_answered_while_chat_holds_every_worker_thread(hub, openai_client, models):
+    import time
+
+    from tests.support.busy import inference_worker_full
+
+    openai_client.embeddings.create(model=models["embedding"], input=GUITAR)  # loaded before the clock starts
+    with inference_worker_full(hub, models["tiny"]):
+        started = time.monotonic()
+        response = openai_client.embeddings.create(model=models["embedding"], input=[GUITAR, PARAPHRASE])
+        assert len(response.data) == 2 and time.monotonic() - started < 20
