@@ -58,6 +58,14 @@ def test_it_scores_a_paraphrase_closer_than_an_unrelated_sentence(openai_client,
     assert [item.index for item in response.data] == [0, 1, 2]
 
 
+def test_the_catalog_describes_the_default_embedding_model(hub, alice, models):
+    described = httpx.get(f"{hub.api_url}/models/{models['embedding']}", headers=alice.auth).json()
+    assert (described["kind"], described["capabilities"], described["context_length"]) == ("embedding",
+                                                                                          ["embedding"], 256)
+    assert (described["embedding_dimensions"], described["pooling"], described["supports_dimensions"]) == (
+        384, "mean", False)
+
+
 def test_it_returns_what_the_model_computes_in_process(openai_client, models, reference):
     texts = [GUITAR, "Short.", "A much longer sentence about what embedding models do with the words they read."]
     response = openai_client.embeddings.create(model=models["embedding"], input=texts, encoding_format="float")
@@ -187,3 +195,12 @@ def test_embeddings_are_answered_while_chat_holds_every_worker_thread(hub, opena
         started = time.monotonic()
         response = openai_client.embeddings.create(model=models["embedding"], input=[GUITAR, PARAPHRASE])
         assert len(response.data) == 2 and time.monotonic() - started < 20
+
+
+def test_the_api_documentation_describes_the_endpoint_with_every_accepted_field(hub):
+    from apps.embeddings.serializers import EmbeddingRequestSerializer
+
+    schema = httpx.get(f"{hub.base_url}/api/schema?format=json", timeout=60).json()
+    request = schema["components"]["schemas"]["EmbeddingRequest"]
+    assert "post" in schema["paths"]["/api/v1/embeddings"]
+    assert set(request["properties"]) == set(EmbeddingRequestSerializer().fields)
