@@ -115,7 +115,8 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, pooled: Pooled) -> torch.Tens
     if pooled.pooling == Pooling.CLS:
         vectors = hidden[:, 0]
     elif pooled.pooling == Pooling.LAST:
-        vectors = hidden[torch.arange(hidden.shape[0]), mask.sum(1) - 1]  # padding is on the right
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        vectors = hidden[rows, mask.sum(1) - 1]  # padding is on the right
     else:
         weights = mask.unsqueeze(-1).to(hidden.dtype)
         vectors = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
@@ -226,18 +227,20 @@ class EmbeddingService:
         try:
             with self.manager.use(ModelSpec.from_entry(entry)) as loaded:
                 accepted, sequences = [], []
-                for job in jobs:
-                    try:
-                        encoded = encode_inputs(loaded, job)
-                    except JobRefused as exc:
-                        refuse(job, exc.error)
-                        continue
-                    accepted.append((job, len(sequences), len(encoded)))
-                    sequences += encoded
+                # A fast tokenizer is not safe to call from two threads at once ("Already borrowed").
+                with loaded.lock:
+                    specials = sum(len(part) for part in special_tokens(loaded.tokenizer))
+                    for job in jobs:
+                        try:
+                            encoded = encode_inputs(loaded, job)
+                        except JobRefused as exc:
+                            refuse(job, exc.error)
+                            continue
+                        accepted.append((job, len(sequences), len(encoded)))
+                        sequences += encoded
                 if not sequences:
                     return
                 vectors = embed(loaded, sequences, pooled, max_batch_tokens=self.max_batch_tokens)
-                specials = sum(len(part) for part in special_tokens(loaded.tokenizer))
         except InsufficientMemory as exc:
             for job in jobs:
                 refuse(job, exc.error)
