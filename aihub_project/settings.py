@@ -69,6 +69,7 @@ INSTALLED_APPS = [
     "apps.monitoring",
     "apps.responses",
     "apps.training",
+    "apps.embeddings",
 ]
 
 MIDDLEWARE = [
@@ -281,6 +282,18 @@ AIHUB_MAX_BATCH_TOKENS = env.int("AIHUB_MAX_BATCH_TOKENS", default=2048)
 # Celery task threads of an inference worker: each holds one request (running or waiting for a
 # row) or a control command, so a few more than the batch keeps the batch full.
 AIHUB_INFERENCE_THREADS = env.int("AIHUB_INFERENCE_THREADS", default=AIHUB_MAX_BATCH_SIZE + 4)
+# Embeddings (docs/api.md, docs/models.md "Embedding models"): the model when a request names none,
+# bounds on a request's inputs (the model's own length is checked by the worker), the most padded
+# tokens one forward pass takes (inputs of every waiting request are sorted by length and cut into
+# passes of at most this many), the embedding threads of each inference worker (beside the Celery
+# threads, so embeddings never wait behind chat generations), and the jobs that may wait per worker.
+AIHUB_DEFAULT_EMBEDDING_MODEL = env("AIHUB_DEFAULT_EMBEDDING_MODEL", default="all-minilm:l6-v2")
+AIHUB_EMBEDDING_MAX_INPUTS = env.int("AIHUB_EMBEDDING_MAX_INPUTS", default=2048)
+AIHUB_EMBEDDING_MAX_INPUT_CHARS = env.int("AIHUB_EMBEDDING_MAX_INPUT_CHARS", default=32768)
+AIHUB_EMBEDDING_MAX_INPUT_TOKENS = env.int("AIHUB_EMBEDDING_MAX_INPUT_TOKENS", default=8192)
+AIHUB_EMBEDDING_MAX_BATCH_TOKENS = env.int("AIHUB_EMBEDDING_MAX_BATCH_TOKENS", default=8192)
+AIHUB_EMBEDDING_THREADS = env.int("AIHUB_EMBEDDING_THREADS", default=1)
+AIHUB_EMBEDDING_MAX_QUEUE = env.int("AIHUB_EMBEDDING_MAX_QUEUE", default=256)
 # Device for the worker: "auto" picks cuda when available.
 AIHUB_DEVICE = env("AIHUB_DEVICE", default="auto")
 # Models one worker keeps loaded; the least recently used is unloaded first.

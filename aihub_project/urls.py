@@ -12,6 +12,7 @@ from apps.catalog.views import (
     ModelUnloadView,
 )
 from apps.chat.views import ChatCompletionsView, ConversationDetailView, ConversationListView, TextCompletionsView
+from apps.embeddings.views import EmbeddingsView
 from apps.monitoring.views import HealthView, LivenessView, SystemAnalyticsView, SystemMetricsView, metrics_view
 from apps.responses.views import ResponseDetailView, ResponsesView
 from apps.training import fine_tuning_views as fine_tuning
@@ -23,6 +24,7 @@ api_v1 = [
     path("chat/conversations", ConversationListView.as_view(), name="conversation-list"),
     path("chat/conversations/<uuid:conversation_id>", ConversationDetailView.as_view(),
          name="conversation-detail"),
+    path("embeddings", EmbeddingsView.as_view(), name="embeddings"),
     path("responses", ResponsesView.as_view(), name="responses"),
     path("responses/<str:response_id>", ResponseDetailView.as_view(), name="response-detail"),
     path("models", ModelListView.as_view(), name="model-list"),

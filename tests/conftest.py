@@ -57,15 +57,17 @@ from tests.support.tiny_models import build_tiny_chat_model  # noqa: E402
 
 TINY_MODEL = "tiny:chat"
 DEFAULT_MODEL = "smollm2:135m"
+EMBEDDING_MODEL = "all-minilm:l6-v2"
 
 
 @pytest.fixture(scope="session")
 def models():
-    """The catalog the hub serves: a tiny random model and the real default model."""
+    """The catalog the hub serves: a tiny random model, the real default model and the real embedding model."""
     tiny_dir = build_tiny_chat_model(MODEL_CACHE / "tiny-chat")
     model_register(model_id=TINY_MODEL, path=tiny_dir)
     call_command("importmodel", builtin=DEFAULT_MODEL, verbosity=0)
-    return {"tiny": TINY_MODEL, "default": DEFAULT_MODEL}
+    call_command("importmodel", builtin=EMBEDDING_MODEL, verbosity=0)
+    return {"tiny": TINY_MODEL, "default": DEFAULT_MODEL, "embedding": EMBEDDING_MODEL}
 
 
 class Hub:

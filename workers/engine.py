@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,8 @@ def detach_adapter(loaded: LoadedModel, name: str) -> bool:
 
 
 def load_model(*, model_id: str, path: str, context_length: int, device: torch.device, dtype: str = "auto",
-               quantization: str = "none") -> LoadedModel:
+               quantization: str = "none", kind: str = "chat") -> LoadedModel:
+    """A chat model as a causal LM; an embedding model as its bare encoder (workers/embeddings.py pools it)."""
     started = time.perf_counter()
     if dtype == "auto":
         # Half precision on a GPU halves memory; the CPU computes float32 fastest.
@@ -75,16 +76,17 @@ def load_model(*, model_id: str, path: str, context_length: int, device: torch.d
     else:
         torch_dtype = getattr(torch, dtype)
     tokenizer = AutoTokenizer.from_pretrained(path)
+    model_class = AutoModel if kind == "embedding" else AutoModelForCausalLM
     if quantization in ("bnb-4bit", "bnb-8bit"):
         from transformers import BitsAndBytesConfig
 
         quantization_config = (
             BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch_dtype)
             if quantization == "bnb-4bit" else BitsAndBytesConfig(load_in_8bit=True))
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, quantization_config=quantization_config,
-                                                     device_map={"": device}).eval()
+        model = model_class.from_pretrained(path, dtype=torch_dtype, quantization_config=quantization_config,
+                                            device_map={"": device}).eval()
     else:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(device).eval()
+        model = model_class.from_pretrained(path, dtype=torch_dtype).to(device).eval()
     seconds = time.perf_counter() - started
     logger.info("loaded %s on %s in %.2fs", model_id, device, seconds)
     return LoadedModel(model_id, model, tokenizer, device, context_length, seconds)

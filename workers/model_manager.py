@@ -54,11 +54,12 @@ class ModelSpec:
     quantisable_count: int = 0
     dtype: str = "auto"
     quantization: str = "none"
+    kind: str = "chat"
 
     @classmethod
     def from_entry(cls, entry) -> "ModelSpec":
         return cls(entry.id, entry.path, entry.context_length, entry.parameter_count,
-                   entry.quantisable_parameter_count, entry.dtype, entry.quantization)
+                   entry.quantisable_parameter_count, entry.dtype, entry.quantization, entry.kind)
 
 
 @dataclass
@@ -195,7 +196,7 @@ class ModelManager:
                                   dtype=spec.dtype, quantization=spec.quantization, device_type=self.device.type)
         self._make_room(spec.model_id, estimate)
         loaded = load_model(model_id=spec.model_id, path=spec.path, context_length=spec.context_length,
-                            device=self.device, dtype=spec.dtype, quantization=spec.quantization)
+                            device=self.device, dtype=spec.dtype, quantization=spec.quantization, kind=spec.kind)
         slot = Slot(loaded, module_bytes(loaded.model), self._keep_alive(keep_alive))
         self._slots[spec.model_id] = slot
         self.on_change()

@@ -89,6 +89,16 @@ def _start_heartbeat(**kwargs):
 
 
 @worker_ready.connect
+def _start_embedding_threads(**kwargs):
+    """Embeddings are served beside the Celery threads, not by them (apps/embeddings/jobs.py says why)."""
+    if heartbeat.identity["nodename"]:
+        from . import embeddings
+        from .model_manager import get_manager
+
+        embeddings.start(get_manager(), heartbeat.identity["nodename"])
+
+
+@worker_ready.connect
 def _announce_presence(sender=None, **kwargs):
     """Every worker, whatever it consumes, tells /health so (workers/presence.py)."""
     queues = sender.app.amqp.queues

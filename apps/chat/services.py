@@ -13,7 +13,7 @@ from apps.accounts.models import Scope
 from apps.accounts.services import preferred_model_get
 from apps.catalog.models import ModelEntry
 from apps.catalog.routing import Candidate, Performance, Route, choose_model, choose_worker, task_type
-from apps.catalog.selectors import model_get, model_list
+from apps.catalog.selectors import model_check_use, model_get, model_list
 from apps.catalog.workers import WorkerState, live_workers
 from apps.core.errors import AppError
 from apps.core.events import DONE, ERROR, TOKEN, EventWriter, request_cancel_sync
@@ -58,6 +58,7 @@ def chat_route(*, user, requested: str | None, messages: list[dict], workers: li
         entry = entries[model_id]
     else:
         entry = model_get(user=user, key=api_key, model_id=requested or settings.AIHUB_DEFAULT_MODEL)
+        model_check_use(entry=entry, use="chat")
         reason = "requested" if requested else "default model"
     if has_images:
         # Routing knows vision models; the engine does not take images yet.

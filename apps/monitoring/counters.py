@@ -88,6 +88,13 @@ def request_metrics_record(*, generation) -> bool:
     return bool(_record_script()(keys=[GUARD_PREFIX + str(generation.id), COUNTERS_KEY], args=args))
 
 
+def usage_record(*, request_id: str, model_id: str, state: str, prompt_tokens: int) -> bool:
+    """Count a request that has no row (an embedding job) once: its requests and prompt tokens series."""
+    model = model_label(model_id)
+    args = [GUARD_TTL_SECONDS, field("requests", model, state), 1, field("tokens", model, "prompt"), prompt_tokens]
+    return bool(_record_script()(keys=[GUARD_PREFIX + request_id, COUNTERS_KEY], args=args))
+
+
 def request_metrics_read() -> dict[tuple[str, ...], float]:
     """Every counter, keyed by its field's parts: ("requests", model, state) -> n, and so on."""
     return {tuple(key.split(SEP)): float(value) for key, value in sync_client().hgetall(COUNTERS_KEY).items()}

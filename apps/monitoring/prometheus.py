@@ -42,8 +42,8 @@ class AIHubCollector:
 
     def _requests(self):
         counters = request_metrics_read()
-        requests = CounterMetricFamily("aihub_requests", "Finished chat completion requests by model and state",
-                                       labels=["model", "state"])
+        requests = CounterMetricFamily("aihub_requests", "Finished requests (chat completions, embeddings) by model "
+                                       "and state", labels=["model", "state"])
         tokens = CounterMetricFamily("aihub_tokens", "Tokens processed", labels=["model", "kind"])
         hits = CounterMetricFamily("aihub_cache_hits", "Requests answered from the response cache", labels=["model"])
         histograms: dict[str, dict[str, dict]] = {name: {} for name in HISTOGRAM_FAMILIES}

@@ -26,23 +26,31 @@ class Command(BaseCommand):
         parser.add_argument("--quantization", default=Quantization.NONE, choices=Quantization.values)
         parser.add_argument("--context-length", type=int)
         parser.add_argument("--force", action="store_true", help="Convert again even if converted before.")
+        parser.add_argument("--supports-dimensions", action="store_true",
+                            help="An embedding model trained for truncation (Matryoshka): requests may ask for "
+                                 "fewer `dimensions`.")
 
     def handle(self, *args, model_id, builtin, gguf, directory, hub_id, kind, dtype, quantization, context_length,
-               force, **options):
+               force, supports_dimensions, **options):
         if builtin:
             spec = BUILTIN_MODELS[builtin]
             model_id = model_id or spec.model_id
             kind, context_length = spec.kind, context_length or spec.context_length
             try:
-                gguf = spec.locate()
+                located = spec.locate()
             except FileNotFoundError as exc:
                 raise CommandError(str(exc))
+            if located.is_dir():
+                directory = located  # already in transformers format: served from the package directory
+            else:
+                gguf = located
         if not model_id:
             raise CommandError("Give the model id, e.g. `importmodel mymodel:1b --gguf file.gguf`.")
         source, source_ref = ModelSource.DIRECTORY, ""
         if hub_id:
             directory, source, source_ref = self._from_hub_cache(hub_id), ModelSource.HUB_CACHE, hub_id
-        options = {"kind": kind, "context_length": context_length, "dtype": dtype, "quantization": quantization}
+        options = {"kind": kind, "context_length": context_length, "dtype": dtype, "quantization": quantization,
+                   "supports_dimensions": supports_dimensions}
         try:
             if gguf:
                 entry = self._import_gguf(model_id, gguf, force, options)
@@ -51,8 +59,10 @@ class Command(BaseCommand):
                                        **options)
         except AppError as exc:
             raise CommandError(exc.message)
+        vectors = (f", {entry.embedding_dimensions} dimensions, {entry.pooling} pooling"
+                   if entry.kind == ModelKind.EMBEDDING else "")
         self.stdout.write(self.style.SUCCESS(
-            f"{entry.id}: {entry.kind}, {entry.context_length} tokens, {entry.size_bytes / 1e6:.0f} MB "
+            f"{entry.id}: {entry.kind}, {entry.context_length} tokens{vectors}, {entry.size_bytes / 1e6:.0f} MB "
             f"at {entry.path}"))
 
     def _from_hub_cache(self, hub_id: str) -> Path:

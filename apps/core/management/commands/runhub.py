@@ -79,16 +79,20 @@ class Command(BaseCommand):
     def _prepare(self):
         call_command("migrate", interactive=False, verbosity=0)
         self.stdout.write("Database migrated.")
-        default = settings.AIHUB_DEFAULT_MODEL
-        if not ModelEntry.objects.filter(id=default).exists():
-            from apps.catalog.builtin import BUILTIN_MODELS
-
-            if default in BUILTIN_MODELS:
-                self.stdout.write(f"Preparing the default model {default} (once)...")
-                call_command("importmodel", builtin=default)
-            else:
-                self.stderr.write(f"The default model {default} is not in the catalog; register it with importmodel.")
+        for default in (settings.AIHUB_DEFAULT_MODEL, settings.AIHUB_DEFAULT_EMBEDDING_MODEL):
+            self._ensure_default_model(default)
         self._ensure_admin()
+
+    def _ensure_default_model(self, default: str) -> None:
+        if ModelEntry.objects.filter(id=default).exists():
+            return
+        from apps.catalog.builtin import BUILTIN_MODELS
+
+        if default in BUILTIN_MODELS:
+            self.stdout.write(f"Preparing the default model {default} (once)...")
+            call_command("importmodel", builtin=default)
+        else:
+            self.stderr.write(f"The default model {default} is not in the catalog; register it with importmodel.")
 
     def _ensure_admin(self):
         User = get_user_model()

@@ -1,0 +1,126 @@
+"""POST /embeddings: route a job to the worker that owns the model, wait for its vectors, shape the answer.
+
+No torch and no tokenizer here: the web bounds characters and counts, the worker
+tokenizes and refuses an input longer than the model takes (workers/embeddings.py).
+"""
+from __future__ import annotations
+
+import base64
+import math
+import sys
+import time
+from array import array
+
+from django.conf import settings
+
+from apps.accounts.limits import limits_admit, limits_settle
+from apps.catalog.models import ModelEntry
+from apps.catalog.routing import choose_worker
+from apps.catalog.selectors import model_check_use, model_get
+from apps.catalog.workers import live_workers
+from apps.core import events
+from apps.core.errors import AppError, app_error_from_event
+from apps.core.redis import sync_client
+from apps.monitoring.counters import usage_record
+
+from .jobs import SHARED_QUEUE, EmbeddingJob, worker_queue
+
+
+def embedding_model_get(*, user, api_key, model_id: str | None) -> ModelEntry:
+    """The embedding model the request names (or the default): 404 if the user may not see it, 400 if not one."""
+    entry = model_get(user=user, key=api_key, model_id=model_id or settings.AIHUB_DEFAULT_EMBEDDING_MODEL)
+    model_check_use(entry=entry, use="embeddings")
+    return entry
+
+
+def _check_dimensions(entry: ModelEntry, dimensions: int | None) -> None:
+    # The model's own size is always accepted: clients that always send `dimensions` keep working.
+    if dimensions is None or dimensions == entry.embedding_dimensions:
+        return
+    if not entry.supports_dimensions:
+        raise AppError(f"The model '{entry.id}' returns {entry.embedding_dimensions} dimensions and was not trained "
+                       "for truncation; it does not take `dimensions`.", param="dimensions",
+                       code="unsupported_parameter")
+    if dimensions > entry.embedding_dimensions:
+        raise AppError(f"dimensions: the model '{entry.id}' returns at most {entry.embedding_dimensions}.",
+                       param="dimensions", code="invalid_value")
+
+
+def _estimated_tokens(inputs: list, tokens: bool) -> int:
+    # About four characters per token; settled against the worker's exact count.
+    return sum(len(i) if tokens else math.ceil(len(i) / 4) for i in inputs)
+
+
+def embeddings_submit(*, user, api_key, data: dict) -> tuple[EmbeddingJob, dict, ModelEntry]:
+    """Check the request, take its share of the key's limits and queue it for the worker holding the model.
+
+    `data` is validated EmbeddingRequestSerializer output. Returns the job, the limits reservation (settle it
+    with `embeddings_settle` however the request ends) and the model.
+    """
+    entry = embedding_model_get(user=user, api_key=api_key, model_id=data.get("model"))
+    _check_dimensions(entry, data.get("dimensions"))
+    inputs, tokens = data["input"]["inputs"], data["input"]["tokens"]
+    _, hostname, _ = choose_worker(model_id=entry.id, bytes_by_device=entry.estimated_bytes_by_device(),
+                                   workers=live_workers())
+    queue = worker_queue(hostname) if hostname else SHARED_QUEUE
+    client = sync_client()
+    if client.llen(queue) >= settings.AIHUB_EMBEDDING_MAX_QUEUE:
+        raise AppError("Too many embedding requests are waiting for a worker; retry shortly.", status=503,
+                       type="server_error", code="queue_full", retry_after=settings.AIHUB_QUEUE_RETRY_AFTER_SECONDS)
+    timeout = settings.AIHUB_REQUEST_TIMEOUT_SECONDS
+    dimensions = data.get("dimensions")
+    job = EmbeddingJob(model=entry.id, inputs=inputs, tokens=tokens, expires_at=time.time() + timeout,
+                       dimensions=None if dimensions == entry.embedding_dimensions else dimensions)
+    reservation = limits_admit(key=api_key, request_id=job.id, cost=_estimated_tokens(inputs, tokens))
+    try:
+        pipe = client.pipeline(transaction=False)
+        pipe.lpush(queue, job.dumps())
+        pipe.expire(queue, int(timeout) + 60)  # the list of a worker that went away does not outlive its jobs
+        pipe.execute()
+    except BaseException:
+        limits_settle(reservation, used_tokens=0)
+        raise
+    return job, reservation, entry
+
+
+async def embeddings_wait(job: EmbeddingJob) -> dict:
+    """The worker's answer: {"embeddings": base64 float32, "dimensions", "prompt_tokens"}, or its error raised."""
+    async for event in events.read_events(job.id, idle_timeout=settings.AIHUB_REQUEST_TIMEOUT_SECONDS):
+        if event["type"] == events.ERROR:
+            raise app_error_from_event(event["error"])
+        if event["type"] == events.DONE:
+            return event
+    raise AppError("No worker produced output in time.", status=504, type="server_error", code="timeout")
+
+
+def embeddings_settle(*, job: EmbeddingJob, reservation: dict, prompt_tokens: int, succeeded: bool) -> None:
+    """Give the concurrency slot back, charge the tokens really used, count the request for /metrics."""
+    limits_settle(reservation, used_tokens=prompt_tokens)
+    usage_record(request_id=job.id, model_id=job.model, state="succeeded" if succeeded else "failed",
+                 prompt_tokens=prompt_tokens)
+
+
+def embeddings_body(*, job: EmbeddingJob, reply: dict, encoding_format: str) -> dict:
+    """OpenAI's `list` of `embedding` objects, in input order. The worker sends little-endian float32, which
+    `base64` passes on per vector as OpenAI does, and `float` turns into numbers."""
+    raw = base64.b64decode(reply["embeddings"])
+    width = reply["dimensions"] * 4
+    vectors = [raw[i * width:(i + 1) * width] for i in range(len(job.inputs))]
+    if encoding_format == "base64":
+        values = [base64.b64encode(vector).decode("ascii") for vector in vectors]
+    else:
+        values = [_floats(vector) for vector in vectors]
+    return {
+        "object": "list",
+        "data": [{"object": "embedding", "index": index, "embedding": value} for index, value in enumerate(values)],
+        "model": job.model,
+        "usage": {"prompt_tokens": reply["prompt_tokens"], "total_tokens": reply["prompt_tokens"]},
+    }
+
+
+def _floats(vector: bytes) -> list[float]:
+    values = array("f")
+    values.frombytes(vector)
+    if sys.byteorder == "big":
+        values.byteswap()
+    return values.tolist()
