@@ -118,7 +118,7 @@ def test_jobs_are_listed_newest_first_in_pages(hub, alice):
 
 @pytest.mark.parametrize("request_body, param", [
     ({"integrations": [{"type": "wandb", "wandb": {"project": "x"}}]}, "integrations"),
-    ({"method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.1}}}}, "method.type"),
+    ({"method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.1}}}}, "method.dpo"),
     ({"method": {"type": "reinforcement"}}, "method.type"),
     ({"hyperparameters": {"beta": 0.1}}, "hyperparameters.beta"),
     ({"metadata": {"team": "a"}}, "metadata"),

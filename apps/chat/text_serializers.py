@@ -61,7 +61,21 @@ def _token_ids(value) -> bool:
             and all(isinstance(t, int) and not isinstance(t, bool) for t in value))
 
 
+@extend_schema_field({"type": "integer", "enum": [1]})
+class OnlyOneField(StrictIntegerField):
+    """`n` and `best_of`: OpenAI's parameters, of which the hub implements the value 1; others are refused by name."""
+
+    def to_internal_value(self, data):
+        value = super().to_internal_value(data)
+        if value != 1:
+            raise UnsupportedParameter(self.field_name, why=f"only 1 is supported (not {value}); send a list of "
+                                                            "prompts for several choices.")
+        return value
+
+
 class TextCompletionRequestSerializer(serializers.Serializer):
+    openai_parameters = frozenset({"suffix"})  # inserting text: refused by name (apps/core/parameters.py)
+
     model = StrictCharField(required=False, allow_blank=False, max_length=200,
                             help_text='A model id, or "auto" to let the hub choose.')
     prompt = PromptField(help_text="A string, a list of strings (one choice each), or token ids.")
@@ -75,21 +89,16 @@ class TextCompletionRequestSerializer(serializers.Serializer):
     stream_options = StreamOptionsSerializer(required=False, allow_null=True)
     echo = StrictBooleanField(required=False, default=False, help_text="Put the prompt before the completion.")
     user = StrictCharField(required=False, allow_blank=True, max_length=256)
-    n = StrictIntegerField(required=False, allow_null=True, min_value=1, help_text="1 only.")
+    n = OnlyOneField(required=False, allow_null=True, help_text="1 only: send a list of prompts for several.")
     logprobs = StrictIntegerField(required=False, allow_null=True, min_value=0, max_value=MAX_LOGPROBS,
                                   help_text="Log probabilities of the chosen and up to 5 most likely tokens.")
-    # OpenAI parameters the hub does not implement for /completions: declared so they are refused by name.
-    suffix = serializers.JSONField(required=False, allow_null=True, help_text="Not supported: refused.")
-    best_of = serializers.JSONField(required=False, allow_null=True, help_text="Only 1: more is refused.")
+    best_of = OnlyOneField(required=False, allow_null=True, help_text="1 only.")
     presence_penalty = StrictFloatField(required=False, allow_null=True, min_value=-2, max_value=2)
     frequency_penalty = StrictFloatField(required=False, allow_null=True, min_value=-2, max_value=2)
     logit_bias = LogitBiasField(required=False, allow_null=True)
 
     def validate(self, attrs):
         refusals = {
-            "suffix": (attrs.get("suffix") not in (None, ""), "inserting text (a suffix) is not supported."),
-            "best_of": (attrs.get("best_of") not in (None, 1), "only best_of 1 is supported."),
-            "n": (attrs.get("n") not in (None, 1), "only n 1 is supported; send a list of prompts for several."),
             "echo": (attrs.get("echo") and any(not isinstance(p, str) for p in attrs["prompt"]),
                      "echo needs text prompts; with token ids the hub cannot show their text."),
         }

@@ -113,7 +113,7 @@ class ResponseCreateRequestSerializer(serializers.Serializer):
     user = StrictCharField(required=False, allow_blank=True, max_length=256)
     metadata = serializers.DictField(child=StrictCharField(max_length=512), required=False, allow_null=True)
     tools = FunctionToolSerializer(many=True, required=False)
-    tool_choice = serializers.JSONField(required=False, help_text='"auto", "none", "required" or '
+    tool_choice = serializers.JSONField(required=False, allow_null=True, help_text='"auto", "none", "required" or '
                                                                   '{"type": "function", "name": ...}.')
     parallel_tool_calls = StrictBooleanField(required=False, allow_null=True)
     text = TextConfigSerializer(required=False, allow_null=True)

@@ -47,7 +47,7 @@ class ResponseDetailView(Endpoint):
         return Response(response_object(response_get(user=request.user, response_id=response_id)))
 
     @operation(operation_id="responses_delete", summary="Delete a stored response (its answer leaves its "
-               "conversation)", responses=ResponseDeletedSerializer, errors={404: NOT_FOUND})
+               "conversation)", responses={200: ResponseDeletedSerializer}, errors={404: NOT_FOUND})
     def delete(self, request, response_id):
         response_delete(user=request.user, response_id=response_id)
         return Response({"id": response_id, "object": "response", "deleted": True})

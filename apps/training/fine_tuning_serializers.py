@@ -44,50 +44,44 @@ class AutoOr(serializers.Field):
         return value
 
 
-class ClosedSerializer(serializers.Serializer):
-    """A nested object whose undeclared keys are refused by name (dpo's `beta`, reinforcement's settings, a
-    misspelt LoRA knob), never dropped."""
-
-    def to_internal_value(self, data):
-        if isinstance(data, dict):
-            extra = sorted(set(data) - set(self.fields))
-            if extra:
-                raise UnsupportedParameter(f"{self.field_name}.{extra[0]}", why="is not supported by this hub.")
-        return super().to_internal_value(data)
-
-
-class HyperparametersSerializer(ClosedSerializer):
+class HyperparametersSerializer(serializers.Serializer):
     n_epochs = AutoOr(StrictIntegerField(min_value=1, max_value=MAX_EPOCHS))
     batch_size = AutoOr(StrictIntegerField(min_value=1, max_value=MAX_BATCH_SIZE))
     learning_rate_multiplier = AutoOr(StrictFloatField(min_value=1e-3, max_value=5000),
                                       help_text="Scales the default learning rate, 2e-4.")
 
 
-class LoraExtensionSerializer(ClosedSerializer, LoraKnobsSerializer):
+class LoraExtensionSerializer(LoraKnobsSerializer):
     pass
 
 
-class SupervisedMethodSerializer(ClosedSerializer):
+class SupervisedMethodSerializer(serializers.Serializer):
     hyperparameters = HyperparametersSerializer(required=False)
 
 
-class MethodSerializer(ClosedSerializer):
-    type = StrictCharField(help_text="supervised (LoRA or QLoRA); dpo and reinforcement are refused.")
-    supervised = SupervisedMethodSerializer(required=False)
-    dpo = serializers.JSONField(required=False, help_text="Refused: only supervised fine-tuning is implemented.")
-    reinforcement = serializers.JSONField(required=False, help_text="Refused, as dpo.")
+@extend_schema_field({"type": "string", "enum": ["supervised"]})
+class MethodTypeField(StrictCharField):
+    """OpenAI's method types: supervised is ours (LoRA or QLoRA); dpo and reinforcement are refused by name."""
 
-    def validate(self, attrs):
-        if attrs["type"] != "supervised":
-            raise UnsupportedParameter("method.type", why=f"'{attrs['type']}' fine-tuning is not supported; "
-                                        "this hub trains supervised (LoRA or QLoRA) only.")
-        for other in ("dpo", "reinforcement"):
-            if other in attrs:
-                raise UnsupportedParameter(f"method.{other}", why="only supervised fine-tuning is supported.")
-        return attrs
+    def to_internal_value(self, data):
+        value = super().to_internal_value(data)
+        if value != "supervised":
+            raise UnsupportedParameter("method.type", why=f"'{value}' fine-tuning is not supported; this hub "
+                                                           "trains supervised (LoRA or QLoRA) only.")
+        return value
+
+
+class MethodSerializer(serializers.Serializer):
+    # Nested undeclared keys are refused by the pipeline (apps/core/parameters.py); these are OpenAI's.
+    openai_parameters = frozenset({"dpo", "reinforcement"})
+
+    type = MethodTypeField(help_text="supervised (LoRA or QLoRA).")
+    supervised = SupervisedMethodSerializer(required=False)
 
 
 class FineTuningJobCreateSerializer(serializers.Serializer):
+    openai_parameters = frozenset({"integrations", "metadata"})  # refused by name (apps/core/parameters.py)
+
     model = StrictCharField(max_length=200, help_text="The base model: a catalog model id.")
     training_file = StrictCharField(help_text="A file id from POST /files (purpose fine-tune).")
     validation_file = StrictCharField(required=False, allow_null=True, allow_blank=True)
@@ -98,13 +92,8 @@ class FineTuningJobCreateSerializer(serializers.Serializer):
     seed = StrictIntegerField(required=False, allow_null=True)
     lora = LoraExtensionSerializer(required=False, allow_null=True,
                                help_text="AI Hub extension: training_type (lora or qlora) and the LoRA settings.")
-    integrations = serializers.JSONField(required=False, allow_null=True, help_text="Not supported: refused.")
-    metadata = serializers.JSONField(required=False, allow_null=True, help_text="Not supported: refused.")
 
     def validate(self, attrs):
-        for param in ("integrations", "metadata"):
-            if attrs.get(param):
-                raise UnsupportedParameter(param, why="is not supported by this hub.")
         top = {k: v for k, v in (attrs.get("hyperparameters") or {}).items() if v is not None}
         supervised = (attrs.get("method") or {}).get("supervised") or {}
         nested = {k: v for k, v in (supervised.get("hyperparameters") or {}).items() if v is not None}

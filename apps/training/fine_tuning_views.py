@@ -23,11 +23,13 @@ from .services import event_body, fine_tuning_job_create, training_job_cancel
 from .views import TrainingView
 
 NOT_FOUND = "not_found: no such job of yours"
+AFTER_NOT_FOUND = "not_found (param after): no such object to list after"
 
 
 class FineTuningJobListView(TrainingView):
     @operation(operation_id="fine_tuning_jobs_list", summary="Your fine-tuning jobs, newest first (OpenAI)",
-               query=ListQuerySerializer, responses=list_of(FineTuningJobSerializer, "FineTuningJobPage"))
+               query=ListQuerySerializer, responses=list_of(FineTuningJobSerializer, "FineTuningJobPage"),
+               errors={404: AFTER_NOT_FOUND})
     def get(self, request, query):
         jobs, has_more = training_jobs_page(user=request.user, after=query.get("after"),
                                             limit=query.get("limit", 20))
@@ -58,7 +60,7 @@ class FineTuningJobCancelView(TrainingView):
 class FineTuningJobEventsView(TrainingView):
     @operation(operation_id="fine_tuning_jobs_events", summary="A job's events, newest first (OpenAI)",
                query=ListQuerySerializer, responses=list_of(FineTuningEventSerializer, "FineTuningEventPage"),
-               errors={404: NOT_FOUND})
+               errors={404: f"{NOT_FOUND}, or {AFTER_NOT_FOUND}"})
     def get(self, request, job_id, query):
         job = training_job_get(user=request.user, job_id=job_id)
         page, has_more = training_events_page(job=job, after=query.get("after"), limit=query.get("limit", 20))
@@ -69,7 +71,7 @@ class FineTuningJobCheckpointsView(TrainingView):
     @operation(operation_id="fine_tuning_jobs_checkpoints", summary="A job's checkpoints, newest first (OpenAI)",
                query=ListQuerySerializer,
                responses=list_of(FineTuningCheckpointSerializer, "FineTuningCheckpointPage"),
-               errors={404: NOT_FOUND})
+               errors={404: f"{NOT_FOUND}, or {AFTER_NOT_FOUND}"})
     def get(self, request, job_id, query):
         job = training_job_get(user=request.user, job_id=job_id)
         page, has_more = training_checkpoints_page(job=job, after=query.get("after"), limit=query.get("limit", 10))

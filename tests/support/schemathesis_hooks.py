@@ -11,15 +11,20 @@ TINY_MODEL = "tiny:chat"
 MAX_TOKENS = 4
 
 
+# The generating operations, and the fields that bound how many tokens they generate.
+GENERATING = {"/api/v1/chat/completions": ("max_tokens", "max_completion_tokens"),
+              "/api/v1/completions": ("max_tokens",), "/api/v1/responses": ("max_output_tokens",)}
+
+
 @schemathesis.hook
 def before_call(context, case, kwargs):
     body = case.body
-    if case.operation.path != "/api/v1/chat/completions" or not isinstance(body, dict):
+    if case.operation.path not in GENERATING or not isinstance(body, dict):
         return
     model = body.get("model")
     if "model" not in body or (isinstance(model, str) and 1 <= len(model) <= 200):
         body["model"] = TINY_MODEL
-    for name in ("max_tokens", "max_completion_tokens"):
+    for name in GENERATING[case.operation.path]:
         value = body.get(name)
         if isinstance(value, int) and not isinstance(value, bool) and value > MAX_TOKENS:
             body[name] = MAX_TOKENS
@@ -34,7 +39,15 @@ STATEFUL_REJECTIONS = {
     "GET /api/v1/system/analytics": {"since", "until"},  # date-times at the edge of the representable range
     # image parts and no vision model here; a prompt or max_tokens beyond the model's context; max_tokens and
     # max_completion_tokens both given, with different values
-    "POST /api/v1/chat/completions": {"messages", "max_tokens"},
+    # top_logprobs without logprobs; a logit_bias key that is not a token id (OpenAPI 3.0 cannot say so)
+    "POST /api/v1/chat/completions": {"messages", "max_tokens", "top_logprobs", "logit_bias"},
+    # a token id outside the vocabulary; echo with token ids; as chat
+    "POST /api/v1/completions": {"prompt", "max_tokens", "echo", "logit_bias"},
+    # as chat, for the mapped request; a previous response that is not yours or not complete
+    "POST /api/v1/responses": {"input", "max_output_tokens", "previous_response_id", "tool_choice", "text", "tools"},
+    # dimensions only for models trained for truncation; an input longer than the model takes
+    "POST /api/v1/embeddings": {"dimensions", "input"},
+    "POST /api/v1/fine_tuning/jobs": {"training_file", "validation_file", "model"},  # on this server
 }
 
 
