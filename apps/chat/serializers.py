@@ -124,6 +124,13 @@ class StopField(serializers.Field):
         return value
 
 
+@extend_schema_field({"oneOf": [{"type": "number", "enum": [-1, 0]},
+                               {"type": "number", "exclusiveMinimum": True, "minimum": 0,
+                                "maximum": settings.AIHUB_KEEP_ALIVE_MAX_SECONDS}], "nullable": True})
+class KeepAliveField(StrictFloatField):
+    """Seconds; the schema states the values validate_keep_alive accepts."""
+
+
 class ChatCompletionRequestSerializer(serializers.Serializer):
     openai_parameters = OPENAI_CHAT_PARAMETERS
 
@@ -141,7 +148,7 @@ class ChatCompletionRequestSerializer(serializers.Serializer):
     user = StrictCharField(required=False, allow_blank=True, max_length=256)
     n = StrictIntegerField(required=False, allow_null=True, min_value=1, max_value=1,  # stated in the schema
                            error_messages=dict.fromkeys(("min_value", "max_value"), "only n=1 is supported."))
-    keep_alive = StrictFloatField(
+    keep_alive = KeepAliveField(
         required=False, allow_null=True,
         help_text="Seconds the model stays loaded after this request, up to the operator's bound "
                   "(AIHUB_KEEP_ALIVE_MAX_SECONDS); -1 pins and 0 unloads, with an admin key only.")
