@@ -173,6 +173,11 @@ class MetadataField(serializers.Field):
 
     def to_representation(self, value):
         return value
+@extend_schema_field({"oneOf": [{"type": "number", "enum": [-1, 0]},
+                               {"type": "number", "exclusiveMinimum": True, "minimum": 0,
+                                "maximum": settings.AIHUB_KEEP_ALIVE_MAX_SECONDS}], "nullable": True})
+class KeepAliveField(StrictFloatField):
+    """Seconds; the schema states the values validate_keep_alive accepts."""
 
 
 class ChatCompletionRequestSerializer(serializers.Serializer):
@@ -203,7 +208,7 @@ class ChatCompletionRequestSerializer(serializers.Serializer):
     metadata = MetadataField(required=False, allow_null=True, help_text="Stored with the request (admin).")
     store = StrictBooleanField(required=False, allow_null=True,
                                help_text="Accepted; the hub stores every completion (docs/api.md).")
-    keep_alive = StrictFloatField(
+    keep_alive = KeepAliveField(
         required=False, allow_null=True,
         help_text="Seconds the model stays loaded after this request, up to the operator's bound "
                   "(AIHUB_KEEP_ALIVE_MAX_SECONDS); -1 pins and 0 unloads, with an admin key only.")
