@@ -44,11 +44,19 @@ class AutoOr(serializers.Field):
         return value
 
 
+def auto_or(number: serializers.Field, **kwargs) -> AutoOr:
+    """An AutoOr whose schema states the number's own bounds, so that the schema accepts what the field does."""
+    bounds = {"type": "integer" if isinstance(number, serializers.IntegerField) else "number",
+              "minimum": number.min_value, "maximum": number.max_value}
+    schema = {"oneOf": [{"type": "string", "enum": [AUTO]}, bounds], "nullable": True}
+    return extend_schema_field(schema)(type("BoundedAutoOr", (AutoOr,), {}))(number, **kwargs)
+
+
 class HyperparametersSerializer(serializers.Serializer):
-    n_epochs = AutoOr(StrictIntegerField(min_value=1, max_value=MAX_EPOCHS))
-    batch_size = AutoOr(StrictIntegerField(min_value=1, max_value=MAX_BATCH_SIZE))
-    learning_rate_multiplier = AutoOr(StrictFloatField(min_value=1e-3, max_value=5000),
-                                      help_text="Scales the default learning rate, 2e-4.")
+    n_epochs = auto_or(StrictIntegerField(min_value=1, max_value=MAX_EPOCHS))
+    batch_size = auto_or(StrictIntegerField(min_value=1, max_value=MAX_BATCH_SIZE))
+    learning_rate_multiplier = auto_or(StrictFloatField(min_value=1e-3, max_value=5000),
+                                       help_text="Scales the default learning rate, 2e-4.")
 
 
 class LoraExtensionSerializer(LoraKnobsSerializer):
