@@ -37,6 +37,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
@@ -44,6 +45,7 @@ from transformers.cache_utils import DynamicLayer
 
 from apps.core.errors import error_object
 
+from .constraints import ConstraintError, Matcher, allowed_tokens, matcher_for
 from .engine import LoadedModel
 from .sampling import next_tokens, seeded_generator
 from .text_stream import TextStream
@@ -78,6 +80,8 @@ class Sequence:
         self.seed: int | None = params.get("seed")
         self.stop: list[str] = params.get("stop") or []
         self.ignore_eos: bool = bool(params.get("ignore_eos"))
+        self.constraint: dict | None = params.get("constraint")  # workers/constraints.py
+        self.matcher: Matcher | None = None  # set by submit() when constrained
         self.deadline = time.monotonic() + time_limit if time_limit else None
         self.outbox: queue.SimpleQueue = queue.SimpleQueue()
         self._cancelled = threading.Event()
@@ -107,11 +111,18 @@ class Sequence:
         if self.finished:
             return
         self.generated.append(token)
+        if self.matcher is not None and not self.matcher.accept(token):
+            # The mask allows only the grammar's tokens, so this is a bug, not a request error.
+            logger.error("request %s left its grammar: %s", self.request_id, self.matcher.error)
+            self.fail(error_object("The answer left its response_format grammar; see the worker log.",
+                                   type="server_error", code="generation_failed"))
+            return
+        # A constrained row draws end-of-sequence only where its grammar may end (the mask forbids it before).
         if token in self.eos_ids and not self.ignore_eos:
             self.finish("stop")
             return
         self.text_stream.add([token])
-        if self.text_stream.stopped:
+        if self.text_stream.stopped or (self.matcher is not None and self.matcher.complete):
             self.finish("stop")
         elif self.remaining <= 0:
             self.finish("length")
@@ -183,6 +194,7 @@ class RunningBatch:
                              values[:, :, :reused].expand(len(group), -1, -1, -1).contiguous(), index)
         logits = self._forward(group, input_ids=ids, attention_mask=mask, position_ids=positions,
                                past_key_values=cache)
+        constrain(logits, group)
         tokens = next_tokens(logits, group)
         if prefix is None:
             self._remember_prefix(group[0], cache)
@@ -195,6 +207,7 @@ class RunningBatch:
         self.mask = torch.cat([self.mask, self.mask.new_ones((len(self.rows), 1))], dim=1)
         logits = self._forward(self.rows, input_ids=self.last, attention_mask=self.mask,
                                position_ids=self.positions, past_key_values=self.cache)
+        constrain(logits, self.rows)
         tokens = next_tokens(logits, self.rows)
         self.last = torch.tensor(tokens, device=self.loaded.device).unsqueeze(1)
         self.positions = self.positions + 1
@@ -285,6 +298,30 @@ class RunningBatch:
             layer.set(keys, values)
         self.mask, self.last, self.positions = merged_mask, merged_last, merged_positions
         self.rows += group
+
+
+def constrain(logits: torch.Tensor, rows: list[Sequence]) -> None:
+    """Forbid, in place, the tokens each constrained row's grammar does not allow next (-inf logits).
+
+    Unconstrained rows cost nothing: no mask is built for them. The grammar library fills a bitmask on the
+    CPU (one bit per token); on the CPU numpy unpacks it, on a GPU only its int32 words cross to the device
+    and are unpacked there (the GPU path is untested so far: docs/models.md).
+    """
+    constrained = [(index, row.matcher) for index, row in enumerate(rows)
+                   if row.matcher is not None and not row.finished]
+    if not constrained:
+        return
+    vocab = logits.shape[1]
+    words = allowed_tokens([matcher for _, matcher in constrained], vocab)
+    with torch.inference_mode():  # the logits are inference tensors
+        if logits.device.type == "cpu":
+            allowed = torch.from_numpy(np.unpackbits(words.view(np.uint8), axis=1, count=vocab, bitorder="little"))
+        else:
+            bits = torch.arange(32, dtype=torch.int32, device=logits.device)
+            allowed = ((torch.from_numpy(words).to(logits.device).unsqueeze(-1) >> bits) & 1).flatten(1)[:, :vocab]
+        index = torch.tensor([index for index, _ in constrained], device=logits.device)
+        masked = logits.index_select(0, index).masked_fill_(allowed == 0, float("-inf"))
+        logits.index_copy_(0, index, masked)
 
 
 class _GrowingLayer(DynamicLayer):
@@ -404,6 +441,8 @@ class BatchEngine:
     # -- any thread --------------------------------------------------------------
 
     def submit(self, loaded: LoadedModel, sequence: Sequence) -> Sequence:
+        if sequence.constraint is not None and not self._compile(loaded, sequence):
+            return sequence
         with self._wakeup:
             self._submitted.append(_Submitted(loaded, sequence))
             if self._thread is None:
@@ -411,6 +450,19 @@ class BatchEngine:
                 self._thread.start()
             self._wakeup.notify()
         return sequence
+
+    @staticmethod
+    def _compile(loaded: LoadedModel, sequence: Sequence) -> bool:
+        """Give a constrained request its grammar matcher, here in the caller's thread: compiling a new schema
+        (milliseconds) or a model's token table (about half a second, once) never stalls the running batch."""
+        try:
+            sequence.matcher = matcher_for(tokenizer=loaded.tokenizer, vocab_size=vocab_size(loaded),
+                                           eos_ids=eos_ids(loaded), constraint=sequence.constraint)
+        except ConstraintError as exc:
+            sequence.fail(error_object(f"response_format cannot be enforced: {exc}", type="invalid_request_error",
+                                       param="response_format", code="invalid_response_format"))
+            return False
+        return True
 
     def cancel(self, sequence: Sequence) -> None:
         """From any thread: the request leaves before the engine's next step, freeing its row."""
@@ -601,6 +653,12 @@ def eos_ids(loaded: LoadedModel) -> set[int]:
     if loaded.tokenizer.eos_token_id is not None:
         ids.add(loaded.tokenizer.eos_token_id)
     return ids
+
+
+def vocab_size(loaded: LoadedModel) -> int:
+    """The width of the model's logits (its embedding table may be larger than the tokenizer's vocabulary)."""
+    config = loaded.model.config
+    return (getattr(config, "text_config", None) or config).vocab_size
 
 
 def is_out_of_memory(exc: Exception) -> bool:

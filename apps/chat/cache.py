@@ -13,7 +13,8 @@ from django.conf import settings
 
 from apps.core.redis import sync_client
 
-CACHED_PARAMS = ("max_tokens", "temperature", "top_p", "stop", "seed", "ignore_eos")
+# Everything that changes the answer; "constraint" is the grammar of response_format (or a forced tool call).
+CACHED_PARAMS = ("max_tokens", "temperature", "top_p", "stop", "seed", "ignore_eos", "constraint")
 
 
 def is_deterministic(params: dict) -> bool:

@@ -7,6 +7,7 @@ from django.conf import settings
 from rest_framework import serializers
 
 from apps.core.fields import StrictBooleanField, StrictCharField, StrictFloatField, StrictIntegerField
+from workers.constraints import ConstraintError, constraint_grammar
 
 from .models import Conversation, Message, Role
 
@@ -91,6 +92,49 @@ class StopField(serializers.Field):
         return value
 
 
+class ResponseFormatField(serializers.Field):
+    """OpenAI's response_format, as the engine's constraint (workers/constraints.py): None for plain text.
+
+    The schema is compiled here, without a tokenizer (the grammar library needs none, and no torch), so an
+    invalid or unsupported schema is refused before anything is stored.
+    """
+
+    default_error_messages = {
+        "type": "must be an object with type 'text', 'json_object' or 'json_schema'.",
+        "json_schema": "json_schema must be an object with a 'name' (letters, digits, '_' and '-', at most 64) "
+                       "and a 'schema' object; 'description' is a string and 'strict' a boolean.",
+        "schema": "json_schema.schema cannot be enforced: {error}",
+    }
+
+    def to_internal_value(self, data):
+        if not isinstance(data, dict) or data.get("type") not in ("text", "json_object", "json_schema"):
+            self.fail("type")
+        if data["type"] == "text":
+            return None
+        if data["type"] == "json_object":
+            return {"type": "json_object"}
+        spec = data.get("json_schema")
+        if not (isinstance(spec, dict) and _valid_schema_name(spec.get("name"))
+                and isinstance(spec.get("schema", {}), dict) and isinstance(spec.get("description", ""), str)
+                and isinstance(spec.get("strict", False), (bool, type(None)))):
+            self.fail("json_schema")
+        # No schema: OpenAI's default, any JSON object.
+        constraint = {"type": "json_schema", "schema": spec["schema"]} if "schema" in spec else {"type": "json_object"}
+        try:
+            constraint_grammar(constraint)
+        except ConstraintError as exc:
+            self.fail("schema", error=exc)
+        return constraint
+
+    def to_representation(self, value):
+        return value
+
+
+def _valid_schema_name(name) -> bool:
+    return isinstance(name, str) and 0 < len(name) <= 64 and all(c.isascii() and (c.isalnum() or c in "_-")
+                                                                 for c in name)
+
+
 class ChatCompletionRequestSerializer(serializers.Serializer):
     model = StrictCharField(required=False, allow_blank=False, max_length=200,  # ModelEntry.id
                             help_text='A model id, or "auto" to let the hub choose.')
@@ -111,6 +155,10 @@ class ChatCompletionRequestSerializer(serializers.Serializer):
                   "(AIHUB_KEEP_ALIVE_MAX_SECONDS); -1 pins and 0 unloads, with an admin key only.")
     cache = StrictBooleanField(required=False, allow_null=True, default=None,
                                help_text="Answer deterministic requests from the response cache (per user).")
+    response_format = ResponseFormatField(
+        required=False, allow_null=True, default=None,
+        help_text="{'type': 'text' | 'json_object' | 'json_schema', 'json_schema': {'name', 'schema', ...}}: "
+                  "the answer is one JSON object, or one that validates against the schema (docs/api.md).")
     ignore_eos = StrictBooleanField(required=False, default=False,
                                     help_text="vLLM extension: generate exactly max_tokens tokens (benchmarks).")
     conversation_id = serializers.UUIDField(required=False, allow_null=True,

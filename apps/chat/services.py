@@ -144,6 +144,7 @@ def _params(data: dict, *, model, max_tokens: int, api_key) -> dict:
         "ignore_eos": data.get("ignore_eos", False),
         "context_length": model.context_length,
         "keep_alive": keep_alive,
+        "constraint": data.get("response_format"),  # workers/constraints.py
     }
 
 
