@@ -6,8 +6,8 @@ greedy, exactly `--tokens` new tokens each (ignore_eos; a constrained row whose 
 counted with the tokens it made): once unconstrained, once each with a JSON schema whose strings are long
 enough that the grammar rarely ends before `--tokens`. It prints decoding tokens/s of both and their ratio
 (constrained time per token / unconstrained; the target is at most 1.15x), and checks every constrained
-answer that ended by its grammar parses and validates. Run: `python bench/constrained.py [--clients 16]
-[--tokens 64] [--rounds 2]`.
+answer that ended by its grammar parses and validates. Run: `python bench/constrained.py [--clients 8]
+[--tokens 48] [--rounds 2]`.
 """
 from __future__ import annotations
 
@@ -73,8 +73,8 @@ def run(engine, loaded, clients: int, tokens: int, constraint: dict | None) -> t
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--tokens", type=int, default=48)
     parser.add_argument("--rounds", type=int, default=2, help="measured runs of each kind, interleaved")
     args = parser.parse_args()
     import jsonschema

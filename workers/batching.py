@@ -656,9 +656,10 @@ def eos_ids(loaded: LoadedModel) -> set[int]:
 
 
 def vocab_size(loaded: LoadedModel) -> int:
-    """The width of the model's logits (its embedding table may be larger than the tokenizer's vocabulary)."""
+    """The width of the model's logits: its output layer's, which may be wider than the tokenizer's vocabulary."""
+    head = loaded.model.get_output_embeddings()
     config = loaded.model.config
-    return (getattr(config, "text_config", None) or config).vocab_size
+    return getattr(head, "out_features", None) or (getattr(config, "text_config", None) or config).vocab_size
 
 
 def is_out_of_memory(exc: Exception) -> bool:

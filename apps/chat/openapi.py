@@ -3,6 +3,7 @@
 Added by a spectacular postprocessing hook so /docs shows the endpoint users
 care about most beside the DRF views.
 """
+from .serializers import RESPONSE_FORMAT_SCHEMA
 
 _MESSAGE = {
     "type": "object",
@@ -36,6 +37,7 @@ _REQUEST = {
         "n": {"type": "integer", "enum": [1]},
         "conversation_id": {"type": "string", "format": "uuid",
                             "description": "AI Hub extension: continue a stored conversation."},
+        "response_format": RESPONSE_FORMAT_SCHEMA,
         "ignore_eos": {"type": "boolean", "default": False,
                        "description": "vLLM extension: generate exactly max_tokens tokens (benchmarks)."},
     },

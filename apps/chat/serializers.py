@@ -4,6 +4,7 @@ Every size a client controls is bounded here (docs/limits.md): messages, their
 characters, stop sequences, keep_alive. The body itself was bounded before parsing.
 """
 from django.conf import settings
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from apps.core.fields import StrictBooleanField, StrictCharField, StrictFloatField, StrictIntegerField
@@ -92,6 +93,22 @@ class StopField(serializers.Field):
         return value
 
 
+RESPONSE_FORMAT_SCHEMA = {
+    "type": "object",
+    "required": ["type"],
+    "properties": {
+        "type": {"type": "string", "enum": ["text", "json_object", "json_schema"]},
+        "json_schema": {"type": "object", "required": ["name"], "properties": {
+            "name": {"type": "string", "maxLength": 64, "pattern": "^[A-Za-z0-9_-]+$"},
+            "description": {"type": "string"},
+            "schema": {"type": "object", "additionalProperties": True},
+            "strict": {"type": "boolean", "nullable": True}}},
+    },
+    "description": "Structured outputs, enforced by constrained decoding (docs/api.md).",
+}
+
+
+@extend_schema_field(RESPONSE_FORMAT_SCHEMA)
 class ResponseFormatField(serializers.Field):
     """OpenAI's response_format, as the engine's constraint (workers/constraints.py): None for plain text.
 
