@@ -46,6 +46,7 @@ from transformers.cache_utils import DynamicLayer
 
 from apps.core.errors import error_object
 
+from .constraints import ConstraintError, Matcher, matcher_for
 from .engine import LoadedModel
 from .logprobs import token_text
 from .sampling import choose_tokens, seeded_generator
@@ -94,6 +95,8 @@ class Sequence:
         self.frequency_penalty: float = params.get("frequency_penalty") or 0.0
         self.logit_bias: dict[int, float] = {int(token): value
                                              for token, value in (params.get("logit_bias") or {}).items()}
+        self.constraint: dict | None = params.get("constraint")  # workers/constraints.py
+        self.matcher: Matcher | None = None  # set by submit() when constrained
         self.deadline = time.monotonic() + time_limit if time_limit else None
         self.outbox: queue.SimpleQueue = outbox if outbox is not None else queue.SimpleQueue()
         self._cancelled = threading.Event()
@@ -129,13 +132,20 @@ class Sequence:
         if self.finished:
             return
         self.generated.append(token)
+        if self.matcher is not None and not self.matcher.accept(token):
+            # The mask allows only the grammar's tokens, so this is a bug, not a request error.
+            logger.error("request %s left its grammar: %s", self.request_id, self.matcher.error)
+            self.fail(error_object("The answer left its response_format grammar; see the worker log.",
+                                   type="server_error", code="generation_failed"))
+            return
+        # A constrained row draws end-of-sequence only where its grammar may end (the mask forbids it before).
         if token in self.eos_ids and not self.ignore_eos:
             self.finish("stop")  # the end-of-turn token is not part of the answer, nor of its logprobs
             return
         if logprob is not None:
             self._logprobs.append(logprob)
         self.text_stream.add([token])
-        if self.text_stream.stopped:
+        if self.text_stream.stopped or (self.matcher is not None and self.matcher.complete):
             self.finish("stop")
         elif self.remaining <= 0:
             self.finish("length")
@@ -458,6 +468,8 @@ class BatchEngine:
     # -- any thread --------------------------------------------------------------
 
     def submit(self, loaded: LoadedModel, sequence: Sequence) -> Sequence:
+        if sequence.constraint is not None and not self._compile(loaded, sequence):
+            return sequence
         with self._wakeup:
             self._submitted.append(_Submitted(loaded, sequence))
             if self._thread is None:
@@ -465,6 +477,19 @@ class BatchEngine:
                 self._thread.start()
             self._wakeup.notify()
         return sequence
+
+    @staticmethod
+    def _compile(loaded: LoadedModel, sequence: Sequence) -> bool:
+        """Give a constrained request its grammar matcher, here in the caller's thread: compiling a new schema
+        (milliseconds) or a model's token table (about half a second, once) never stalls the running batch."""
+        try:
+            sequence.matcher = matcher_for(tokenizer=loaded.tokenizer, vocab_size=vocab_size(loaded),
+                                           eos_ids=eos_ids(loaded), constraint=sequence.constraint)
+        except ConstraintError as exc:
+            sequence.fail(error_object(f"response_format cannot be enforced: {exc}", type="invalid_request_error",
+                                       param="response_format", code="invalid_response_format"))
+            return False
+        return True
 
     def cancel(self, sequence: Sequence) -> None:
         """From any thread: the request leaves before the engine's next step, freeing its row."""
@@ -701,9 +726,10 @@ def eos_ids(loaded: LoadedModel) -> set[int]:
 
 
 def vocab_size(loaded: LoadedModel) -> int:
-    """Token ids the model scores (its output layer; may exceed the tokenizer's, padded for speed)."""
+    """The width of the model's logits: its output layer's, which may be wider than the tokenizer's vocabulary."""
+    head = loaded.model.get_output_embeddings()
     config = loaded.model.config
-    return (getattr(config, "text_config", None) or config).vocab_size
+    return getattr(head, "out_features", None) or (getattr(config, "text_config", None) or config).vocab_size
 
 
 def is_out_of_memory(exc: Exception) -> bool:

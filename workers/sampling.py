@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import hashlib
 
+import numpy as np
 import torch
 
+from .constraints import allowed_tokens
 from .logprobs import StepLogprobs
 
 
@@ -41,11 +43,34 @@ def choose_tokens(logits: torch.Tensor, rows: list) -> tuple[list[int], list[dic
     with torch.inference_mode():  # the logits are the forward pass's inference tensors: changed in place
         apply_logit_bias(logits, rows)
         apply_penalties(logits, rows)
-        # Step 2, the grammar mask of constrained rows (workers/constraints.py), goes here: after the bias and
-        # penalties, before logprobs and the choice.
+        apply_grammar_masks(logits, rows)
         logprobs = StepLogprobs(logits, rows)
         tokens = next_tokens(logits, rows)
         return tokens, logprobs.entries(tokens)
+
+
+def apply_grammar_masks(logits: torch.Tensor, rows: list) -> None:
+    """Forbid, in place, the tokens each constrained row's grammar does not allow next (-inf logits).
+
+    Unconstrained rows cost nothing: no mask is built for them. The grammar library fills a bitmask on the
+    CPU (one bit per token); on the CPU numpy unpacks it, on a GPU only its int32 words cross to the device
+    and are unpacked there (the GPU path is untested so far: docs/models.md).
+    """
+    constrained = [(index, row.matcher) for index, row in enumerate(rows)
+                   if row.matcher is not None and not row.finished]
+    if not constrained:
+        return
+    vocab = logits.shape[1]
+    words = allowed_tokens([matcher for _, matcher in constrained], vocab)
+    with torch.inference_mode():  # the logits are inference tensors
+        if logits.device.type == "cpu":
+            allowed = torch.from_numpy(np.unpackbits(words.view(np.uint8), axis=1, count=vocab, bitorder="little"))
+        else:
+            bits = torch.arange(32, dtype=torch.int32, device=logits.device)
+            allowed = ((torch.from_numpy(words).to(logits.device).unsqueeze(-1) >> bits) & 1).flatten(1)[:, :vocab]
+        index = torch.tensor([index for index, _ in constrained], device=logits.device)
+        masked = logits.index_select(0, index).masked_fill_(allowed == 0, float("-inf"))
+        logits.index_copy_(0, index, masked)
 
 
 def apply_logit_bias(logits: torch.Tensor, rows: list) -> None:

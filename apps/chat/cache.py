@@ -13,8 +13,10 @@ from django.conf import settings
 
 from apps.core.redis import sync_client
 
-# The fingerprint too: an answer cached from an earlier build of the model is not this build's answer.
-CACHED_PARAMS = ("max_tokens", "temperature", "top_p", "stop", "seed", "ignore_eos", "system_fingerprint")
+# Everything that changes the answer: the fingerprint (an answer cached from an earlier build of the model is
+# not this build's answer) and "constraint", the grammar of response_format (or a forced tool call).
+CACHED_PARAMS = ("max_tokens", "temperature", "top_p", "stop", "seed", "ignore_eos", "system_fingerprint",
+                 "constraint")
 
 
 def is_deterministic(params: dict) -> bool:

@@ -8,6 +8,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from apps.core.fields import StrictBooleanField, StrictCharField, StrictFloatField, StrictIntegerField
+from workers.constraints import ConstraintError, constraint_grammar
 
 from .models import Conversation, Message, Role
 
@@ -150,6 +151,55 @@ class LogitBiasField(serializers.Field):
                 self.fail("type")
             bias[str(int(token))] = float(value)
         return bias
+RESPONSE_FORMAT_SCHEMA = {
+    "type": "object",
+    "required": ["type"],
+    "properties": {
+        "type": {"type": "string", "enum": ["text", "json_object", "json_schema"]},
+        "json_schema": {"type": "object", "required": ["name"], "properties": {
+            "name": {"type": "string", "maxLength": 64, "pattern": "^[A-Za-z0-9_-]+$"},
+            "description": {"type": "string"},
+            "schema": {"type": "object", "additionalProperties": True},
+            "strict": {"type": "boolean", "nullable": True}}},
+    },
+    "description": "Structured outputs, enforced by constrained decoding (docs/api.md).",
+}
+
+
+@extend_schema_field(RESPONSE_FORMAT_SCHEMA)
+class ResponseFormatField(serializers.Field):
+    """OpenAI's response_format, as the engine's constraint (workers/constraints.py): None for plain text.
+
+    The schema is compiled here, without a tokenizer (the grammar library needs none, and no torch), so an
+    invalid or unsupported schema is refused before anything is stored.
+    """
+
+    default_error_messages = {
+        "type": "must be an object with type 'text', 'json_object' or 'json_schema'.",
+        "json_schema": "json_schema must be an object with a 'name' (letters, digits, '_' and '-', at most 64) "
+                       "and a 'schema' object; 'description' is a string and 'strict' a boolean.",
+        "schema": "json_schema.schema cannot be enforced: {error}",
+    }
+
+    def to_internal_value(self, data):
+        if not isinstance(data, dict) or data.get("type") not in ("text", "json_object", "json_schema"):
+            self.fail("type")
+        if data["type"] == "text":
+            return None
+        if data["type"] == "json_object":
+            return {"type": "json_object"}
+        spec = data.get("json_schema")
+        if not (isinstance(spec, dict) and _valid_schema_name(spec.get("name"))
+                and isinstance(spec.get("schema", {}), dict) and isinstance(spec.get("description", ""), str)
+                and isinstance(spec.get("strict", False), (bool, type(None)))):
+            self.fail("json_schema")
+        # No schema: OpenAI's default, any JSON object.
+        constraint = {"type": "json_schema", "schema": spec["schema"]} if "schema" in spec else {"type": "json_object"}
+        try:
+            constraint_grammar(constraint)
+        except ConstraintError as exc:
+            self.fail("schema", error=exc)
+        return constraint
 
     def to_representation(self, value):
         return value
@@ -178,6 +228,9 @@ class MetadataField(serializers.Field):
                                 "maximum": settings.AIHUB_KEEP_ALIVE_MAX_SECONDS}], "nullable": True})
 class KeepAliveField(StrictFloatField):
     """Seconds; the schema states the values validate_keep_alive accepts."""
+def _valid_schema_name(name) -> bool:
+    return isinstance(name, str) and 0 < len(name) <= 64 and all(c.isascii() and (c.isalnum() or c in "_-")
+                                                                 for c in name)
 
 
 class ChatCompletionRequestSerializer(serializers.Serializer):
@@ -214,6 +267,10 @@ class ChatCompletionRequestSerializer(serializers.Serializer):
                   "(AIHUB_KEEP_ALIVE_MAX_SECONDS); -1 pins and 0 unloads, with an admin key only.")
     cache = StrictBooleanField(required=False, allow_null=True, default=None,
                                help_text="Answer deterministic requests from the response cache (per user).")
+    response_format = ResponseFormatField(
+        required=False, allow_null=True, default=None,
+        help_text="{'type': 'text' | 'json_object' | 'json_schema', 'json_schema': {'name', 'schema', ...}}: "
+                  "the answer is one JSON object, or one that validates against the schema (docs/api.md).")
     ignore_eos = StrictBooleanField(required=False, default=False,
                                     help_text="vLLM extension: generate exactly max_tokens tokens (benchmarks).")
     conversation_id = serializers.UUIDField(required=False, allow_null=True,

@@ -161,6 +161,7 @@ def _params(data: dict, *, model, max_tokens: int, api_key) -> dict:
         "context_length": model.context_length,
         "keep_alive": keep_alive,
         **sampling_params(data, model=model),
+        "constraint": data.get("response_format"),  # workers/constraints.py
     }
 
 

@@ -51,7 +51,7 @@ def error_body(message: str, *, type: str = "invalid_request_error", param: str 
 
 # HTTP status for the error codes workers report through event logs.
 WORKER_ERROR_STATUS = {"context_length_exceeded": 400, "invalid_prompt": 400, "invalid_logit_bias": 400,
-                       "invalid_value": 400, "model_not_supported": 400,
+                       "invalid_value": 400, "model_not_supported": 400, "invalid_response_format": 400,
                        "invalid_api_key": 401, "model_not_found": 404, "insufficient_memory": 507, "timeout": 504,
                        "queue_timeout": 504, "time_limit_exceeded": 504}
 
