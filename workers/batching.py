@@ -47,6 +47,7 @@ from apps.core.errors import error_object
 from .engine import LoadedModel
 from .sampling import next_tokens, seeded_generator
 from .text_stream import TextStream
+from .tool_prompt import prompt_ids
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +79,10 @@ class Sequence:
         self.seed: int | None = params.get("seed")
         self.stop: list[str] = params.get("stop") or []
         self.ignore_eos: bool = bool(params.get("ignore_eos"))
+        # Function calling (workers/tool_prompt.py): the functions offered, OpenAI's tool_choice, parallel calls.
+        self.tools: list[dict] = params.get("tools") or []
+        self.tool_choice = params.get("tool_choice") or "auto"
+        self.parallel_tool_calls: bool = params.get("parallel_tool_calls", True)
         self.deadline = time.monotonic() + time_limit if time_limit else None
         self.outbox: queue.SimpleQueue = queue.SimpleQueue()
         self._cancelled = threading.Event()
@@ -486,8 +491,9 @@ class BatchEngine:
     def _prepare(self, item: _Submitted) -> None:
         sequence, loaded = item.sequence, item.loaded
         try:
-            sequence.prompt_ids = loaded.tokenizer.apply_chat_template(
-                sequence.messages, add_generation_prompt=True, return_dict=True)["input_ids"]
+            sequence.prompt_ids = prompt_ids(loaded.tokenizer, sequence.messages, tools=sequence.tools,
+                                             tool_choice=sequence.tool_choice,
+                                             parallel=sequence.parallel_tool_calls)
         except Exception as exc:  # noqa: BLE001 - a template that cannot render these messages
             sequence.fail(error_object(f"The model's chat template cannot render these messages: {exc}",
                                        type="invalid_request_error", param="messages", code="invalid_messages"))

@@ -24,6 +24,7 @@ import os
 import queue
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from django.conf import settings
@@ -40,6 +41,8 @@ from apps.core import events
 from apps.core.db import retry_on_lost_connection
 from apps.core.errors import error_object
 from apps.core.redis import sync_client
+
+from .tool_calls import Content, parser_for
 
 logger = logging.getLogger(__name__)
 State = GenerationRequest.State
@@ -196,9 +199,10 @@ def _run_generation(generation_id: str, *, started_at, worker: str) -> None:
             sequence = Sequence(request_id=str(generation_id), messages=generation.prompt_messages,
                                 params=generation.params, adapter=entry.id if entry.adapter_path else None,
                                 time_limit=settings.AIHUB_GENERATION_TIME_LIMIT_SECONDS or None)
+            tool_parser = parser_for(generation.params, loaded.tokenizer.chat_template)
             tic = time.perf_counter()
             result, error, first_token_at = _follow(manager.engine.submit(loaded, sequence), manager.engine,
-                                                    writer, stop_signal)
+                                                    writer, stop_signal, tool_parser)
     except InsufficientMemory as exc:
         _fail(generation_id, exc.error, worker=worker)
         return
@@ -217,7 +221,14 @@ def _run_generation(generation_id: str, *, started_at, worker: str) -> None:
                           prompt_tokens=result.prompt_tokens, first_token_at=first_token_at, worker=worker)
         return
 
-    changed = _store_answer(generation, result, worker=worker, started_at=started_at, first_token_at=first_token_at)
+    tool_calls = None
+    if tool_parser is not None:
+        # The answer's text is what lies outside its calls; an answer that calls tools ends with "tool_calls".
+        tool_calls = [call.as_openai() for call in tool_parser.calls] or None
+        result = replace(result, text=tool_parser.content or "",
+                         finish_reason="tool_calls" if tool_calls else result.finish_reason)
+    changed = _store_answer(generation, result, worker=worker, started_at=started_at, first_token_at=first_token_at,
+                            tool_calls=tool_calls)
     if changed and generation.params.get("cache_key"):
         cache_put(generation.params["cache_key"], completion=result.text, finish_reason=result.finish_reason,
                   prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens)
@@ -228,12 +239,13 @@ def _run_generation(generation_id: str, *, started_at, worker: str) -> None:
             "total_tokens": result.prompt_tokens + result.completion_tokens})
 
 
-def _follow(sequence, engine, writer, stop_signal):
+def _follow(sequence, engine, writer, stop_signal, tool_parser=None):
     """The task thread's side of a request in the engine: write its text as events, pass on a cancel.
 
     Returns (GenerationResult, None, first_token_at) or (None, error, first_token_at). Text that piled up
     while this thread wrote the last event goes out as one event, so a slow Redis round trip never holds
-    up the engine, only makes the chunks larger.
+    up the engine, only makes the chunks larger. With tools, the text goes through `tool_parser` first:
+    content goes out as `token` events, each complete call as one `tool_call` event.
     """
     from .batching import DONE, TEXT
 
@@ -254,14 +266,26 @@ def _follow(sequence, engine, writer, stop_signal):
             if texts:
                 if first_token_at is None:
                     first_token_at = timezone.now()
-                writer.append(events.TOKEN, text="".join(texts))
+                _write_answer(writer, tool_parser.feed("".join(texts)) if tool_parser else [Content("".join(texts))])
             if kind is not None:
+                if kind == DONE and tool_parser and value.finish_reason != "cancelled":
+                    _write_answer(writer, tool_parser.finish())
                 return (value, None, first_token_at) if kind == DONE else (None, value, first_token_at)
             if stop_signal() and not sequence.cancelled:  # asks Redis at most every StopSignal interval
                 engine.cancel(sequence)
     except BaseException:
         engine.cancel(sequence)  # this thread cannot go on (Redis gone for good, a shutdown): free the row
         raise
+
+
+def _write_answer(writer, pieces: list) -> None:
+    for piece in pieces:
+        if isinstance(piece, Content):
+            writer.append(events.TOKEN, text=piece.text)
+        else:
+            call = piece.call
+            writer.append(events.TOOL_CALL, index=0, tool_index=piece.index, id=call.id, name=call.name,
+                          arguments=call.arguments)
 
 
 def _no_longer_allowed(generation) -> dict | None:
@@ -281,7 +305,7 @@ def _no_longer_allowed(generation) -> dict | None:
 
 
 @retry_on_lost_connection
-def _store_answer(generation, result, *, worker: str, started_at, first_token_at) -> bool:
+def _store_answer(generation, result, *, worker: str, started_at, first_token_at, tool_calls=None) -> bool:
     """Store the answer, once; True when this call (or a try of it whose reply the database lost) stored it."""
     finished_at = timezone.now()
     with transaction.atomic():
@@ -297,10 +321,12 @@ def _store_answer(generation, result, *, worker: str, started_at, first_token_at
             queue_wait_ms=_ms(generation.created_at, started_at),
             time_to_first_token_ms=_ms(generation.created_at, first_token_at),
             total_ms=_ms(generation.created_at, finished_at),
+            **({"output": {"choices": [{"index": 0, "text": result.text, "finish_reason": result.finish_reason,
+                                        "logprobs": None, "tool_calls": tool_calls}]}} if tool_calls else {}),
         )
         if changed:
             Message.objects.create(conversation_id=generation.conversation_id, role="assistant",
-                                   content=result.text, generation_id=generation.id)
+                                   content=result.text, tool_calls=tool_calls, generation_id=generation.id)
             Conversation.objects.filter(id=generation.conversation_id).update(updated_at=finished_at)
     # A retry after a commit whose reply was lost finds the row already ours: it still has to be announced.
     return bool(changed) or GenerationRequest.objects.filter(

@@ -288,3 +288,16 @@ def parse_tool_calls(text: str, **options) -> tuple[str | None, list[ToolCall]]:
     parser.feed(text)
     parser.finish()
     return parser.content, parser.calls
+
+
+def parser_for(params: dict, chat_template) -> ToolCallParser | None:
+    """The parser of a request's answer, or None when its answer is plain text (no tools, tool_choice none)."""
+    from apps.catalog.tool_support import tool_support
+    from apps.chat.tools import forced_name
+
+    tools = params.get("tools") or []
+    if not tools or params.get("tool_choice") == "none":
+        return None
+    return ToolCallParser(format=tool_support(chat_template)["tool_parser"],
+                          forced=forced_name(params.get("tool_choice")), tool_names=[t["name"] for t in tools],
+                          parallel=params.get("parallel_tool_calls", True))

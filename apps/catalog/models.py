@@ -29,6 +29,11 @@ class Dtype(models.TextChoices):
     BFLOAT16 = "bfloat16"
 
 
+class ToolCalling(models.TextChoices):
+    NATIVE = "native", "Native (the chat template renders tools)"
+    GENERIC = "generic", "Generic (the hub's documented tool prompt)"
+
+
 class Visibility(models.TextChoices):
     PRIVATE = "private", "Private (the owner only)"
     SHARED = "shared", "Shared (the owner and the users listed)"
@@ -77,6 +82,11 @@ class ModelEntry(models.Model):
     base_model = models.CharField(max_length=200, blank=True,
                                   help_text="For a fine-tuned adapter: the catalog id of its base model.")
     adapter_path = models.CharField(max_length=500, blank=True, help_text="LoRA adapter directory (safetensors).")
+    # Detected from the chat template at registration (apps/catalog/tool_support.py, docs/api.md).
+    tool_calling = models.CharField(max_length=10, choices=ToolCalling.choices, default=ToolCalling.GENERIC,
+                                    help_text="native: its chat template renders tools; generic: the hub's prompt.")
+    tool_parser = models.CharField(max_length=20, default="generic",
+                                   help_text="The format its tool calls are read in: hermes, llama3, mistral, generic.")
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
 

@@ -30,6 +30,7 @@ from apps.core.errors import AppError, app_error_from_event, as_app_error, error
 from .models import GenerationRequest
 from .serializers import ChatCompletionRequestSerializer
 from .services import chat_completion_create, generation_give_up
+from .tools import answer_tool_calls, tool_call_deltas
 
 logger = logging.getLogger(__name__)
 READER_LEASE = settings.AIHUB_HTTP_READER_LEASE_SECONDS
@@ -139,13 +140,21 @@ def completion_body(generation: GenerationRequest) -> dict:
         "system_fingerprint": None,
         "choices": [{
             "index": 0,
-            "message": {"role": "assistant", "content": generation.completion, "refusal": None},
+            "message": assistant_message(generation),
             "logprobs": None,
             "finish_reason": generation.finish_reason or "stop",
         }],
         "usage": generation.usage,
         "conversation_id": _conversation_id(generation),
     }
+
+
+def assistant_message(generation: GenerationRequest) -> dict:
+    message = {"role": "assistant", "content": generation.completion, "refusal": None}
+    tool_calls = answer_tool_calls(generation)
+    if tool_calls:
+        message.update(content=generation.completion or None, tool_calls=tool_calls)
+    return message
 
 
 def _conversation_id(generation: GenerationRequest) -> str | None:
@@ -179,6 +188,9 @@ async def sse_stream(generation: GenerationRequest, include_usage: bool):
         async for event in generation_events(generation.id, lease_seconds=READER_LEASE):
             if event["type"] == events.TOKEN:
                 yield _sse(_chunk(generation, created, {"content": event["text"]}))
+            elif event["type"] == events.TOOL_CALL:
+                for delta in tool_call_deltas(event):
+                    yield _sse(_chunk(generation, created, delta))
             elif event["type"] == events.DONE:
                 finished = True
                 yield _sse(_chunk(generation, created, {}, finish_reason=event["finish_reason"]))

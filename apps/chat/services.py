@@ -23,6 +23,7 @@ from apps.monitoring.counters import request_metrics_record
 from .cache import cache_get, cache_key, cache_wanted
 from .models import Conversation, GenerationRequest, Message
 from .selectors import conversation_get, model_performance
+from .tools import stored_message, tool_messages_check, tool_params
 
 GENERATE_TASK = "workers.tasks.generate_chat_completion"
 
@@ -88,12 +89,15 @@ def chat_completion_create(*, user, api_key, data: dict) -> GenerationRequest:
             f"(its context holds {model.context_length} tokens including the prompt).",
             param="max_tokens", code="context_length_exceeded")
 
-    new_messages = [{"role": m["role"], "content": m["content"]} for m in data["messages"]]
+    new_messages = [stored_message(m["role"], m["content"], m.get("tool_calls"), m.get("tool_call_id", ""))
+                    for m in data["messages"]]
     if data.get("conversation_id"):
         conversation = conversation_get(user=user, conversation_id=data["conversation_id"], for_update=True)
-        history = list(conversation.messages.values("role", "content"))
+        history = [stored_message(*row) for row in
+                   conversation.messages.values_list("role", "content", "tool_calls", "tool_call_id")]
     else:
         conversation, history = None, []
+    tool_messages_check(history + new_messages, first_new=len(history))
     # A prompt far beyond the context is refused here; the worker checks the exact token count.
     if estimate_prompt_tokens(history + new_messages) > 2 * model.context_length:
         raise AppError(f"The messages are far longer than the model '{model.id}' accepts "
@@ -144,6 +148,7 @@ def _params(data: dict, *, model, max_tokens: int, api_key) -> dict:
         "ignore_eos": data.get("ignore_eos", False),
         "context_length": model.context_length,
         "keep_alive": keep_alive,
+        **tool_params(data),
     }
 
 
