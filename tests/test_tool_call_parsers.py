@@ -5,13 +5,18 @@ import json
 
 import pytest
 
-from workers.tool_calls import CallOut, Content, ToolCallParser, parse_tool_calls
+from workers.tool_calls import CallOut, Content, ToolCall, ToolCallParser, parse_tool_calls
 
 WEATHER = ["get_weather", "get_time"]
 
 
 def _calls(calls):
-    return [(call.name, json.loads(call.arguments)) for call in calls]
+    def value(arguments):
+        try:
+            return json.loads(arguments)
+        except ValueError:
+            return arguments  # cut short: compared as text
+    return [(call.name, value(call.arguments)) for call in calls]
 
 
 def _streamed(text: str, pieces: list[str], **options):
@@ -22,9 +27,18 @@ def _streamed(text: str, pieces: list[str], **options):
         out += parser.feed(piece)
     out += parser.finish()
     content = "".join(p.text for p in out if isinstance(p, Content))
-    calls = [p for p in out if isinstance(p, CallOut)]
-    assert [c.index for c in calls] == list(range(len(calls)))
-    return content, [c.call for c in calls], parser
+    calls = {}
+    for piece in out:
+        if isinstance(piece, CallOut):
+            if piece.fragment is None:  # a whole call
+                calls[piece.index] = ToolCall(piece.call.name, piece.call.arguments, piece.call.id)
+            elif piece.index not in calls:  # a streaming call's first event: its arguments follow in pieces
+                assert piece.fragment == ""
+                calls[piece.index] = ToolCall(piece.call.name, "", piece.call.id)
+            else:
+                calls[piece.index].arguments += piece.fragment
+    assert list(calls) == list(range(len(calls)))
+    return content, list(calls.values()), parser
 
 
 def _every_split(text: str, **options):
@@ -127,11 +141,27 @@ def test_it_streams_mistral_text_that_is_not_a_call_as_content():
 
 
 @pytest.mark.parametrize("text", ['{"city": "Paris"}', ' {"city": "Paris"}\n\nextra words',
-                                  '{"name": "get_weather", "arguments": {"city": "Paris"}}',
+                                  'Sure: {"name": "get_weather", "arguments": {"city": "Paris"}}',
                                   '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>'])
 def test_it_reads_a_forced_named_call_from_its_arguments_object(text):
     content, calls = _every_split(text, forced="get_weather", tool_names=WEATHER)
     assert content is None and _calls(calls) == [("get_weather", {"city": "Paris"})]
+
+
+def test_it_streams_a_forced_named_calls_arguments_as_they_come():
+    parser = ToolCallParser(forced="get_weather", tool_names=WEATHER)
+    first = parser.feed(' {"city": "Pa')
+    assert [(p.index, p.call.name, p.fragment) for p in first] == [(0, "get_weather", ""), (0, "get_weather",
+                                                                                            '{"city": "Pa')]
+    assert [p.fragment for p in parser.feed('ris", "note": "a } in \\"text\\""} and more')] == [
+        'ris", "note": "a } in \\"text\\""}']
+    assert parser.feed("{}") == [] and parser.finish() == []
+    assert json.loads(parser.calls[0].arguments) == {"city": "Paris", "note": 'a } in "text"'}
+
+
+def test_a_forced_named_call_cut_short_keeps_the_arguments_written_so_far():
+    content, calls = _every_split('{"city": "Par', forced="get_weather")
+    assert content is None and [(c.name, c.arguments) for c in calls] == [("get_weather", '{"city": "Par')]
 
 
 def test_it_reads_a_required_call_as_one_object_or_an_array_of_calls():
@@ -145,5 +175,7 @@ def test_it_reads_a_required_call_as_one_object_or_an_array_of_calls():
 
 
 def test_it_falls_back_to_content_when_a_forced_answer_does_not_parse():
-    content, calls = _every_split('{"city": "Par', forced="get_weather")
-    assert calls == [] and content == '{"city": "Par'
+    content, calls = _every_split("I cannot do that.", forced="get_weather")
+    assert calls == [] and content == "I cannot do that."
+    content, calls = _every_split('{"name": "get_time", "arguments": {"zone": ', forced="required")
+    assert calls == [] and content == '{"name": "get_time", "arguments": {"zone": '

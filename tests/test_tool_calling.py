@@ -17,9 +17,9 @@ import httpx
 import pytest
 from transformers import AutoTokenizer
 
-from tests.support.tiny_models import build_scripted_tool_model
+from tests.support.tiny_models import SCRIPTED_CALL, build_scripted_tool_model
 
-SCRIPTED = "tiny:tools"
+SCRIPTED, PARALLEL = "tiny:tools", "tiny:tools-parallel"
 WEATHER_TOOL = {"type": "function", "function": {
     "name": "get_weather", "description": "The current weather of a city.",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
@@ -35,6 +35,17 @@ def scripted_model(models, tmp_path_factory):
 
     directory = build_scripted_tool_model(tmp_path_factory.mktemp("models") / "tiny-tools")
     model_register(model_id=SCRIPTED, path=directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def parallel_model(models, tmp_path_factory):
+    """Like tiny:tools, but its answer is two calls in a row."""
+    from apps.catalog.services import model_register
+
+    calls = (SCRIPTED_CALL + "\n" + '<tool_call>\n{"name": "get_time", "arguments": {"zone": "CET"}}\n</tool_call>')
+    directory = build_scripted_tool_model(tmp_path_factory.mktemp("models") / "tiny-tools-parallel", call_text=calls)
+    model_register(model_id=PARALLEL, path=directory)
     return directory
 
 
@@ -80,6 +91,24 @@ def test_it_streams_a_tool_call_whose_deltas_reassemble_into_the_same_call(opena
     assert not choice.message.content
 
 
+def test_it_sends_a_tool_call_event_over_the_websocket(hub, alice, scripted_model):
+    from websockets.sync.client import connect
+
+    body = {"model": SCRIPTED, "messages": ASK, "tools": [WEATHER_TOOL], "temperature": 0}
+    with connect(f"{hub.ws_url}/ws/v1/chat/", additional_headers=alice.auth, open_timeout=10) as ws:
+        assert json.loads(ws.recv(timeout=30))["type"] == "authenticated"
+        ws.send(json.dumps({"type": "chat.completion", "request": body}))
+        assert json.loads(ws.recv(timeout=30))["type"] == "accepted"
+        events = [json.loads(ws.recv(timeout=60))]
+        while events[-1]["type"] not in ("done", "error"):
+            events.append(json.loads(ws.recv(timeout=60)))
+    call, done = events
+    assert call["type"] == "tool_call" and (call["index"], call["tool_index"]) == (0, 0)
+    assert call["id"].startswith("call_") and call["name"] == "get_weather"
+    assert json.loads(call["arguments"]) == {"city": "Paris"}
+    assert done["finish_reason"] == "tool_calls"
+
+
 def test_it_renders_a_native_template_with_the_tools(openai_client, scripted_model):
     tokenizer = AutoTokenizer.from_pretrained(scripted_model)
     expected = tokenizer.apply_chat_template(ASK, tools=[WEATHER_TOOL, TIME_TOOL], add_generation_prompt=True,
@@ -88,6 +117,19 @@ def test_it_renders_a_native_template_with_the_tools(openai_client, scripted_mod
     response = openai_client.chat.completions.create(model=SCRIPTED, messages=ASK, tools=[WEATHER_TOOL, TIME_TOOL],
                                                      temperature=0)
     assert response.usage.prompt_tokens == len(expected) > len(without_tools)
+
+
+def test_it_returns_parallel_calls_unless_parallel_tool_calls_is_false(openai_client, parallel_model):
+    options = dict(model=PARALLEL, messages=ASK, tools=[WEATHER_TOOL, TIME_TOOL], temperature=0)
+    both = openai_client.chat.completions.create(**options).choices[0].message.tool_calls
+    assert [(c.function.name, _arguments(c)) for c in both] == [("get_weather", {"city": "Paris"}),
+                                                                ("get_time", {"zone": "CET"})]
+    assert len({c.id for c in both}) == 2
+    with openai_client.chat.completions.stream(**options) as stream:
+        streamed = stream.get_final_completion().choices[0].message.tool_calls
+    assert [(c.function.name, _arguments(c)) for c in streamed] == [(c.function.name, _arguments(c)) for c in both]
+    one = openai_client.chat.completions.create(**options, parallel_tool_calls=False).choices[0].message.tool_calls
+    assert [(c.function.name, _arguments(c)) for c in one] == [("get_weather", {"city": "Paris"})]
 
 
 def test_it_parses_nothing_when_tool_choice_is_none(openai_client, scripted_model):
@@ -189,7 +231,7 @@ def test_the_default_model_calls_the_function_a_named_tool_choice_forces(openai_
 # Needs the engine's constraint (see the module docstring).
 def test_the_default_model_calls_some_function_when_tool_choice_is_required(openai_client, models):
     response = openai_client.chat.completions.create(
-        model=models["default"], messages=ASK, tools=[WEATHER_TOOL, TIME_TOOL], temperature=0, max_tokens=60,
+        model=models["default"], messages=ASK, tools=[WEATHER_TOOL, TIME_TOOL], temperature=0, max_tokens=40,
         tool_choice="required", parallel_tool_calls=False)
     [call] = response.choices[0].message.tool_calls
     assert call.function.name in ("get_weather", "get_time") and isinstance(_arguments(call), dict)

@@ -223,10 +223,11 @@ def _run_generation(generation_id: str, *, started_at, worker: str) -> None:
 
     tool_calls = None
     if tool_parser is not None:
-        # The answer's text is what lies outside its calls; an answer that calls tools ends with "tool_calls".
+        # The answer's text is what lies outside its calls; an answer that ends by calling tools ends with
+        # "tool_calls" (one cut by max_tokens keeps "length", as OpenAI's).
         tool_calls = [call.as_openai() for call in tool_parser.calls] or None
-        result = replace(result, text=tool_parser.content or "",
-                         finish_reason="tool_calls" if tool_calls else result.finish_reason)
+        result = replace(result, text=tool_parser.content or "", finish_reason="tool_calls" if (
+            tool_calls and result.finish_reason == "stop") else result.finish_reason)
     changed = _store_answer(generation, result, worker=worker, started_at=started_at, first_token_at=first_token_at,
                             tool_calls=tool_calls)
     if changed and generation.params.get("cache_key"):
@@ -282,10 +283,12 @@ def _write_answer(writer, pieces: list) -> None:
     for piece in pieces:
         if isinstance(piece, Content):
             writer.append(events.TOKEN, text=piece.text)
-        else:
+        elif piece.fragment:  # a piece of a streaming call's arguments
+            writer.append(events.TOOL_CALL, index=0, tool_index=piece.index, arguments=piece.fragment)
+        else:  # a whole call, or a streaming call's first event (fragment "")
             call = piece.call
             writer.append(events.TOOL_CALL, index=0, tool_index=piece.index, id=call.id, name=call.name,
-                          arguments=call.arguments)
+                          arguments=call.arguments if piece.fragment is None else "")
 
 
 def _no_longer_allowed(generation) -> dict | None:

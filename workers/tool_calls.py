@@ -17,6 +17,11 @@ Streaming: text outside calls goes out as content as soon as it cannot be the st
 a call is held until its text is complete, then goes out whole (its id and name, then its arguments in
 one fragment), so a call that turns out malformed can still fall back to content: nothing of a call
 ever leaks as content, and no half call reaches a client. The parser never raises on model output.
+
+One exception: a forced named function's answer that starts with `{` is its arguments object, generated
+under the function's schema, so it streams as it comes (the call's id and name at once, then each piece
+of the arguments up to the object's closing brace), as OpenAI streams arguments; only max_tokens can cut
+it short, and then the call keeps the arguments written so far, with finish_reason "length", as OpenAI's.
 """
 from __future__ import annotations
 
@@ -53,6 +58,7 @@ class Content:
 class CallOut:
     index: int  # the call's place among this answer's calls (OpenAI's tool_calls[].index)
     call: ToolCall
+    fragment: str | None = None  # None: the whole call; else its first event (""), or a piece of its arguments
 
 
 class ToolCallParser:
@@ -73,6 +79,7 @@ class ToolCallParser:
         self._in_call = False
         self._pending_space = ""  # trailing whitespace of content, sent only if more content follows
         self._whole_answer: bool | None = None  # JSON-first formats: is the answer a call (decided at its start)
+        self._arguments_scan: _ObjectScan | None = None  # a forced named call's arguments, streaming
 
     @property
     def content(self) -> str | None:
@@ -82,6 +89,8 @@ class ToolCallParser:
 
     def feed(self, text: str) -> list:
         self._buffer += text
+        if self.forced and self.forced != "required" and self._whole_answer is not False:
+            return self._feed_forced_arguments()
         if self.forced:
             return []  # the whole answer is one JSON value: read at the end
         if self.format in (HERMES, GENERIC):
@@ -91,7 +100,9 @@ class ToolCallParser:
     def finish(self) -> list:
         out: list = []
         buffer, self._buffer = self._buffer, ""
-        if self.forced:
+        if self._arguments_scan is not None:
+            pass  # streamed as it came: the call holds what was written
+        elif self.forced:
             calls = _forced_calls(buffer, self.forced)
             out += self._calls_or_content(calls, buffer)
         elif self.format in (HERMES, GENERIC):
@@ -129,6 +140,26 @@ class ToolCallParser:
                 return out
             raw, self._buffer, self._in_call = self._buffer[:end], self._buffer[end + len(TAG_END):], False
             out += self._calls_or_content(_tagged_call(raw), TAG_START + raw + TAG_END)
+
+    def _feed_forced_arguments(self) -> list:
+        if self._arguments_scan is None:
+            start = self._buffer.lstrip()
+            if not start:
+                return []
+            if not start.startswith("{"):
+                self._whole_answer = False  # not what the constraint writes: read whole at the end
+                return []
+            self._arguments_scan, self._buffer = _ObjectScan(), start
+            call = ToolCall(self.forced, "")
+            self.calls.append(call)
+            out = [CallOut(0, call, "")]
+        else:
+            out = []
+        piece, self._buffer = self._arguments_scan.take(self._buffer), ""
+        if piece:
+            self.calls[0].arguments += piece
+            out.append(CallOut(0, self.calls[0], piece))
+        return out
 
     def _feed_json_first(self) -> list:
         if self._whole_answer is None:
@@ -172,6 +203,34 @@ class ToolCallParser:
             return []
         self._content.append(kept)
         return [Content(kept)]
+
+
+class _ObjectScan:
+    """Finds where a JSON object that arrives in pieces ends (its closing brace at depth 0, outside strings)."""
+
+    def __init__(self):
+        self.depth, self.in_string, self.escaped, self.done = 0, False, False, False
+
+    def take(self, text: str) -> str:
+        """The part of `text` that belongs to the object; nothing once it is complete."""
+        for position, char in enumerate(text):
+            if self.done:
+                return text[:position]
+            if self.in_string:
+                if self.escaped:
+                    self.escaped = False
+                elif char == "\\":
+                    self.escaped = True
+                elif char == '"':
+                    self.in_string = False
+            elif char == '"':
+                self.in_string = True
+            elif char in "{[":
+                self.depth += 1
+            elif char in "}]":
+                self.depth -= 1
+                self.done = self.depth == 0
+        return text
 
 
 def _partial_suffix(text: str, marker: str) -> int:

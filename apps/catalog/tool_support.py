@@ -11,6 +11,7 @@ always agree. No torch here: the web process reads the template from the model d
 """
 from __future__ import annotations
 
+import functools
 import json
 import re
 from pathlib import Path
@@ -28,6 +29,7 @@ def template_text(chat_template) -> str:
     return chat_template if isinstance(chat_template, str) else ""
 
 
+@functools.lru_cache(maxsize=64)  # the worker asks for every request with tools; templates are few
 def _uses_tools(template: str) -> bool:
     try:
         from jinja2 import Environment, meta
