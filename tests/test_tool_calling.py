@@ -260,9 +260,10 @@ def test_a_langchain_agent_calls_a_tool_and_answers_with_its_result(hub, alice, 
         return f"22 degrees and sunny in {city}"
 
     llm = ChatOpenAI(base_url=hub.api_url, api_key=alice.raw_key, model=models["default"], temperature=0,
-                     max_tokens=40, max_retries=0, timeout=120)
+                     max_tokens=60, max_retries=0, timeout=120)
     question = HumanMessage("What is the weather in Paris?")
     asked = llm.bind_tools([get_weather], tool_choice="get_weather").invoke([question])
+    assert len(asked.tool_calls) == 1, (asked.invalid_tool_calls, asked.response_metadata)
     [call] = asked.tool_calls
     assert call["name"] == "get_weather" and isinstance(call["args"]["city"], str)
     result = get_weather.invoke(call)  # a ToolMessage answering the call by its id

@@ -23,7 +23,13 @@ def forced_name(tool_choice) -> str | None:
 
 
 def _parameters(function: dict) -> dict:
-    return function.get("parameters") or {"type": "object", "properties": {}}
+    """A function's arguments schema for a forced call. Its arguments are the parameters it declares: a
+    schema that does not say whether other keys may appear gets additionalProperties false (as OpenAI's
+    strict mode requires), or a small model may go on adding keys until max_tokens cuts the object."""
+    schema = function.get("parameters") or {"type": "object", "properties": {}}
+    if "properties" in schema and "additionalProperties" not in schema:
+        schema = {**schema, "additionalProperties": False}
+    return schema
 
 
 def forced_call_schema(functions: list[dict], tool_choice, parallel: bool) -> dict | None:
