@@ -51,6 +51,7 @@ from .engine import LoadedModel
 from .logprobs import token_text
 from .sampling import choose_tokens, seeded_generator
 from .text_stream import TextStream
+from .tool_prompt import prompt_ids
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +98,10 @@ class Sequence:
                                              for token, value in (params.get("logit_bias") or {}).items()}
         self.constraint: dict | None = params.get("constraint")  # workers/constraints.py
         self.matcher: Matcher | None = None  # set by submit() when constrained
+        # Function calling (workers/tool_prompt.py): the functions offered, OpenAI's tool_choice, parallel calls.
+        self.tools: list[dict] = params.get("tools") or []
+        self.tool_choice = params.get("tool_choice") or "auto"
+        self.parallel_tool_calls: bool = params.get("parallel_tool_calls", True)
         self.deadline = time.monotonic() + time_limit if time_limit else None
         self.outbox: queue.SimpleQueue = outbox if outbox is not None else queue.SimpleQueue()
         self._cancelled = threading.Event()
@@ -694,7 +699,8 @@ class PromptError(ValueError):
 
 
 def prompt_token_ids(loaded: LoadedModel, sequence: Sequence) -> list[int]:
-    """The prompt's tokens: the chat template over the messages, or a raw prompt as it is.
+    """The prompt's tokens: the chat template over the messages (and tools: workers/tool_prompt.py), or a raw
+    prompt as it is.
 
     A raw text is tokenized as the model's tokenizer does by default (its BOS token included, if it adds one),
     as vLLM's /completions does; raw token ids go in unchanged, once checked against the vocabulary (an id
@@ -702,8 +708,8 @@ def prompt_token_ids(loaded: LoadedModel, sequence: Sequence) -> list[int]:
     """
     tokenizer = loaded.tokenizer
     if sequence.prompt is None:
-        return tokenizer.apply_chat_template(sequence.messages, add_generation_prompt=True,
-                                             return_dict=True)["input_ids"]
+        return prompt_ids(tokenizer, sequence.messages, tools=sequence.tools, tool_choice=sequence.tool_choice,
+                          parallel=sequence.parallel_tool_calls)
     if isinstance(sequence.prompt, str):
         ids = tokenizer(sequence.prompt)["input_ids"]
     else:

@@ -41,6 +41,8 @@ from apps.core.db import retry_on_lost_connection
 from apps.core.errors import error_object
 from apps.core.redis import sync_client
 
+from .tool_calls import Content, parser_for
+
 logger = logging.getLogger(__name__)
 State = GenerationRequest.State
 
@@ -201,11 +203,14 @@ def _run_generation(generation_id: str, *, started_at, worker: str) -> None:
                                   time_limit=settings.AIHUB_GENERATION_TIME_LIMIT_SECONDS or None, index=index,
                                   outbox=outbox)
                          for index in range(generation.params.get("n") or 1)]
+            # Each choice reads its own tool calls out of its text (None without tools).
+            parsers = [parser_for(generation.params, loaded.tokenizer.chat_template) for _ in sequences]
             tic = time.perf_counter()
             for sequence in sequences:
                 manager.engine.submit(loaded, sequence)
             results, logprobs, error, first_token_at = _follow(sequences, outbox, manager.engine, writer,
-                                                               stop_signal, params=generation.params)
+                                                               stop_signal, params=generation.params,
+                                                               parsers=parsers)
     except InsufficientMemory as exc:
         _fail(generation_id, exc.error, worker=worker)
         return
@@ -216,7 +221,7 @@ def _run_generation(generation_id: str, *, started_at, worker: str) -> None:
     if error is not None:
         _fail(generation_id, error, worker=worker)
         return
-    result = request_result(results, logprobs, params=generation.params)
+    result = request_result(results, logprobs, params=generation.params, parsers=parsers)
     logger.info("request %s: %d tokens in %.3fs (%s)", generation_id, result.completion_tokens,
                 time.perf_counter() - tic, result.finish_reason)
 
@@ -238,17 +243,19 @@ def _run_generation(generation_id: str, *, started_at, worker: str) -> None:
             "total_tokens": result.prompt_tokens + result.completion_tokens}, **extra)
 
 
-def _follow(sequences, outbox, engine, writer, stop_signal, *, params: dict):
+def _follow(sequences, outbox, engine, writer, stop_signal, *, params: dict, parsers: list):
     """The task thread's side of a request in the engine: write its choices' text as events, pass on a cancel.
 
     Returns (results, logprobs, None, first_token_at), one result and one list of logprob entries per choice,
     or (None, None, error, first_token_at) when a choice failed: a failure, like a cancel, ends every choice.
     Text that piled up while this thread wrote the last event goes out as one event per choice, so a slow
-    Redis round trip never holds up the engine, only makes the chunks larger.
+    Redis round trip never holds up the engine, only makes the chunks larger. With tools, a choice's text
+    goes through its tool-call parser first: content goes out as `token` events, calls as `tool_call` events.
     """
     from .batching import DONE, TEXT
 
     results = [None] * len(sequences)
+    finished: set[int] = set()  # choices whose tool-call parser was told the text ended
     logprobs: list[list[dict]] = [[] for _ in sequences]
     first_token_at = None
     try:
@@ -278,7 +285,15 @@ def _follow(sequences, outbox, engine, writer, stop_signal, *, params: dict):
                 if first_token_at is None:
                     first_token_at = timezone.now()
                 logprobs[index].extend(entries)
-                writer.append(events.TOKEN, **_token_event("".join(text_parts), index, entries, params))
+                text = "".join(text_parts)
+                pieces = parsers[index].feed(text) if parsers[index] else [Content(text)]
+                _write_answer(writer, pieces, index, entries, params)
+            for index, result in enumerate(results):
+                if result is None or index in finished:
+                    continue
+                finished.add(index)
+                if parsers[index] and result.finish_reason != "cancelled":
+                    _write_answer(writer, parsers[index].finish(), index, [], params)
             if error is not None:
                 _cancel_all(engine, sequences)
                 return None, None, error, first_token_at
@@ -291,14 +306,25 @@ def _follow(sequences, outbox, engine, writer, stop_signal, *, params: dict):
         raise
 
 
-def _token_event(text: str, index: int, entries: list[dict], params: dict) -> dict:
-    """A `token` event (docs/streaming.md): `index` names the choice when n > 1; `logprobs` when asked for."""
-    event = {"text": text}
-    if (params.get("n") or 1) > 1:
-        event["index"] = index
-    if params.get("logprobs"):
-        event["logprobs"] = entries
-    return event
+def _write_answer(writer, pieces: list, index: int, entries: list[dict], params: dict) -> None:
+    """A choice's text as events (docs/streaming.md): `token` events for content, `tool_call` events for calls.
+
+    `index` names the choice when n > 1; the text's logprob entries ride on its first content event (with tools,
+    content held back while a call might be starting carries none: the stored answer keeps them all).
+    """
+    many = (params.get("n") or 1) > 1
+    for piece in pieces:
+        if isinstance(piece, Content):
+            event = {"text": piece.text, **({"index": index} if many else {})}
+            if params.get("logprobs"):
+                event["logprobs"], entries = entries, []
+            writer.append(events.TOKEN, **event)
+        elif piece.fragment:  # a piece of a streaming call's arguments
+            writer.append(events.TOOL_CALL, index=index, tool_index=piece.index, arguments=piece.fragment)
+        else:  # a whole call, or a streaming call's first event (fragment "")
+            call = piece.call
+            writer.append(events.TOOL_CALL, index=index, tool_index=piece.index, id=call.id, name=call.name,
+                          arguments=call.arguments if piece.fragment is None else "")
 
 
 def _cancel_all(engine, sequences) -> None:
@@ -344,7 +370,7 @@ def _store_answer(generation, result, *, worker: str, started_at, first_token_at
         )
         if changed and generation.conversation_id:  # a raw-prompt completion (/completions) has no conversation
             Message.objects.create(conversation_id=generation.conversation_id, role="assistant",
-                                   content=result.text, generation_id=generation.id)
+                                   content=result.text, tool_calls=result.tool_calls, generation_id=generation.id)
             Conversation.objects.filter(id=generation.conversation_id).update(updated_at=finished_at)
     # A retry after a commit whose reply was lost finds the row already ours: it still has to be announced.
     return bool(changed) or GenerationRequest.objects.filter(

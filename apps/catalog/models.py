@@ -37,6 +37,11 @@ class Pooling(models.TextChoices):
     LAST = "last", "The last token"
 
 
+class ToolCalling(models.TextChoices):
+    NATIVE = "native", "Native (the chat template renders tools)"
+    GENERIC = "generic", "Generic (the hub's documented tool prompt)"
+
+
 class Visibility(models.TextChoices):
     PRIVATE = "private", "Private (the owner only)"
     SHARED = "shared", "Shared (the owner and the users listed)"
@@ -95,6 +100,11 @@ class ModelEntry(models.Model):
     supports_dimensions = models.BooleanField(
         default=False, help_text="The model was trained for truncation (Matryoshka): requests may ask for fewer "
                                  "`dimensions`.")
+    # Detected from the chat template at registration (apps/catalog/tool_support.py, docs/api.md).
+    tool_calling = models.CharField(max_length=10, choices=ToolCalling.choices, default=ToolCalling.GENERIC,
+                                    help_text="native: its chat template renders tools; generic: the hub's prompt.")
+    tool_parser = models.CharField(max_length=20, default="generic",
+                                   help_text="The format its tool calls are read in: hermes, llama3, mistral, generic.")
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
 

@@ -28,7 +28,8 @@ class ModelSerializer(serializers.ModelSerializer):
         model = ModelEntry
         fields = ["id", "object", "created", "owned_by", "visibility", "shared_with", "kind", "capabilities",
                   "context_length", "dtype", "quantization", "parameter_count", "size_bytes", "estimated_bytes",
-                  "loaded", "embedding_dimensions", "pooling", "supports_dimensions"]
+                  "loaded", "embedding_dimensions", "pooling", "supports_dimensions", "tool_calling",
+                  "tool_parser"]
 
     def _manages(self, obj) -> bool:
         return model_may_manage(entry=obj, user=self.context["user"], key=self.context.get("key"))

@@ -17,6 +17,7 @@ from apps.core.tasks import send_task
 from .footprint import safetensors_parameter_counts
 from .models import KIND_CAPABILITIES, ModelEntry, ModelKind, ModelSource, Pooling, Quantization, Visibility
 from .selectors import model_get_for_change
+from .tool_support import directory_chat_template, tool_support
 from .workers import live_workers
 
 logger = logging.getLogger(__name__)
@@ -106,6 +107,8 @@ def model_register(*, model_id: str, path: Path, kind: str = ModelKind.CHAT, sou
         "visibility": Visibility.PUBLIC if owner is None else Visibility.PRIVATE,
         "base_model": base_model,
         "adapter_path": adapter_path,
+        # An adapter's `path` is its base's directory: it runs with the base's tokenizer and template.
+        **tool_support(directory_chat_template(path)),
     })
     return entry
 

@@ -31,8 +31,9 @@ def reproducible_from_text(params: dict) -> bool:
 
 
 def cache_wanted(requested: bool | None, params: dict) -> bool:
+    """Requests with tools are never cached: a stored entry holds text, not the calls (and their ids) of an answer."""
     wanted = settings.AIHUB_RESPONSE_CACHE_DEFAULT if requested is None else requested
-    return bool(wanted) and is_deterministic(params) and reproducible_from_text(params)
+    return bool(wanted) and is_deterministic(params) and reproducible_from_text(params) and not params.get("tools")
 
 
 def cache_key(*, user_id: int, model: str, messages: list[dict], params: dict) -> str:

@@ -24,6 +24,7 @@ from apps.core.errors import AppError, app_error_from_event, as_app_error, error
 from .models import GenerationRequest
 from .serializers import ChatCompletionRequestSerializer
 from .services import chat_completion_create, generation_give_up
+from .tools import tool_call_deltas
 
 logger = logging.getLogger(__name__)
 READER_LEASE = settings.AIHUB_HTTP_READER_LEASE_SECONDS
@@ -136,13 +137,21 @@ def completion_body(generation: GenerationRequest) -> dict:
 
 
 def _choices(generation: GenerationRequest) -> list[dict]:
-    """Every choice (`n`) with its logprobs from `output`, else the one answer of `completion`."""
+    """Every choice (`n`) with its logprobs and tool calls from `output`, else the one answer of `completion`."""
     stored = generation.output.get("choices") or [
         {"index": 0, "text": generation.completion, "finish_reason": generation.finish_reason, "logprobs": None}]
     return [{"index": choice["index"],
-             "message": {"role": "assistant", "content": choice["text"], "refusal": None},
+             "message": assistant_message(choice["text"], choice.get("tool_calls")),
              "logprobs": choice.get("logprobs"),
              "finish_reason": choice["finish_reason"] or "stop"} for choice in stored]
+
+
+def assistant_message(text: str, tool_calls: list[dict] | None) -> dict:
+    """OpenAI's assistant message: with tool calls, `content` is the text before them, or null."""
+    message = {"role": "assistant", "content": text, "refusal": None}
+    if tool_calls:
+        message.update(content=text or None, tool_calls=tool_calls)
+    return message
 
 
 def _fingerprint(generation: GenerationRequest) -> str | None:
@@ -191,6 +200,9 @@ async def sse_stream(generation: GenerationRequest, include_usage: bool):
             if event["type"] == events.TOKEN:
                 yield _sse(_chunk(generation, created, {"content": event["text"]}, index=event.get("index", 0),
                                   logprobs=event.get("logprobs")))
+            elif event["type"] == events.TOOL_CALL:
+                for delta in tool_call_deltas(event):
+                    yield _sse(_chunk(generation, created, delta, index=event.get("index", 0)))
             elif event["type"] == events.DONE:
                 finished = True
                 for chunk in _finish_chunks(generation, created, event):

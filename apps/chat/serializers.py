@@ -3,6 +3,8 @@
 Every size a client controls is bounded here (docs/limits.md): messages, their
 characters, stop sequences, keep_alive. The body itself was bounded before parsing.
 """
+import json
+
 from django.conf import settings
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
@@ -11,6 +13,7 @@ from apps.core.fields import StrictBooleanField, StrictCharField, StrictFloatFie
 from workers.constraints import ConstraintError, constraint_grammar
 
 from .models import Conversation, Message, Role
+from .tools import MAX_TOOL_CALLS_PER_MESSAGE, MAX_TOOL_SCHEMA_CHARS, MAX_TOOLS, TOOL_NAME_PATTERN
 
 ACCEPTED_ROLES = {r.value for r in Role} | {"developer"}  # OpenAI's newer name for system
 
@@ -78,22 +81,93 @@ class RoleField(StrictCharField):
     """A message's role; the schema lists the accepted ones."""
 
 
+class FunctionCallSerializer(serializers.Serializer):
+    name = serializers.RegexField(TOOL_NAME_PATTERN, help_text="The function called.")
+    arguments = StrictCharField(allow_blank=True, trim_whitespace=False, max_length=MAX_TOOL_SCHEMA_CHARS,
+                                help_text="Its arguments, a JSON object as text.")
+
+
+class ToolCallInputSerializer(serializers.Serializer):
+    """An assistant message's earlier tool call, as the API returned it."""
+
+    id = StrictCharField(max_length=64)
+    type = serializers.ChoiceField(choices=["function"])
+    function = FunctionCallSerializer()
+
+
 class ChatMessageInputSerializer(serializers.Serializer):
     openai_parameters = OPENAI_MESSAGE_KEYS
 
     role = RoleField()
-    content = MessageContentField()
+    content = MessageContentField(required=False, allow_null=True,
+                                  help_text="May be null (or left out) in an assistant message with tool_calls.")
     name = StrictCharField(required=False, max_length=64)
+    tool_calls = ToolCallInputSerializer(many=True, required=False, allow_null=True,
+                                         max_length=MAX_TOOL_CALLS_PER_MESSAGE,
+                                         help_text="An assistant message's tool calls.")
+    tool_call_id = StrictCharField(required=False, max_length=64, help_text="The call a tool message answers.")
 
     def validate(self, attrs):
-        content = attrs.pop("content")
+        content = attrs.pop("content", None)
+        role, tool_calls = attrs["role"], attrs.get("tool_calls")
+        if tool_calls and role != Role.ASSISTANT:
+            raise serializers.ValidationError({"tool_calls": "only assistant messages have tool_calls."})
+        if role == Role.TOOL and not attrs.get("tool_call_id"):
+            raise serializers.ValidationError({"tool_call_id": "a tool message names the call it answers."})
+        if role != Role.TOOL and attrs.get("tool_call_id"):
+            raise serializers.ValidationError({"tool_call_id": "only tool messages have a tool_call_id."})
+        if content is None and not tool_calls:
+            raise serializers.ValidationError({"content": "This field is required."})
+        content = content or {"text": "", "images": 0}
         return {**attrs, "content": content["text"], "images": content["images"]}
 
     def validate_role(self, value):
         if value not in ACCEPTED_ROLES:
             raise serializers.ValidationError(
-                f"unknown role '{value}'; expected one of system, developer, user, assistant.")
+                f"unknown role '{value}'; expected one of system, developer, user, assistant, tool.")
         return Role.SYSTEM.value if value == "developer" else value
+
+
+class FunctionDefinitionSerializer(serializers.Serializer):
+    name = serializers.RegexField(TOOL_NAME_PATTERN, help_text="Letters, digits, _ and -, at most 64.")
+    description = StrictCharField(required=False, allow_blank=True, max_length=MAX_TOOL_SCHEMA_CHARS)
+    parameters = serializers.DictField(required=False, help_text="A JSON schema of the arguments object.")
+    strict = StrictBooleanField(required=False, allow_null=True,
+                                help_text="Accepted; forced calls are always generated under the schema.")
+
+    def validate_parameters(self, value):
+        if len(json.dumps(value)) > MAX_TOOL_SCHEMA_CHARS:
+            raise serializers.ValidationError(f"at most {MAX_TOOL_SCHEMA_CHARS} characters of JSON.")
+        return value
+
+
+class ToolSerializer(serializers.Serializer):
+    type = serializers.ChoiceField(choices=["function"])
+    function = FunctionDefinitionSerializer()
+
+
+@extend_schema_field({"oneOf": [
+    {"type": "string", "enum": ["auto", "none", "required"]},
+    {"type": "object", "required": ["type", "function"], "additionalProperties": False, "properties": {
+        "type": {"type": "string", "enum": ["function"]},
+        "function": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}}}}]})
+class ToolChoiceField(serializers.Field):
+    """"auto", "none", "required", or {"type": "function", "function": {"name": ...}}."""
+
+    default_error_messages = {
+        "type": "must be 'auto', 'none', 'required' or {\"type\": \"function\", \"function\": {\"name\": ...}}.",
+    }
+
+    def to_internal_value(self, data):
+        if data in ("auto", "none", "required"):
+            return data
+        if (isinstance(data, dict) and data.get("type") == "function" and isinstance(data.get("function"), dict)
+                and isinstance(data["function"].get("name"), str) and set(data) == {"type", "function"}):
+            return {"type": "function", "function": {"name": data["function"]["name"]}}
+        self.fail("type")
+
+    def to_representation(self, value):
+        return value
 
 
 class StreamOptionsSerializer(serializers.Serializer):
@@ -275,6 +349,12 @@ class ChatCompletionRequestSerializer(serializers.Serializer):
                                     help_text="vLLM extension: generate exactly max_tokens tokens (benchmarks).")
     conversation_id = serializers.UUIDField(required=False, allow_null=True,
                                             help_text="AI Hub extension: continue a stored conversation.")
+    tools = ToolSerializer(many=True, required=False, allow_null=True, max_length=MAX_TOOLS,
+                           help_text="Functions the model may call (docs/api.md, Tool calling).")
+    tool_choice = ToolChoiceField(required=False, allow_null=True,
+                                  help_text='"auto" (default with tools), "none", "required", or a named function.')
+    parallel_tool_calls = StrictBooleanField(required=False, allow_null=True,
+                                             help_text="Whether an answer may hold several calls (default true).")
 
     def validate_messages(self, value):
         chars = sum(len(m["content"]) for m in value)
@@ -298,13 +378,25 @@ class ChatCompletionRequestSerializer(serializers.Serializer):
                 raise serializers.ValidationError(
                     {"max_tokens": "give max_tokens or max_completion_tokens, not two different values."})
         attrs["max_tokens"] = attrs.pop("max_completion_tokens", None) or attrs.get("max_tokens")
+        self._validate_tools(attrs)
         return attrs
+
+    def _validate_tools(self, attrs) -> None:
+        names = [tool["function"]["name"] for tool in attrs.get("tools") or []]
+        if len(set(names)) != len(names):
+            raise serializers.ValidationError({"tools": "each function needs a name of its own."})
+        choice = attrs.get("tool_choice")
+        if choice not in (None, "auto", "none") and not names:
+            raise serializers.ValidationError({"tool_choice": "tool_choice needs tools."})
+        if isinstance(choice, dict) and choice["function"]["name"] not in names:
+            raise serializers.ValidationError(
+                {"tool_choice": f"the function '{choice['function']['name']}' is not one of the tools."})
 
 
 class MessageSerializer(serializers.ModelSerializer):
     class Meta:
         model = Message
-        fields = ["id", "role", "content", "created_at"]
+        fields = ["id", "role", "content", "tool_calls", "tool_call_id", "created_at"]
 
 
 class ConversationSerializer(serializers.ModelSerializer):

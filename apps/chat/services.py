@@ -24,6 +24,7 @@ from .cache import cache_get, cache_key, cache_wanted
 from .models import Conversation, GenerationRequest, Message
 from .sampling import sampling_params
 from .selectors import conversation_get, model_performance
+from .tools import stored_message, tool_messages_check, tool_params
 
 GENERATE_TASK = "workers.tasks.generate_chat_completion"
 
@@ -89,12 +90,15 @@ def chat_completion_create(*, user, api_key, data: dict, instructions: str | Non
                               api_key=api_key)
     max_tokens = max_tokens_for(model, requested=data.get("max_tokens"), default=settings.AIHUB_DEFAULT_MAX_TOKENS)
 
-    new_messages = [{"role": m["role"], "content": m["content"]} for m in data["messages"]]
+    new_messages = [stored_message(m["role"], m["content"], m.get("tool_calls"), m.get("tool_call_id", ""))
+                    for m in data["messages"]]
     if data.get("conversation_id"):
         conversation = conversation_get(user=user, conversation_id=data["conversation_id"], for_update=True)
-        history = list(conversation.messages.values("role", "content"))
+        history = [stored_message(*row) for row in
+                   conversation.messages.values_list("role", "content", "tool_calls", "tool_call_id")]
     else:
         conversation, history = None, []
+    tool_messages_check(history + new_messages, first_new=len(history))
     if instructions:
         history = [{"role": "system", "content": instructions}] + history
     # A prompt far beyond the context is refused here; the worker checks the exact token count.
@@ -162,6 +166,7 @@ def _params(data: dict, *, model, max_tokens: int, api_key) -> dict:
         "keep_alive": keep_alive,
         **sampling_params(data, model=model),
         "constraint": data.get("response_format"),  # workers/constraints.py
+        **tool_params(data),
     }
 
 

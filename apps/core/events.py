@@ -24,6 +24,7 @@ from .errors import error_object
 from .redis import async_client, sync_client
 
 TOKEN = "token"
+TOOL_CALL = "tool_call"  # {"index": choice, "tool_index", "id"?, "name"?, "arguments"}: docs/streaming.md
 DONE = "done"
 ERROR = "error"
 FINAL_TYPES = frozenset({DONE, ERROR})

@@ -59,3 +59,69 @@ def build_tiny_chat_model(out_dir: Path, *, seed: int = 0, context_length: int =
     model.save_pretrained(out_dir, safe_serialization=True)
     fast.save_pretrained(out_dir)
     return out_dir
+
+
+# A Hermes/Qwen-style template that renders tools, tool calls and tool results (the native path).
+HERMES_TOOLS_TEMPLATE = (
+    "{%- if tools %}<|im_start|>system\n"
+    "{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] }}\n\n{% endif %}"
+    "# Tools\n\n<tools>\n{% for tool in tools %}{{ tool | tojson }}\n{% endfor %}</tools>\n\n"
+    "For each function call, return a json object with function name and arguments within "
+    "<tool_call></tool_call> XML tags.<|im_end|>\n"
+    "{%- elif messages[0]['role'] == 'system' %}<|im_start|>system\n{{ messages[0]['content'] }}<|im_end|>\n"
+    "{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if message['role'] == 'system' and loop.first %}"
+    "{%- elif message['role'] == 'tool' %}<|im_start|>user\n<tool_response>\n{{ message['content'] }}\n"
+    "</tool_response><|im_end|>\n"
+    "{%- else %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
+    "{%- for call in message.get('tool_calls') or [] %}\n<tool_call>\n"
+    '{"name": "{{ call.function.name }}", "arguments": {{ call.function.arguments | tojson }}}\n</tool_call>'
+    "{%- endfor %}<|im_end|>\n"
+    "{%- endif %}{%- endfor %}"
+    "{%- if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+SCRIPTED_CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+
+
+def build_scripted_tool_model(out_dir: Path, *, call_text: str = SCRIPTED_CALL,
+                              chat_template: str = HERMES_TOOLS_TEMPLATE) -> Path:
+    """A real Llama whose answer is always `call_text` and then the end of its turn, whatever the prompt.
+
+    A random model never writes a well-formed tool call, so this one is built as a two-state machine: its
+    attention and MLP outputs are zeroed, so each position's logits depend only on its own token; every
+    token's embedding points one way and the call's (one added token) the other way; the output rows send
+    "any token" to the call token and the call token to end-of-turn. Its chat template renders tools
+    (Hermes style), so the hub reads it as native with the hermes parser.
+    """
+    import torch
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    out_dir = Path(out_dir)
+    if (out_dir / "config.json").is_file():
+        return out_dir
+    base = build_tiny_chat_model(out_dir.parent / "tiny-chat")
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    tokenizer.add_tokens([call_text])
+    tokenizer.chat_template = chat_template
+    call_id, eos_id = tokenizer.convert_tokens_to_ids(call_text), tokenizer.eos_token_id
+    model = LlamaForCausalLM.from_pretrained(base)
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        generator = torch.Generator().manual_seed(0)
+        hidden = model.config.hidden_size
+        direction = torch.zeros(hidden)
+        direction[0] = 1.0
+        embeddings = model.model.embed_tokens.weight
+        embeddings.copy_(0.1 * torch.randn(embeddings.shape, generator=generator) + direction)
+        embeddings[call_id] = 0.1 * torch.randn(hidden, generator=generator) - direction
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[call_id] = 10 * direction
+        model.lm_head.weight[eos_id] = -10 * direction
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
