@@ -1,4 +1,6 @@
 """OpenAI's Responses API through the official SDK: the same queue, worker and stored conversations as chat."""
+import json
+
 import httpx
 import pytest
 from openai import NotFoundError, OpenAI
@@ -102,3 +104,50 @@ def test_bad_input_items_are_refused_in_the_error_shape(hub, alice, models):
     assert answer.status_code == 400
     assert answer.json()["error"]["param"] == "input"
     assert "reasoning" in answer.json()["error"]["message"]
+
+
+WEATHER = {"type": "function", "name": "get_weather", "description": "The current weather of a city.",
+           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
+                          "additionalProperties": False}}
+FORCED = {"type": "function", "name": "get_weather"}
+
+
+def test_a_forced_function_tool_comes_back_as_a_function_call_item(openai_client, models):
+    response = openai_client.responses.create(model=models["default"], input="What is the weather in Paris?",
+                                              tools=[WEATHER], tool_choice=FORCED, temperature=0,
+                                              max_output_tokens=40)
+    assert response.status == "completed"
+    [call] = [item for item in response.output if item.type == "function_call"]
+    assert call.name == "get_weather" and isinstance(json.loads(call.arguments)["city"], str)
+    assert call.call_id and call.status == "completed"
+    assert response.tools[0].name == "get_weather"
+    assert response.tool_choice.name == "get_weather"
+
+
+def test_a_function_calls_output_continues_the_response_to_an_answer(openai_client, models):
+    first = openai_client.responses.create(model=models["default"], input="What is the weather in Paris?",
+                                           tools=[WEATHER], tool_choice=FORCED, temperature=0, max_output_tokens=40)
+    [call] = [item for item in first.output if item.type == "function_call"]
+    second = openai_client.responses.create(
+        model=models["default"], previous_response_id=first.id, tools=[WEATHER], tool_choice="none",
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "Sunny, 24 degrees."}],
+        temperature=0, max_output_tokens=30)
+    assert second.status in ("completed", "incomplete")
+    assert second.output[0].type == "message" and second.output_text
+    row = GenerationRequest.objects.get(id=second.id.removeprefix("resp_"))
+    assert row.prompt_messages[-1] == {"role": "tool", "tool_call_id": call.call_id, "content": "Sunny, 24 degrees."}
+
+
+def test_a_streamed_function_call_arrives_as_argument_deltas_and_a_done_item(openai_client, models):
+    events = list(openai_client.responses.create(model=models["default"], input="What is the weather in Paris?",
+                                                 tools=[WEATHER], tool_choice=FORCED, temperature=0,
+                                                 max_output_tokens=40, stream=True))
+    types = [event.type for event in events]
+    assert "response.function_call_arguments.delta" in types
+    added = next(e for e in events if e.type == "response.output_item.added" and e.item.type == "function_call")
+    done = next(e for e in events if e.type == "response.function_call_arguments.done")
+    deltas = "".join(e.delta for e in events if e.type == "response.function_call_arguments.delta")
+    assert deltas == done.arguments and json.loads(done.arguments)["city"]
+    assert added.item.name == "get_weather"
+    [final] = [item for item in events[-1].response.output if item.type == "function_call"]
+    assert final.arguments == done.arguments and final.call_id == added.item.call_id

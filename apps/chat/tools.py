@@ -95,12 +95,6 @@ def stored_message(role: str, content: str, tool_calls=None, tool_call_id: str =
     return message
 
 
-def answer_tool_calls(generation) -> list[dict] | None:
-    """The first choice's tool calls, as stored by the worker (GenerationRequest.output)."""
-    choices = (generation.output or {}).get("choices") or [{}]
-    return choices[0].get("tool_calls") or None
-
-
 def tool_call_deltas(event: dict) -> list[dict]:
     """A `tool_call` event as OpenAI streams a call: the first delta names it (arguments ""), the next ones
     carry fragments of its arguments."""
