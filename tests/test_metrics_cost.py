@@ -47,9 +47,10 @@ def _bulk_insert_requests(user_id: int, count: int) -> None:
             INSERT INTO {GenerationRequest._meta.db_table}
                 (id, user_id, model, route, params, prompt_messages, state, finish_reason, completion,
                  prompt_tokens, completion_tokens, worker, cache_hit, created_at, finished_at,
-                 queue_wait_ms, time_to_first_token_ms, total_ms, attempts, queued_at)
+                 queue_wait_ms, time_to_first_token_ms, total_ms, attempts, queued_at, output, metadata)
             SELECT gen_random_uuid(), %s, 'bulk:model', '', '{{}}', '[]', 'succeeded', 'stop', '',
-                   7, 5, 'bulk', false, now(), now(), 1, (n %% 5000)::float, (n %% 9000)::float, 1, now()
+                   7, 5, 'bulk', false, now(), now(), 1, (n %% 5000)::float, (n %% 9000)::float, 1, now(),
+                   '{{}}', '{{}}'
             FROM generate_series(1, %s) AS n""", [user_id, count])
 
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.conftest import make_account
@@ -30,7 +31,18 @@ def test_the_api_conforms_to_its_openapi_schema(hub, models, tmp_path):
                "--workers", "2", "--no-color", "--suppress-health-check", "all",
                "--report", "junit", "--report-dir", str(tmp_path), *excluded]
     # cwd: schemathesis keeps a cache of past failures in its working directory.
-    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=840, cwd=tmp_path)
+    try:
+        run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=840, cwd=tmp_path)
+    finally:
+        _unload_everything(hub, operator)
     output = run.stdout + run.stderr
     assert run.returncode == 0, output[-20000:]
     assert "No issues found" in output or " passed" in output, output[-5000:]
+
+
+def _unload_everything(hub, operator) -> None:
+    """The fuzz loads and unloads models with an admin key: leave the workers as the next tests expect them."""
+    status = httpx.get(f"{hub.api_url}/models/status", headers=operator.auth, timeout=60).json()
+    loaded = {model["id"] for worker in status.get("workers", []) for model in worker.get("loaded_models", [])}
+    for model_id in loaded:
+        httpx.post(f"{hub.api_url}/models/unload", headers=operator.auth, json={"model_id": model_id}, timeout=120)

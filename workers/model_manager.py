@@ -215,6 +215,10 @@ class ModelManager:
                                or len(self._slots) >= self.max_models):
             if not evictable:
                 busy = ", ".join(self._slots)
+                if len(self._slots) >= self.max_models:  # the count, not the memory, is what is full
+                    raise InsufficientMemory(
+                        f"The model '{model_id}' cannot load: this worker holds at most {self.max_models} models "
+                        f"(MAX_CONCURRENT_MODELS) and the loaded ones ({busy}) are pinned or in use.")
                 raise InsufficientMemory(
                     f"The model '{model_id}' needs about {estimate / 2**20:.0f} MiB; "
                     f"{(self.budget_bytes - self.used_bytes - cache) / 2**20:.0f} MiB of the budget is free (the "

@@ -155,7 +155,8 @@ class ToolChoiceField(serializers.Field):
     """"auto", "none", "required", or {"type": "function", "function": {"name": ...}}."""
 
     default_error_messages = {
-        "type": "must be 'auto', 'none', 'required' or {\"type\": \"function\", \"function\": {\"name\": ...}}.",
+        # Braces doubled: DRF formats these messages with str.format.
+        "type": "must be 'auto', 'none', 'required' or {{\"type\": \"function\", \"function\": {{\"name\": ...}}}}.",
     }
 
     def to_internal_value(self, data):

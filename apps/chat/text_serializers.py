@@ -61,7 +61,7 @@ def _token_ids(value) -> bool:
             and all(isinstance(t, int) and not isinstance(t, bool) for t in value))
 
 
-@extend_schema_field({"type": "integer", "enum": [1]})
+@extend_schema_field({"type": "integer", "minimum": 1, "maximum": 1})
 class OnlyOneField(StrictIntegerField):
     """`n` and `best_of`: OpenAI's parameters, of which the hub implements the value 1; others are refused by name."""
 

@@ -83,8 +83,42 @@ class FunctionToolSerializer(serializers.Serializer):
     strict = StrictBooleanField(required=False, allow_null=True)
 
 
+@extend_schema_field({"oneOf": [
+    {"type": "string", "enum": ["auto", "none", "required"]},
+    {"type": "object", "required": ["type", "name"], "additionalProperties": False,
+     "properties": {"type": {"type": "string", "enum": ["function"]}, "name": {"type": "string"}}}]})
+class ResponseToolChoiceField(serializers.Field):
+    """The Responses API's tool_choice: a mode, or {"type": "function", "name"} (chat nests the name)."""
+
+    # Braces doubled: DRF formats these messages with str.format.
+    default_error_messages = {
+        "type": "must be 'auto', 'none', 'required' or {{\"type\": \"function\", \"name\": ...}}."}
+
+    def to_internal_value(self, data):
+        if data in ("auto", "none", "required"):
+            return data
+        if isinstance(data, dict) and data.get("type") == "function" and isinstance(data.get("name"), str) \
+                and set(data) == {"type", "name"}:
+            return {"type": "function", "name": data["name"]}
+        self.fail("type")
+
+    def to_representation(self, value):
+        return value
+
+
+@extend_schema_field({"type": "object", "required": ["type"], "properties": {
+    "type": {"type": "string", "enum": ["text", "json_object", "json_schema"]}, "name": {"type": "string"},
+    "description": {"type": "string"}, "schema": {"type": "object"}, "strict": {"type": "boolean", "nullable": True}}})
+class TextFormatField(serializers.DictField):
+    def to_internal_value(self, data):
+        value = super().to_internal_value(data)
+        if value.get("type") not in ("text", "json_object", "json_schema"):
+            raise serializers.ValidationError("type must be 'text', 'json_object' or 'json_schema'.")
+        return value
+
+
 class TextConfigSerializer(serializers.Serializer):
-    format = serializers.DictField(required=False, help_text='{"type": "text" | "json_object" | "json_schema", ...}')
+    format = TextFormatField(required=False, help_text='{"type": "text" | "json_object" | "json_schema", ...}')
 
 
 class ResponseCreateRequestSerializer(serializers.Serializer):
@@ -113,7 +147,7 @@ class ResponseCreateRequestSerializer(serializers.Serializer):
     user = StrictCharField(required=False, allow_blank=True, max_length=256)
     metadata = serializers.DictField(child=StrictCharField(max_length=512), required=False, allow_null=True)
     tools = FunctionToolSerializer(many=True, required=False)
-    tool_choice = serializers.JSONField(required=False, allow_null=True, help_text='"auto", "none", "required" or '
+    tool_choice = ResponseToolChoiceField(required=False, allow_null=True, help_text='"auto", "none", "required" or '
                                                                   '{"type": "function", "name": ...}.')
     parallel_tool_calls = StrictBooleanField(required=False, allow_null=True)
     text = TextConfigSerializer(required=False, allow_null=True)
