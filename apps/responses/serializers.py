@@ -8,6 +8,7 @@ from django.conf import settings
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from apps.chat.serializers import MetadataField
 from apps.core.fields import StrictBooleanField, StrictCharField, StrictFloatField, StrictIntegerField
 
 INPUT_ROLES = ("user", "assistant", "system", "developer")
@@ -145,7 +146,7 @@ class ResponseCreateRequestSerializer(serializers.Serializer):
                                help_text="The hub stores every response (it is how previous_response_id works); "
                                          "false is accepted and changes nothing.")
     user = StrictCharField(required=False, allow_blank=True, max_length=256)
-    metadata = serializers.DictField(child=StrictCharField(max_length=512), required=False, allow_null=True)
+    metadata = MetadataField(required=False, allow_null=True, help_text="Stored with the request, as chat's.")
     tools = FunctionToolSerializer(many=True, required=False)
     tool_choice = ResponseToolChoiceField(required=False, allow_null=True, help_text='"auto", "none", "required" or '
                                                                   '{"type": "function", "name": ...}.')
@@ -153,11 +154,6 @@ class ResponseCreateRequestSerializer(serializers.Serializer):
     text = TextConfigSerializer(required=False, allow_null=True)
     truncation = serializers.ChoiceField(choices=["disabled"], required=False, allow_null=True,
                                          help_text='Only "disabled": a prompt too long for the model is a 400.')
-
-    def validate_metadata(self, value):
-        if value is not None and len(value) > 16:
-            raise serializers.ValidationError("at most 16 keys.")
-        return value
 
 
 class ResponseObjectSerializer(serializers.Serializer):
