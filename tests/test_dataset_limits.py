@@ -3,7 +3,7 @@ checkpoint pruning and the per-user storage quota, through /api/v1/files and /ap
 import httpx
 from django.conf import settings
 
-from apps.core.tasks import send_task
+from apps.core.publishing import send_task
 from apps.training.models import TrainingCheckpoint, TrainingFile, TrainingJob
 from tests.conftest import RUN_DIR
 from tests.test_training import SECRET, _create, _file, _finished, _job, _jsonl, _upload, _wait

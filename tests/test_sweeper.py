@@ -16,7 +16,7 @@ import httpx
 from apps.accounts.models import ApiKey
 from apps.chat.models import GenerationRequest, Message
 from apps.chat.services import GENERATE_TASK
-from apps.core.tasks import send_task
+from apps.core.publishing import send_task
 from tests.conftest import RUN_DIR, make_account
 from tests.support.processes import ProcessGroup, web_without_workers
 

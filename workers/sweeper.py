@@ -15,12 +15,12 @@ from datetime import timedelta
 from django.utils import timezone
 
 import celeryconfig
-from apps.catalog.workers import process_alive
+from apps.catalog.worker_registry import process_alive
 from apps.chat.models import GenerationRequest
 from apps.chat.services import generation_fail, generation_publish
 from apps.core.errors import error_object
+from apps.core.publishing import send_task
 from apps.core.redis import sync_client
-from apps.core.tasks import send_task
 from apps.training.models import TrainingJob
 from apps.training.services import TRAIN_TASK
 

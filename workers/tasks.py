@@ -21,7 +21,7 @@ def generate_chat_completion(self, generation_id: str) -> None:
 
 @shared_task(name="workers.tasks.model_control", ignore_result=True)
 def model_control(action: str, model_id: str, reply_id: str, options: dict) -> None:
-    from .control import run_control
+    from .model_commands import run_control
 
     run_control(action, model_id, reply_id, options)
 

@@ -21,12 +21,12 @@ from django.conf import settings
 from django.utils import timezone
 
 import celeryconfig
-from apps.catalog.control import CONTROL_TASK
+from apps.catalog.load_unload import CONTROL_TASK
 from apps.catalog.models import ModelEntry, ModelKind
 from apps.catalog.services import model_register
 from apps.core import events
+from apps.core.publishing import send_task
 from apps.core.redis import sync_client
-from apps.core.tasks import send_task
 from apps.training.datasets import load_examples
 from apps.training.models import TrainingCheckpoint, TrainingJob
 from apps.training.services import TRAIN_TASK, job_event, job_finish
@@ -208,7 +208,7 @@ class Trainer:
         workers on this host and device report what their models hold.
         """
         from apps.catalog.footprint import estimate_bytes
-        from apps.catalog.workers import live_workers
+        from apps.catalog.worker_registry import live_workers
 
         from .memory import device_memory, resolve_budget
 

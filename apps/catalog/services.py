@@ -12,13 +12,13 @@ from django.contrib.auth import get_user_model
 from django.db import transaction
 
 from apps.core.errors import AppError
-from apps.core.tasks import send_task
+from apps.core.publishing import send_task
 
 from .footprint import safetensors_parameter_counts
 from .models import KIND_CAPABILITIES, ModelEntry, ModelKind, ModelSource, Pooling, Quantization, Visibility
 from .selectors import model_get_for_change
 from .tool_support import directory_chat_template, tool_support
-from .workers import live_workers
+from .worker_registry import live_workers
 
 logger = logging.getLogger(__name__)
 CONTROL_TASK = "workers.tasks.model_control"

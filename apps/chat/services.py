@@ -12,12 +12,12 @@ from apps.accounts.limits import estimate_prompt_tokens, limits_admit, limits_se
 from apps.accounts.models import Scope
 from apps.accounts.services import preferred_model_get
 from apps.catalog.models import ModelEntry
-from apps.catalog.routing import Candidate, Performance, Route, choose_model, choose_worker, task_type
+from apps.catalog.placement import Candidate, Performance, Route, choose_model, choose_worker, task_type
 from apps.catalog.selectors import model_check_use, model_get, model_list
-from apps.catalog.workers import WorkerState, live_workers
+from apps.catalog.worker_registry import WorkerState, live_workers
 from apps.core.errors import AppError
 from apps.core.events import DONE, ERROR, TOKEN, EventWriter, request_cancel_sync
-from apps.core.tasks import enqueue_on_commit, send_task
+from apps.core.publishing import enqueue_on_commit, send_task
 from apps.monitoring.counters import request_metrics_record
 
 from .cache import cache_get, cache_key, cache_wanted
@@ -43,7 +43,7 @@ def _candidate(entry: ModelEntry) -> Candidate:
 
 def chat_route(*, user, requested: str | None, messages: list[dict], workers: list[WorkerState],
                api_key=None) -> tuple[ModelEntry, Route]:
-    """Which model serves the request and which queue takes it (apps/catalog/routing.py).
+    """Which model serves the request and which queue takes it (apps/catalog/placement.py).
 
     Only models the user may use are candidates, for `auto` too: a preference for a model that is no
     longer shared with them is ignored, never honoured.

@@ -14,9 +14,9 @@ from django.conf import settings
 from django.db import transaction
 
 from apps.accounts.limits import effective_limits, estimate_prompt_tokens, limits_admit, limits_settle
-from apps.catalog.workers import live_workers
+from apps.catalog.worker_registry import live_workers
 from apps.core.errors import AppError
-from apps.core.tasks import enqueue_on_commit
+from apps.core.publishing import enqueue_on_commit
 
 from .models import GenerationRequest
 from .services import AUTO, GENERATE_TASK, _params, chat_route, max_tokens_for, queue_check

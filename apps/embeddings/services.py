@@ -15,9 +15,9 @@ from django.conf import settings
 
 from apps.accounts.limits import limits_admit, limits_settle
 from apps.catalog.models import ModelEntry
-from apps.catalog.routing import choose_worker
+from apps.catalog.placement import choose_worker
 from apps.catalog.selectors import model_check_use, model_get
-from apps.catalog.workers import live_workers
+from apps.catalog.worker_registry import live_workers
 from apps.core import events
 from apps.core.errors import AppError, app_error_from_event
 from apps.core.redis import sync_client

@@ -15,7 +15,7 @@ from apps.catalog.selectors import model_get
 from apps.catalog.services import model_remove
 from apps.core import events
 from apps.core.errors import AppError
-from apps.core.tasks import enqueue_on_commit, send_task
+from apps.core.publishing import enqueue_on_commit, send_task
 
 from .datasets import resolve_dataset_path
 from .models import TrainingEvent, TrainingFile, TrainingJob

@@ -12,11 +12,11 @@ from django.conf import settings
 
 from apps.core import events
 from apps.core.errors import AppError, app_error_from_event
-from apps.core.tasks import send_task
+from apps.core.publishing import send_task
 
-from .routing import choose_worker
+from .placement import choose_worker
 from .services import CONTROL_TASK
-from .workers import alive_workers
+from .worker_registry import alive_workers
 
 
 async def _command(action: str, worker, entry, options: dict) -> dict:
