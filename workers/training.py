@@ -21,7 +21,6 @@ from django.conf import settings
 from django.utils import timezone
 
 import celeryconfig
-from apps.catalog.load_unload import CONTROL_TASK
 from apps.catalog.models import ModelEntry, ModelKind
 from apps.catalog.services import model_register
 from apps.core import events
@@ -29,7 +28,7 @@ from apps.core.publishing import send_task
 from apps.core.redis import sync_client
 from apps.training.datasets import load_examples
 from apps.training.models import TrainingCheckpoint, TrainingJob
-from apps.training.services import TRAIN_TASK, job_event, job_finish
+from apps.training.services import job_event, job_finish
 from apps.training.storage import checkpoint_quota_refusal, checkpoints_prune, directory_bytes, training_run_dir
 
 from .sweeper import training_lock_key as lock_key
@@ -80,7 +79,7 @@ def run_training_job(job_id: str, *, worker: str) -> None:
         # (a redelivered message after kill -9). Look again once the lock would have expired.
         if TrainingJob.objects.filter(id=job_id, status=Status.RUNNING).exists():
             logger.info("job %s is locked; checking again in %ds", job_id, LOCK_SECONDS)
-            send_task(TRAIN_TASK, args=[job_id], countdown=LOCK_SECONDS + 1, queue=celeryconfig.TRAINING_QUEUE)
+            send_task(celeryconfig.TRAIN_TASK, args=[job_id], countdown=LOCK_SECONDS + 1)
         return
     try:
         job = _claim(job_id, worker)
@@ -122,7 +121,7 @@ def _train_or_fail(job: TrainingJob) -> None:
                 status=Status.QUEUED, status_reason=str(reason), attempts=job.attempts - 1):
             job.status = Status.QUEUED
             job_event(job, f"Waiting: {reason}")
-            send_task(TRAIN_TASK, args=[str(job.id)], queue=celeryconfig.TRAINING_QUEUE,
+            send_task(celeryconfig.TRAIN_TASK, args=[str(job.id)],
                       countdown=settings.AIHUB_TRAINING_MEMORY_RETRY_SECONDS)
     except Cancelled:
         job_finish(job, Status.CANCELLED, from_states=[Status.RUNNING], message="The job was cancelled.")
@@ -358,7 +357,7 @@ def _control(worker, action: str) -> dict | None:
     import uuid
 
     reply_id = f"control-{uuid.uuid4().hex}"
-    send_task(CONTROL_TASK, args=[action, "", reply_id, {}], queue=worker.control_queue)
+    send_task(celeryconfig.MODEL_COMMAND_TASK, args=[action, "", reply_id, {}], queue=worker.control_queue)
     event = events.wait_final_sync(reply_id, timeout=60)
     return event if event and event["type"] == events.DONE else None
 

@@ -10,18 +10,18 @@ import uuid
 
 from django.conf import settings
 
+import celeryconfig
 from apps.core import events
 from apps.core.errors import AppError, app_error_from_event
 from apps.core.publishing import send_task
 
 from .placement import choose_worker
-from .services import CONTROL_TASK
 from .worker_registry import alive_workers
 
 
 async def _command(action: str, worker, entry, options: dict) -> dict:
     reply_id = f"control-{uuid.uuid4().hex}"
-    send_task(CONTROL_TASK, args=[action, entry.id, reply_id, options], queue=worker.control_queue)
+    send_task(celeryconfig.MODEL_COMMAND_TASK, args=[action, entry.id, reply_id, options], queue=worker.control_queue)
     async for event in events.read_events(reply_id, idle_timeout=settings.AIHUB_CONTROL_TIMEOUT_SECONDS):
         if event["type"] == events.ERROR:
             raise app_error_from_event(event["error"])

@@ -11,6 +11,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
 
+import celeryconfig
 from apps.core.errors import AppError
 from apps.core.publishing import send_task
 
@@ -21,7 +22,6 @@ from .tool_support import directory_chat_template, tool_support
 from .worker_registry import live_workers
 
 logger = logging.getLogger(__name__)
-CONTROL_TASK = "workers.tasks.model_control"
 
 
 def model_directory_facts(path: Path) -> tuple[int, int]:
@@ -165,7 +165,7 @@ def _adapter_unserve(*, model_id: str, base_model: str, adapter_path: str) -> No
     for worker in live_workers():
         if base_model in worker.loaded:
             # Fire and forget: nobody reads the reply, whose log expires like any other.
-            send_task(CONTROL_TASK, args=["detach_adapter", model_id, f"control-{uuid.uuid4().hex}",
+            send_task(celeryconfig.MODEL_COMMAND_TASK, args=["detach_adapter", model_id, f"control-{uuid.uuid4().hex}",
                                           {"base_model": base_model}], queue=worker.control_queue)
     directory = Path(adapter_path).resolve()
     adapters_root = (Path(settings.AIHUB_MODEL_STORE) / "adapters").resolve()

@@ -26,8 +26,6 @@ from .sampling import sampling_params
 from .selectors import conversation_get, model_performance
 from .tools import stored_message, tool_messages_check, tool_params
 
-GENERATE_TASK = "workers.tasks.generate_chat_completion"
-
 
 def _title_from(messages: list[dict]) -> str:
     first_user = next((m["content"] for m in messages if m["role"] == "user"), "")
@@ -129,7 +127,7 @@ def chat_completion_create(*, user, api_key, data: dict, instructions: str | Non
         generation.cache_hit = True  # the row is updated once committed; the response says so now
         transaction.on_commit(lambda: _answer_from_cache(generation, cached, reservation))
     else:
-        enqueue_on_commit(GENERATE_TASK, args=[str(generation.id)], queue=route.queue)
+        enqueue_on_commit(celeryconfig.GENERATE_TASK, args=[str(generation.id)], queue=route.queue)
     return generation
 
 
@@ -274,4 +272,4 @@ def generation_publish(*, generation_id) -> None:
     To the shared queue, not the route's worker queue: that worker may be the one that is gone. A
     duplicate message is harmless, the claim is a compare-and-set (workers/generation.py).
     """
-    send_task(GENERATE_TASK, args=[str(generation_id)], queue=celeryconfig.INFERENCE_QUEUE)
+    send_task(celeryconfig.GENERATE_TASK, args=[str(generation_id)], queue=celeryconfig.INFERENCE_QUEUE)
