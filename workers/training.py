@@ -28,7 +28,7 @@ from apps.core.publishing import send_task
 from apps.core.redis import sync_client
 from apps.training.datasets import load_examples
 from apps.training.models import TrainingCheckpoint, TrainingJob
-from apps.training.services import job_event, job_finish
+from apps.training.services import job_error, job_event, job_finish
 from apps.training.storage import checkpoint_quota_refusal, checkpoints_prune, directory_bytes, training_run_dir
 
 from .sweeper import training_lock_key as lock_key
@@ -98,8 +98,7 @@ def _claim(job_id: str, worker: str) -> TrainingJob | None:
     if job.attempts >= settings.AIHUB_TRAINING_MAX_ATTEMPTS:
         job_finish(job, Status.FAILED, from_states=[Status.QUEUED, Status.RUNNING],
                    message="The job failed after repeated worker crashes.",
-                   error={"code": "too_many_attempts", "message": f"Stopped after {job.attempts} attempts.",
-                          "param": None})
+                   error=job_error(code="too_many_attempts", message=f"Stopped after {job.attempts} attempts."))
         return None
     claimed = TrainingJob.objects.filter(id=job_id, status=job.status, attempts=job.attempts).update(
         status=Status.RUNNING, attempts=job.attempts + 1, worker=worker, started_at=job.started_at or now,
@@ -128,7 +127,7 @@ def _train_or_fail(job: TrainingJob) -> None:
     except Exception as exc:  # noqa: BLE001 - the job must end with its reason
         logger.exception("training job %s failed", job.id)
         job_finish(job, Status.FAILED, from_states=[Status.RUNNING], message=f"Training failed: {exc}",
-                   error={"code": "training_failed", "message": str(exc)[:500], "param": None})
+                   error=job_error(code="training_failed", message=str(exc)[:500]))
 
 
 class Trainer:

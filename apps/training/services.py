@@ -152,6 +152,12 @@ def job_queue(job: TrainingJob) -> None:
         send_task(celeryconfig.TRAIN_TASK, args=[str(job.id)])
 
 
+def job_error(*, code: str, message: str, param: str | None = None) -> dict:
+    """A failed job's `error`: OpenAI's fine-tuning shape {code, message, param}, which has no `type`
+    (the API's error object, apps/core/errors.error_object, does)."""
+    return {"code": code, "message": message, "param": param}
+
+
 def job_finish(job: TrainingJob, status: str, *, from_states, message: str, error: dict | None = None,
                **fields) -> bool:
     """Compare-and-set to a final status, with its final event; False when someone else got there first."""
