@@ -24,8 +24,10 @@ import celeryconfig
 from apps.catalog.models import ModelEntry, ModelKind
 from apps.catalog.services import model_register
 from apps.core import events
+from apps.core.errors import AppError
 from apps.core.publishing import send_task
 from apps.core.redis import sync_client
+from apps.core.worker_commands import command_sync
 from apps.training.datasets import load_examples
 from apps.training.models import TrainingCheckpoint, TrainingJob
 from apps.training.services import job_error, job_event, job_finish
@@ -353,12 +355,11 @@ class Trainer:
 
 
 def _control(worker, action: str) -> dict | None:
-    import uuid
-
-    reply_id = f"control-{uuid.uuid4().hex}"
-    send_task(celeryconfig.MODEL_COMMAND_TASK, args=[action, "", reply_id, {}], queue=worker.control_queue)
-    event = events.wait_final_sync(reply_id, timeout=60)
-    return event if event and event["type"] == events.DONE else None
+    """The worker's reply, or None when it refused or did not answer (the job then plans with its last beat)."""
+    try:
+        return command_sync(action, queue=worker.control_queue, timeout=60)
+    except AppError:
+        return None
 
 
 def _device() -> torch.device:
