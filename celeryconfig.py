@@ -16,15 +16,32 @@ TRAINING_QUEUE = "gpu.training"
 DEFAULT_QUEUE = "default"
 GPU_QUEUES = (INFERENCE_QUEUE, TRAINING_QUEUE)
 
+# Every task's name, written once: the decorators (workers/tasks.py), the routes, limits and schedule
+# below, and every publisher (apps/core/publishing.py) use these. The web publishes by name and so
+# never imports worker code or torch.
+GENERATE_TASK = "workers.tasks.generate_chat_completion"
+MODEL_COMMAND_TASK = "workers.tasks.model_control"  # no route: it goes to one worker's own queue
+VALIDATE_FILE_TASK = "workers.tasks.validate_training_file"
+VALIDATE_JOB_TASK = "workers.tasks.validate_training_job"
+TRAIN_TASK = "workers.tasks.run_training_job"
+SWEEP_TASK = "workers.tasks.sweep_stale_work"
+
 task_default_queue = DEFAULT_QUEUE
 task_queues = (Queue(DEFAULT_QUEUE), Queue(INFERENCE_QUEUE), Queue(TRAINING_QUEUE))
+# Each task's queue, unless its publisher names a worker's own queue (model affinity, model commands).
 task_routes = {
-    "workers.tasks.generate_chat_completion": {"queue": INFERENCE_QUEUE},
-    "workers.tasks.run_training_job": {"queue": TRAINING_QUEUE},
-    "workers.tasks.validate_training_file": {"queue": DEFAULT_QUEUE},
-    "workers.tasks.validate_training_job": {"queue": DEFAULT_QUEUE},
-    "workers.tasks.sweep_stale_work": {"queue": DEFAULT_QUEUE},
+    GENERATE_TASK: {"queue": INFERENCE_QUEUE},
+    TRAIN_TASK: {"queue": TRAINING_QUEUE},
+    VALIDATE_FILE_TASK: {"queue": DEFAULT_QUEUE},
+    VALIDATE_JOB_TASK: {"queue": DEFAULT_QUEUE},
+    SWEEP_TASK: {"queue": DEFAULT_QUEUE},
 }
+
+
+def queue_of(task_name: str) -> str:
+    """The queue a task goes to when its publisher names none (a KeyError for a task without a route)."""
+    return task_routes[task_name]["queue"]
+
 
 # Acknowledge after the task ran, not when it was received: a worker that dies
 # mid-generation leaves the message in the broker for another worker.
@@ -69,11 +86,11 @@ task_annotations = {
     # No Celery limit for generations: they run in an inference worker's threads pool, which has none;
     # the batching engine ends a request at AIHUB_GENERATION_TIME_LIMIT_SECONDS (workers/batching.py).
     # None by default: training has its own cancel and checkpoints, and runs for hours.
-    "workers.tasks.run_training_job": _limits(settings.AIHUB_TRAINING_TIME_LIMIT_SECONDS),
-    "workers.tasks.validate_training_file": _limits(settings.AIHUB_VALIDATION_TIME_LIMIT_SECONDS),
-    "workers.tasks.validate_training_job": _limits(settings.AIHUB_VALIDATION_TIME_LIMIT_SECONDS),
-    "workers.tasks.model_control": _limits(int(settings.AIHUB_CONTROL_TIMEOUT_SECONDS)),
-    "workers.tasks.sweep_stale_work": _limits(60),
+    TRAIN_TASK: _limits(settings.AIHUB_TRAINING_TIME_LIMIT_SECONDS),
+    VALIDATE_FILE_TASK: _limits(settings.AIHUB_VALIDATION_TIME_LIMIT_SECONDS),
+    VALIDATE_JOB_TASK: _limits(settings.AIHUB_VALIDATION_TIME_LIMIT_SECONDS),
+    MODEL_COMMAND_TASK: _limits(int(settings.AIHUB_CONTROL_TIMEOUT_SECONDS)),
+    SWEEP_TASK: _limits(60),
 }
 
 # The sweeper: beat (embedded in the default worker by `make run`, one per deployment) publishes a
@@ -82,12 +99,12 @@ task_annotations = {
 beat_schedule_filename = str(settings.AIHUB_VAR_DIR / "celerybeat-schedule")
 beat_schedule = {
     "sweep-stale-work": {
-        "task": "workers.tasks.sweep_stale_work",
+        "task": SWEEP_TASK,
         "schedule": settings.AIHUB_SWEEP_INTERVAL_SECONDS,
         "kwargs": {"republish_after": settings.AIHUB_SWEEP_REPUBLISH_AFTER_SECONDS,
                    "give_up_after": settings.AIHUB_REQUEST_TIMEOUT_SECONDS,
                    "batch": settings.AIHUB_SWEEP_BATCH},
-        "options": {"queue": DEFAULT_QUEUE, "expires": settings.AIHUB_SWEEP_INTERVAL_SECONDS,
+        "options": {"queue": queue_of(SWEEP_TASK), "expires": settings.AIHUB_SWEEP_INTERVAL_SECONDS,
                     "ignore_result": True},
     },
 }

@@ -89,7 +89,7 @@ class EmbeddedServer:
         return {}
 
     def start(self, timeout: float = 60.0) -> None:
-        from apps.core.launcher import stop_signals
+        from apps.core.supervisor import stop_signals
 
         self.stop_leftover()
         if port_is_open(self.port):

@@ -39,7 +39,7 @@ def main():
         from apps.accounts.services import user_get_or_create
         from apps.catalog.models import ModelEntry
         from apps.catalog.services import model_register
-        from apps.catalog.workers import live_workers
+        from apps.catalog.worker_registry import live_workers
         from apps.chat.services import chat_route
         from apps.core.redis import sync_client
         from tests.support.processes import MODEL_CACHE

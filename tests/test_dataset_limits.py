@@ -3,7 +3,8 @@ checkpoint pruning and the per-user storage quota, through /api/v1/files and /ap
 import httpx
 from django.conf import settings
 
-from apps.core.tasks import send_task
+import celeryconfig
+from apps.core.publishing import send_task
 from apps.training.models import TrainingCheckpoint, TrainingFile, TrainingJob
 from tests.conftest import RUN_DIR
 from tests.test_training import SECRET, _create, _file, _finished, _job, _jsonl, _upload, _wait
@@ -65,7 +66,7 @@ def test_a_redelivered_file_validation_beyond_the_attempt_cap_ends_in_error(hub,
     # As if every delivery so far had started and then lost its worker: the row says so, the message comes again.
     TrainingFile.objects.filter(id=pk).update(status=TrainingFile.Status.UPLOADED, format="", examples=0,
                                               validation_attempts=settings.AIHUB_TASK_MAX_ATTEMPTS)
-    send_task("workers.tasks.validate_training_file", args=[pk], queue="default")
+    send_task(celeryconfig.VALIDATE_FILE_TASK, args=[pk], queue="default")
     ended = _validated(hub, alice, record["id"])
     assert ended["status"] == "error" and "validation failed repeatedly" in ended["status_details"]
     assert TrainingFile.objects.get(id=pk).validation_attempts == settings.AIHUB_TASK_MAX_ATTEMPTS + 1
@@ -76,7 +77,7 @@ def test_a_redelivered_job_validation_beyond_the_attempt_cap_fails_the_job(hub, 
     job = TrainingJob.objects.create(user=alice.user, base_model="tiny:chat", hyperparameters={},
                                      dataset_path=str(RUN_DIR / "datasets" / "fine.jsonl"),
                                      validation_attempts=settings.AIHUB_TASK_MAX_ATTEMPTS)
-    send_task("workers.tasks.validate_training_job", args=[str(job.id)], queue="default")
+    send_task(celeryconfig.VALIDATE_JOB_TASK, args=[str(job.id)], queue="default")
     failed = _finished(hub, alice, job.public_id, timeout=60)
     assert failed["status"] == "failed" and failed["error"]["code"] == "validation_failed"
     assert "validation failed repeatedly" in failed["error"]["message"]

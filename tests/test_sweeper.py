@@ -13,10 +13,10 @@ from contextlib import contextmanager
 
 import httpx
 
+import celeryconfig
 from apps.accounts.models import ApiKey
 from apps.chat.models import GenerationRequest, Message
-from apps.chat.services import GENERATE_TASK
-from apps.core.tasks import send_task
+from apps.core.publishing import send_task
 from tests.conftest import RUN_DIR, make_account
 from tests.support.processes import ProcessGroup, web_without_workers
 
@@ -103,7 +103,7 @@ def test_a_request_the_web_gave_up_on_is_never_answered_later(hub, models):
     assert generation.state == "failed" and generation.error["code"] == "timeout"
 
     # Its message turns up after all (a slow broker, a sweep): the worker must not answer it.
-    send_task(GENERATE_TASK, args=[str(generation.id)], queue="gpu.inference")
+    send_task(celeryconfig.GENERATE_TASK, args=[str(generation.id)], queue="gpu.inference")
     _wait_for(lambda: f"ignoring message for {generation.id}" in hub.processes.log("inference"), 30,
               "the worker to take the message")
     generation.refresh_from_db()

@@ -26,9 +26,9 @@ from django.conf import settings
 from django.db import close_old_connections
 
 from apps.catalog.models import ModelEntry, Pooling
-from apps.core import events
 from apps.core.errors import error_object
 from apps.core.redis import sync_client
+from apps.core.worker_commands import reply_done, reply_error
 from apps.embeddings.jobs import SHARED_QUEUE, EmbeddingJob, worker_queue
 
 from .engine import LoadedModel
@@ -150,12 +150,12 @@ def answer(job: EmbeddingJob, vectors: torch.Tensor, pooled: Pooled, prompt_toke
         if pooled.normalize:
             vectors = F.normalize(vectors, p=2, dim=1)
     raw = vectors.contiguous().to(torch.float32).numpy().astype("<f4").tobytes()
-    events.EventWriter(job.id).append(events.DONE, embeddings=base64.b64encode(raw).decode("ascii"),
-                                      dimensions=vectors.shape[1], prompt_tokens=prompt_tokens)
+    reply_done(job.id, embeddings=base64.b64encode(raw).decode("ascii"), dimensions=vectors.shape[1],
+               prompt_tokens=prompt_tokens)
 
 
 def refuse(job: EmbeddingJob, error: dict) -> None:
-    events.EventWriter(job.id).append(events.ERROR, error=error)
+    reply_error(job.id, error)
 
 
 class EmbeddingService:

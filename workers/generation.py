@@ -32,7 +32,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from apps.catalog.models import ModelEntry
-from apps.catalog.workers import process_alive
+from apps.catalog.worker_registry import process_alive
 from apps.chat.cache import cache_put
 from apps.chat.models import Conversation, GenerationRequest, Message
 from apps.chat.services import generation_fail, generation_publish, generation_settle

@@ -3,10 +3,10 @@
 Key `aihub:workers:<nodename>`, a JSON document rewritten every
 AIHUB_HEARTBEAT_SECONDS with a TTL of three beats: a worker that stops
 reporting drops out of status (and out of routing) within three beats. The
-API reads these documents (apps/catalog/workers.py); the reaper that unloads
+API reads these documents (apps/catalog/worker_registry.py); the reaper that unloads
 idle models rides on the same thread. The process also renews a key of
 its own (`hostname:pid`), so that a request's `worker` can be told alive or
-gone (apps/catalog/workers.process_alive).
+gone (apps/catalog/worker_registry.process_alive).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import time
 
 from django.conf import settings
 
-from apps.catalog.workers import HEARTBEAT_PREFIX, PROCESS_PREFIX, PROCESS_TTL_BEATS
+from apps.catalog.worker_registry import HEARTBEAT_PREFIX, PROCESS_PREFIX, PROCESS_TTL_BEATS
 from apps.core.redis import sync_client
 
 logger = logging.getLogger(__name__)

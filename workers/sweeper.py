@@ -1,6 +1,6 @@
 """The periodic sweep: work whose message or worker was lost, found from the database and put right.
 
-Celery beat publishes `workers.tasks.sweep_stale_work` every
+Celery beat publishes `workers.tasks.sweep_stale_work` (celeryconfig.SWEEP_TASK) every
 AIHUB_SWEEP_INTERVAL_SECONDS to the default queue (docs/queues.md). Each sweep
 is a few indexed queries (`state` is indexed and live rows are few: the queue
 is bounded) over at most `batch` rows of each kind, and every change is a
@@ -15,14 +15,13 @@ from datetime import timedelta
 from django.utils import timezone
 
 import celeryconfig
-from apps.catalog.workers import process_alive
+from apps.catalog.worker_registry import process_alive
 from apps.chat.models import GenerationRequest
 from apps.chat.services import generation_fail, generation_publish
 from apps.core.errors import error_object
+from apps.core.publishing import send_task
 from apps.core.redis import sync_client
-from apps.core.tasks import send_task
 from apps.training.models import TrainingJob
-from apps.training.services import TRAIN_TASK
 
 logger = logging.getLogger(__name__)
 State = GenerationRequest.State
@@ -87,6 +86,6 @@ def requeue_orphaned_jobs(*, batch: int | None = None) -> int:
     client = sync_client()
     for job_id in TrainingJob.objects.filter(status=TrainingJob.Status.RUNNING).values_list("id", flat=True)[:batch]:
         if not client.exists(training_lock_key(job_id)):
-            send_task(TRAIN_TASK, args=[str(job_id)], queue=celeryconfig.TRAINING_QUEUE)
+            send_task(celeryconfig.TRAIN_TASK, args=[str(job_id)])
             count += 1
     return count

@@ -12,21 +12,21 @@ from . import heartbeat, presence
 logger = logging.getLogger(__name__)
 
 
-@shared_task(name="workers.tasks.generate_chat_completion", bind=True, ignore_result=True)
+@shared_task(name=celeryconfig.GENERATE_TASK, bind=True, ignore_result=True)
 def generate_chat_completion(self, generation_id: str) -> None:
     from .generation import run_generation
 
     run_generation(generation_id, worker=f"{self.request.hostname}:{os.getpid()}")
 
 
-@shared_task(name="workers.tasks.model_control", ignore_result=True)
+@shared_task(name=celeryconfig.MODEL_COMMAND_TASK, ignore_result=True)
 def model_control(action: str, model_id: str, reply_id: str, options: dict) -> None:
-    from .control import run_control
+    from .model_commands import run_control
 
     run_control(action, model_id, reply_id, options)
 
 
-@shared_task(name="workers.tasks.validate_training_file", ignore_result=True)
+@shared_task(name=celeryconfig.VALIDATE_FILE_TASK, ignore_result=True)
 def validate_training_file(file_id: str) -> None:
     from apps.training.models import TrainingFile
     from apps.training.validation import training_file_validate
@@ -36,7 +36,7 @@ def validate_training_file(file_id: str) -> None:
         training_file_validate(file)
 
 
-@shared_task(name="workers.tasks.validate_training_job", ignore_result=True)
+@shared_task(name=celeryconfig.VALIDATE_JOB_TASK, ignore_result=True)
 def validate_training_job(job_id: str) -> None:
     from apps.training.models import TrainingJob
     from apps.training.validation import training_job_validate
@@ -46,14 +46,14 @@ def validate_training_job(job_id: str) -> None:
         training_job_validate(job)
 
 
-@shared_task(name="workers.tasks.run_training_job", bind=True, ignore_result=True)
+@shared_task(name=celeryconfig.TRAIN_TASK, bind=True, ignore_result=True)
 def run_training_job(self, job_id: str) -> None:
     from .training import run_training_job as train
 
     train(job_id, worker=f"{self.request.hostname}:{os.getpid()}")
 
 
-@shared_task(name="workers.tasks.sweep_stale_work", ignore_result=True)
+@shared_task(name=celeryconfig.SWEEP_TASK, ignore_result=True)
 def sweep_stale_work(republish_after: float, give_up_after: float, batch: int) -> None:
     """Scheduled by beat (celeryconfig.beat_schedule), which passes its thresholds along."""
     from .sweeper import sweep

@@ -21,15 +21,16 @@ from django.conf import settings
 from django.utils import timezone
 
 import celeryconfig
-from apps.catalog.control import CONTROL_TASK
 from apps.catalog.models import ModelEntry, ModelKind
 from apps.catalog.services import model_register
 from apps.core import events
+from apps.core.errors import AppError
+from apps.core.publishing import send_task
 from apps.core.redis import sync_client
-from apps.core.tasks import send_task
+from apps.core.worker_commands import command_sync
 from apps.training.datasets import load_examples
 from apps.training.models import TrainingCheckpoint, TrainingJob
-from apps.training.services import TRAIN_TASK, job_event, job_finish
+from apps.training.services import job_error, job_event, job_finish
 from apps.training.storage import checkpoint_quota_refusal, checkpoints_prune, directory_bytes, training_run_dir
 
 from .sweeper import training_lock_key as lock_key
@@ -80,7 +81,7 @@ def run_training_job(job_id: str, *, worker: str) -> None:
         # (a redelivered message after kill -9). Look again once the lock would have expired.
         if TrainingJob.objects.filter(id=job_id, status=Status.RUNNING).exists():
             logger.info("job %s is locked; checking again in %ds", job_id, LOCK_SECONDS)
-            send_task(TRAIN_TASK, args=[job_id], countdown=LOCK_SECONDS + 1, queue=celeryconfig.TRAINING_QUEUE)
+            send_task(celeryconfig.TRAIN_TASK, args=[job_id], countdown=LOCK_SECONDS + 1)
         return
     try:
         job = _claim(job_id, worker)
@@ -99,8 +100,7 @@ def _claim(job_id: str, worker: str) -> TrainingJob | None:
     if job.attempts >= settings.AIHUB_TRAINING_MAX_ATTEMPTS:
         job_finish(job, Status.FAILED, from_states=[Status.QUEUED, Status.RUNNING],
                    message="The job failed after repeated worker crashes.",
-                   error={"code": "too_many_attempts", "message": f"Stopped after {job.attempts} attempts.",
-                          "param": None})
+                   error=job_error(code="too_many_attempts", message=f"Stopped after {job.attempts} attempts."))
         return None
     claimed = TrainingJob.objects.filter(id=job_id, status=job.status, attempts=job.attempts).update(
         status=Status.RUNNING, attempts=job.attempts + 1, worker=worker, started_at=job.started_at or now,
@@ -122,14 +122,14 @@ def _train_or_fail(job: TrainingJob) -> None:
                 status=Status.QUEUED, status_reason=str(reason), attempts=job.attempts - 1):
             job.status = Status.QUEUED
             job_event(job, f"Waiting: {reason}")
-            send_task(TRAIN_TASK, args=[str(job.id)], queue=celeryconfig.TRAINING_QUEUE,
+            send_task(celeryconfig.TRAIN_TASK, args=[str(job.id)],
                       countdown=settings.AIHUB_TRAINING_MEMORY_RETRY_SECONDS)
     except Cancelled:
         job_finish(job, Status.CANCELLED, from_states=[Status.RUNNING], message="The job was cancelled.")
     except Exception as exc:  # noqa: BLE001 - the job must end with its reason
         logger.exception("training job %s failed", job.id)
         job_finish(job, Status.FAILED, from_states=[Status.RUNNING], message=f"Training failed: {exc}",
-                   error={"code": "training_failed", "message": str(exc)[:500], "param": None})
+                   error=job_error(code="training_failed", message=str(exc)[:500]))
 
 
 class Trainer:
@@ -208,7 +208,7 @@ class Trainer:
         workers on this host and device report what their models hold.
         """
         from apps.catalog.footprint import estimate_bytes
-        from apps.catalog.workers import live_workers
+        from apps.catalog.worker_registry import live_workers
 
         from .memory import device_memory, resolve_budget
 
@@ -355,12 +355,11 @@ class Trainer:
 
 
 def _control(worker, action: str) -> dict | None:
-    import uuid
-
-    reply_id = f"control-{uuid.uuid4().hex}"
-    send_task(CONTROL_TASK, args=[action, "", reply_id, {}], queue=worker.control_queue)
-    event = events.wait_final_sync(reply_id, timeout=60)
-    return event if event and event["type"] == events.DONE else None
+    """The worker's reply, or None when it refused or did not answer (the job then plans with its last beat)."""
+    try:
+        return command_sync(action, queue=worker.control_queue, timeout=60)
+    except AppError:
+        return None
 
 
 def _device() -> torch.device:

@@ -3,10 +3,10 @@ from django.contrib import admin, messages
 
 from apps.core.errors import AppError
 
-from .control import model_command
+from .load_unload import model_command
 from .models import ModelEntry
 from .services import model_remove
-from .workers import live_workers
+from .worker_registry import live_workers
 
 
 @admin.register(ModelEntry)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import uuid
 from pathlib import Path
 
 from django.conf import settings
@@ -12,16 +11,15 @@ from django.contrib.auth import get_user_model
 from django.db import transaction
 
 from apps.core.errors import AppError
-from apps.core.tasks import send_task
+from apps.core.worker_commands import command_send
 
 from .footprint import safetensors_parameter_counts
 from .models import KIND_CAPABILITIES, ModelEntry, ModelKind, ModelSource, Pooling, Quantization, Visibility
 from .selectors import model_get_for_change
 from .tool_support import directory_chat_template, tool_support
-from .workers import live_workers
+from .worker_registry import live_workers
 
 logger = logging.getLogger(__name__)
-CONTROL_TASK = "workers.tasks.model_control"
 
 
 def model_directory_facts(path: Path) -> tuple[int, int]:
@@ -165,8 +163,8 @@ def _adapter_unserve(*, model_id: str, base_model: str, adapter_path: str) -> No
     for worker in live_workers():
         if base_model in worker.loaded:
             # Fire and forget: nobody reads the reply, whose log expires like any other.
-            send_task(CONTROL_TASK, args=["detach_adapter", model_id, f"control-{uuid.uuid4().hex}",
-                                          {"base_model": base_model}], queue=worker.control_queue)
+            command_send("detach_adapter", queue=worker.control_queue, model_id=model_id,
+                         options={"base_model": base_model})
     directory = Path(adapter_path).resolve()
     adapters_root = (Path(settings.AIHUB_MODEL_STORE) / "adapters").resolve()
     # The path comes from the database: only ever delete inside the adapter store.

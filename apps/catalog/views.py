@@ -6,7 +6,7 @@ from rest_framework.response import Response
 from apps.accounts.models import Scope
 from apps.core.endpoints import Endpoint, list_of, operation
 
-from .control import model_command
+from .load_unload import model_command
 from .selectors import model_get, model_list
 from .serializers import (
     ModelCommandResultSerializer,
@@ -17,7 +17,7 @@ from .serializers import (
     ModelUpdateSerializer,
 )
 from .services import model_delete, model_visibility_set
-from .workers import known_queues, live_workers, queue_depths
+from .worker_registry import known_queues, live_workers, queue_depths
 
 NOT_FOUND = "model_not_found: no such model, or another user's model you may not use (the two are indistinguishable)"
 NOT_YOURS = ("operator_model (operator models are managed by the operator) or not_model_owner (a model shared "

@@ -44,7 +44,7 @@ def validate_chat_request(body: dict) -> dict:
 # A thread does not help against work that holds the GIL, though: C code such as `re` matching
 # or json.loads never lets go of it, which is how one regex froze the whole process. So each
 # step is also bounded: the body's size before parsing (request_size.py), its nesting depth,
-# the serializer's limits, and task classification linear in a bounded sample (routing.py).
+# the serializer's limits, and task classification linear in a bounded sample (apps/catalog/placement.py).
 # Pure-Python loops (the depth walk, validation) release the GIL every few milliseconds.
 
 

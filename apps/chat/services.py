@@ -12,12 +12,12 @@ from apps.accounts.limits import estimate_prompt_tokens, limits_admit, limits_se
 from apps.accounts.models import Scope
 from apps.accounts.services import preferred_model_get
 from apps.catalog.models import ModelEntry
-from apps.catalog.routing import Candidate, Performance, Route, choose_model, choose_worker, task_type
+from apps.catalog.placement import Candidate, Performance, Route, choose_model, choose_worker, task_type
 from apps.catalog.selectors import model_check_use, model_get, model_list
-from apps.catalog.workers import WorkerState, live_workers
+from apps.catalog.worker_registry import WorkerState, live_workers
 from apps.core.errors import AppError
 from apps.core.events import DONE, ERROR, TOKEN, EventWriter, request_cancel_sync
-from apps.core.tasks import enqueue_on_commit, send_task
+from apps.core.publishing import enqueue_on_commit, send_task
 from apps.monitoring.counters import request_metrics_record
 
 from .cache import cache_get, cache_key, cache_wanted
@@ -25,8 +25,6 @@ from .models import Conversation, GenerationRequest, Message
 from .sampling import sampling_params
 from .selectors import conversation_get, model_performance
 from .tools import stored_message, tool_messages_check, tool_params
-
-GENERATE_TASK = "workers.tasks.generate_chat_completion"
 
 
 def _title_from(messages: list[dict]) -> str:
@@ -43,7 +41,7 @@ def _candidate(entry: ModelEntry) -> Candidate:
 
 def chat_route(*, user, requested: str | None, messages: list[dict], workers: list[WorkerState],
                api_key=None) -> tuple[ModelEntry, Route]:
-    """Which model serves the request and which queue takes it (apps/catalog/routing.py).
+    """Which model serves the request and which queue takes it (apps/catalog/placement.py).
 
     Only models the user may use are candidates, for `auto` too: a preference for a model that is no
     longer shared with them is ignored, never honoured.
@@ -129,7 +127,7 @@ def chat_completion_create(*, user, api_key, data: dict, instructions: str | Non
         generation.cache_hit = True  # the row is updated once committed; the response says so now
         transaction.on_commit(lambda: _answer_from_cache(generation, cached, reservation))
     else:
-        enqueue_on_commit(GENERATE_TASK, args=[str(generation.id)], queue=route.queue)
+        enqueue_on_commit(celeryconfig.GENERATE_TASK, args=[str(generation.id)], queue=route.queue)
     return generation
 
 
@@ -274,4 +272,4 @@ def generation_publish(*, generation_id) -> None:
     To the shared queue, not the route's worker queue: that worker may be the one that is gone. A
     duplicate message is harmless, the claim is a compare-and-set (workers/generation.py).
     """
-    send_task(GENERATE_TASK, args=[str(generation_id)], queue=celeryconfig.INFERENCE_QUEUE)
+    send_task(celeryconfig.GENERATE_TASK, args=[str(generation_id)], queue=celeryconfig.INFERENCE_QUEUE)

@@ -13,13 +13,14 @@ import uuid
 from django.conf import settings
 from django.db import transaction
 
+import celeryconfig
 from apps.accounts.limits import effective_limits, estimate_prompt_tokens, limits_admit, limits_settle
-from apps.catalog.workers import live_workers
+from apps.catalog.worker_registry import live_workers
 from apps.core.errors import AppError
-from apps.core.tasks import enqueue_on_commit
+from apps.core.publishing import enqueue_on_commit
 
 from .models import GenerationRequest
-from .services import AUTO, GENERATE_TASK, _params, chat_route, max_tokens_for, queue_check
+from .services import AUTO, _params, chat_route, max_tokens_for, queue_check
 from .text_serializers import LEGACY_DEFAULT_MAX_TOKENS
 
 
@@ -73,5 +74,5 @@ def text_completion_create(*, user, api_key, data: dict) -> list[GenerationReque
             limits_settle(reservation, used_tokens=0)
         raise
     for generation in generations:
-        enqueue_on_commit(GENERATE_TASK, args=[str(generation.id)], queue=route.queue)
+        enqueue_on_commit(celeryconfig.GENERATE_TASK, args=[str(generation.id)], queue=route.queue)
     return generations

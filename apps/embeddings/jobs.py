@@ -22,7 +22,7 @@ SHARED_QUEUE = "aihub:embeddings:jobs"  # any inference worker (no heartbeat see
 
 
 def worker_queue(nodename: str) -> str:
-    """The jobs routed to one worker, the one that holds (or will hold) the model (apps/catalog/routing.py)."""
+    """The jobs routed to one worker, the one that holds (or will hold) the model (apps/catalog/placement.py)."""
     return f"{SHARED_QUEUE}:{nodename}"
 
 

@@ -15,12 +15,12 @@ from django.conf import settings
 
 from apps.accounts.limits import limits_admit, limits_settle
 from apps.catalog.models import ModelEntry
-from apps.catalog.routing import choose_worker
+from apps.catalog.placement import choose_worker
 from apps.catalog.selectors import model_check_use, model_get
-from apps.catalog.workers import live_workers
-from apps.core import events
-from apps.core.errors import AppError, app_error_from_event
+from apps.catalog.worker_registry import live_workers
+from apps.core.errors import AppError
 from apps.core.redis import sync_client
+from apps.core.worker_commands import reply_wait
 from apps.monitoring.counters import usage_record
 
 from .jobs import SHARED_QUEUE, EmbeddingJob, worker_queue
@@ -85,12 +85,8 @@ def embeddings_submit(*, user, api_key, data: dict) -> tuple[EmbeddingJob, dict,
 
 async def embeddings_wait(job: EmbeddingJob) -> dict:
     """The worker's answer: {"embeddings": base64 float32, "dimensions", "prompt_tokens"}, or its error raised."""
-    async for event in events.read_events(job.id, idle_timeout=settings.AIHUB_REQUEST_TIMEOUT_SECONDS):
-        if event["type"] == events.ERROR:
-            raise app_error_from_event(event["error"])
-        if event["type"] == events.DONE:
-            return event
-    raise AppError("No worker produced output in time.", status=504, type="server_error", code="timeout")
+    # The reply half of a worker command (apps/core/worker_commands.py); the job itself is not sent as one.
+    return await reply_wait(job.id, timeout=settings.AIHUB_REQUEST_TIMEOUT_SECONDS)
 
 
 def embeddings_settle(*, job: EmbeddingJob, reservation: dict, prompt_tokens: int, succeeded: bool) -> None:

@@ -5,7 +5,7 @@ call must cost nearly nothing: the checks run at most once per cache period
 per web process (a lock makes concurrent callers wait for one run rather than
 each running them), and none of them asks the workers anything. Workers are
 known from what they write themselves: the inference heartbeats
-(apps/catalog/workers.py) and a presence beat every worker writes
+(apps/catalog/worker_registry.py) and a presence beat every worker writes
 (workers/presence.py), each listing the queues the worker consumes. A broker
 `inspect` (a broadcast plus a wait of its whole timeout) is never used.
 
@@ -62,7 +62,7 @@ def check_broker(timeout: float = 1.0) -> tuple[bool, str]:
 
 def queue_consumers() -> dict[str, list[str]]:
     """Queue -> hostnames of live workers consuming it, from heartbeats and presence beats."""
-    from apps.catalog.workers import live_workers
+    from apps.catalog.worker_registry import live_workers
 
     consumers: dict[str, set[str]] = {}
     for worker in live_workers():

@@ -72,7 +72,7 @@ class AIHubCollector:
             yield family
 
     def _queues(self):
-        from apps.catalog.workers import known_queues, live_workers, queue_depths
+        from apps.catalog.worker_registry import known_queues, live_workers, queue_depths
 
         depth = GaugeMetricFamily("aihub_queue_depth", "Messages waiting per queue", labels=["queue"])
         for queue, count in queue_depths(known_queues(live_workers())).items():
@@ -109,7 +109,7 @@ class AIHubCollector:
         yield from (jobs, progress, loss)
 
     def _workers(self):
-        from apps.catalog.workers import live_workers
+        from apps.catalog.worker_registry import live_workers
 
         used = GaugeMetricFamily("aihub_worker_memory_used_bytes", "Device memory in use", labels=["worker", "device"])
         total = GaugeMetricFamily("aihub_worker_memory_total_bytes", "Device memory", labels=["worker", "device"])

@@ -5,7 +5,7 @@ import os
 
 import psutil
 
-from apps.catalog.workers import known_queues, live_workers, queue_depths
+from apps.catalog.worker_registry import known_queues, live_workers, queue_depths
 from apps.chat.models import GenerationRequest
 
 

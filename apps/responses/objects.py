@@ -22,6 +22,12 @@ STATUS = {State.QUEUED: "queued", State.RUNNING: "in_progress", State.SUCCEEDED:
           State.FAILED: "failed", State.CANCELLED: "cancelled"}
 
 
+def response_error(error: dict) -> dict:
+    """A worker's error object (apps/core/errors.error_object) as a response's `error`: OpenAI's Responses
+    shape is {code, message}, with a code always."""
+    return {"code": error.get("code") or "server_error", "message": error["message"]}
+
+
 def response_object(generation: GenerationRequest, *, status: str | None = None, output: list | None = None) -> dict:
     """The response as GET /responses/{id} shows it; `status` and `output` override the row's while streaming."""
     echo = generation.params.get("response") or {}
@@ -32,7 +38,7 @@ def response_object(generation: GenerationRequest, *, status: str | None = None,
             status, incomplete = "incomplete", {"reason": "max_output_tokens"}
     error = None
     if generation.state == State.FAILED and generation.error and status == "failed":
-        error = {"code": generation.error.get("code") or "server_error", "message": generation.error["message"]}
+        error = response_error(generation.error)
     finished = generation.state in (State.SUCCEEDED, State.CANCELLED) and status != "in_progress"
     return {
         "id": response_id(generation),
@@ -179,8 +185,7 @@ async def response_stream(generation: GenerationRequest):
                 finished = True
                 stored = await GenerationRequest.objects.aget(id=generation.id)
                 body = response_object(stored, status="failed", output=list(stream.items))
-                body["error"] = {"code": event["error"].get("code") or "server_error",
-                                 "message": event["error"]["message"]}
+                body["error"] = response_error(event["error"])
                 yield stream.event("response.failed", response=body)
     finally:
         if not finished:

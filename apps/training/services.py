@@ -15,16 +15,13 @@ from apps.catalog.selectors import model_get
 from apps.catalog.services import model_remove
 from apps.core import events
 from apps.core.errors import AppError
-from apps.core.tasks import enqueue_on_commit, send_task
+from apps.core.publishing import enqueue_on_commit, send_task
 
 from .datasets import resolve_dataset_path
 from .models import TrainingEvent, TrainingFile, TrainingJob
 from .selectors import training_file_get, training_job_get
 from .storage import storage_quota_refusal, training_job_storage_delete
 
-VALIDATE_FILE_TASK = "workers.tasks.validate_training_file"
-VALIDATE_JOB_TASK = "workers.tasks.validate_training_job"
-TRAIN_TASK = "workers.tasks.run_training_job"
 Status = TrainingJob.Status
 
 DEFAULT_HYPERPARAMETERS = {
@@ -59,7 +56,7 @@ def training_file_create(*, user, upload, purpose: str) -> TrainingFile:
             raise
         record = TrainingFile.objects.create(id=file_id, user=user, filename=Path(upload.name).name[:255],
                                              purpose=purpose, bytes=upload.size, path=str(path))
-        enqueue_on_commit(VALIDATE_FILE_TASK, args=[str(file_id)], queue=celeryconfig.DEFAULT_QUEUE)
+        enqueue_on_commit(celeryconfig.VALIDATE_FILE_TASK, args=[str(file_id)])
     return record
 
 
@@ -103,7 +100,7 @@ def training_job_create(*, user, api_key, data: dict) -> TrainingJob:
         validation_file=validation_file, dataset_path=dataset_path, hyperparameters=_hyperparameters(data),
         suffix=data.get("suffix") or "")
     job_event(job, "Validating training data.")
-    enqueue_on_commit(VALIDATE_JOB_TASK, args=[str(job.id)], queue=celeryconfig.DEFAULT_QUEUE)
+    enqueue_on_commit(celeryconfig.VALIDATE_JOB_TASK, args=[str(job.id)])
     return job
 
 
@@ -152,7 +149,13 @@ def job_queue(job: TrainingJob) -> None:
     if TrainingJob.objects.filter(id=job.id, status=Status.VALIDATING_FILES).update(status=Status.QUEUED):
         job.status = Status.QUEUED
         job_event(job, "Training data validated; the job is queued.")
-        send_task(TRAIN_TASK, args=[str(job.id)], queue=celeryconfig.TRAINING_QUEUE)
+        send_task(celeryconfig.TRAIN_TASK, args=[str(job.id)])
+
+
+def job_error(*, code: str, message: str, param: str | None = None) -> dict:
+    """A failed job's `error`: OpenAI's fine-tuning shape {code, message, param}, which has no `type`
+    (the API's error object, apps/core/errors.error_object, does)."""
+    return {"code": code, "message": message, "param": param}
 
 
 def job_finish(job: TrainingJob, status: str, *, from_states, message: str, error: dict | None = None,

@@ -16,7 +16,7 @@ from django.db.models import F
 
 from .datasets import validate_file
 from .models import TrainingFile, TrainingJob
-from .services import job_event, job_finish, job_queue
+from .services import job_error, job_event, job_finish, job_queue
 
 logger = logging.getLogger(__name__)
 REPEATED = "validation failed repeatedly: started {lost} times without finishing, so the {what} is not read again"
@@ -52,7 +52,7 @@ def training_file_validate(file: TrainingFile) -> TrainingFile:
 
 
 def _job_fail(job: TrainingJob, *, label: str | None, message: str, code: str, lines: list | None = None) -> None:
-    error = {"code": code, "param": label, "message": message}
+    error = job_error(code=code, message=message, param=label)
     if lines is not None:
         error["lines"] = lines
     job_finish(job, TrainingJob.Status.FAILED, from_states=[TrainingJob.Status.VALIDATING_FILES],

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import httpx
 
+from apps.core import supervisor
 from apps.core.launcher import celery_worker, web_server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -18,21 +18,12 @@ ROOT = Path(__file__).resolve().parents[2]
 MODEL_CACHE = ROOT / "var" / "test-models"
 
 
-class ProcessGroup:
-    def __init__(self, env: dict, log_dir: Path):
-        self.env = env
-        self.log_dir = log_dir
-        self.processes: dict[str, subprocess.Popen] = {}
-        self.commands: dict[str, tuple[list[str], dict | None]] = {}
+class ProcessGroup(supervisor.ProcessGroup):
+    """The hub's processes for a test, run from the checkout: a log per process in `log_dir`, `restart(name)`
+    as runhub's supervisor would, and every one stopped at once (apps/core/supervisor.py)."""
 
-    def start(self, name: str, argv: list[str], env: dict | None = None) -> subprocess.Popen:
-        self.commands[name] = (argv, env)
-        log = open(self.log_dir / f"{name}.log", "ab")
-        process = subprocess.Popen(argv, cwd=ROOT, env={**self.env, **(env or {})}, stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
-        self.processes[name] = process
-        return process
+    def __init__(self, env: dict, log_dir: Path):
+        super().__init__(env=env, log_dir=log_dir, cwd=ROOT, stop_timeout=15)
 
     def start_worker(self, name: str, queue: str, concurrency: int | None = None, env: dict | None = None,
                      beat: bool = False) -> subprocess.Popen:
@@ -40,39 +31,6 @@ class ProcessGroup:
 
     def start_web(self, port: int, name: str = "web", env: dict | None = None) -> subprocess.Popen:
         return self.start(name, web_server("127.0.0.1", port), env)
-
-    def log(self, name: str) -> str:
-        return (self.log_dir / f"{name}.log").read_text(errors="replace")
-
-    def restart(self, name: str) -> subprocess.Popen:
-        """Start `name` again as it was started (after it died), as runhub's supervisor would; its log goes on."""
-        _killpg(self.processes[name], signal.SIGKILL)
-        self.processes[name].wait()
-        return self.start(name, *self.commands[name])
-
-    def kill(self, name: str) -> None:
-        process = self.processes.pop(name)
-        _killpg(process, signal.SIGKILL)
-        process.wait()
-
-    def stop(self) -> None:
-        for process in self.processes.values():
-            _killpg(process, signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        for process in self.processes.values():
-            try:
-                process.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-            _killpg(process, signal.SIGKILL)
-            process.wait()
-
-
-def _killpg(process: subprocess.Popen, signum: int) -> None:
-    try:
-        os.killpg(process.pid, signum)
-    except ProcessLookupError:
-        pass
 
 
 def start_hub(env: dict, log_dir: Path, *, inference_threads: int | None = None) -> tuple[str, ProcessGroup]:

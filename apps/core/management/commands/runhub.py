@@ -14,8 +14,9 @@ import celeryconfig
 from aihub_project.embedded import EmbeddedPostgres, EmbeddedValkey
 from aihub_project.private_files import read_secret, write_private_file
 from apps.catalog.models import ModelEntry
-from apps.core.launcher import StopHub, Supervisor, celery_worker, stop_signals, web_server
+from apps.core.launcher import celery_worker, web_server
 from apps.core.runstate import LeftoverError
+from apps.core.supervisor import StopHub, Supervisor, stop_signals
 
 logger = logging.getLogger("aihub.launcher")
 

@@ -1,11 +1,12 @@
-"""Load and unload commands, delivered on a worker's own queue; the answer goes back through an event log."""
+"""The worker side of model commands (load, unload, detach_adapter, unload_idle), delivered on a worker's own
+queue; the answer goes back through an event log (apps/core/worker_commands.py)."""
 from __future__ import annotations
 
 import logging
 
 from apps.catalog.models import ModelEntry
-from apps.core import events
 from apps.core.errors import error_object
+from apps.core.worker_commands import reply_done, reply_error
 
 from . import heartbeat
 from .model_manager import InsufficientMemory, ModelSpec, get_manager
@@ -14,7 +15,6 @@ logger = logging.getLogger(__name__)
 
 
 def run_control(action: str, model_id: str, reply_id: str, options: dict) -> None:
-    writer = events.EventWriter(reply_id)
     manager = get_manager()
     try:
         if action == "load":
@@ -32,15 +32,15 @@ def run_control(action: str, model_id: str, reply_id: str, options: dict) -> Non
         else:
             raise ValueError(f"unknown action {action}")
     except InsufficientMemory as exc:
-        writer.append(events.ERROR, error=exc.error)
+        reply_error(reply_id, exc.error)
         return
     except ModelEntry.DoesNotExist:
-        writer.append(events.ERROR, error=error_object(f"The model '{model_id}' does not exist.", param="model_id",
-                                                       code="model_not_found"))
+        reply_error(reply_id, error_object(f"The model '{model_id}' does not exist.", param="model_id",
+                                           code="model_not_found"))
         return
     except Exception as exc:  # noqa: BLE001 - the caller must get an answer, not a timeout
         logger.exception("%s %s failed", action, model_id)
-        writer.append(events.ERROR, error=error_object(f"{action} failed: {exc}", type="server_error",
-                                                       code="model_control_failed"))
+        reply_error(reply_id, error_object(f"{action} failed: {exc}", type="server_error",
+                                           code="model_control_failed"))
         return
-    writer.append(events.DONE, worker=heartbeat.identity["nodename"], **result)
+    reply_done(reply_id, worker=heartbeat.identity["nodename"], **result)

@@ -1,4 +1,4 @@
-"""Automatic model choice and worker choice (docs/routing.md). Pure functions: unit-tested rule by rule.
+"""Automatic model choice and worker choice (docs/models.md, "Routing"). Pure functions: unit-tested rule by rule.
 
 Model (for `model: "auto"` or an omitted model):
  1. task type from the messages: image parts -> vision, code-like text -> code, else chat;
@@ -21,7 +21,7 @@ from django.conf import settings
 import celeryconfig
 from apps.core.errors import AppError
 
-from .workers import WorkerState
+from .worker_registry import WorkerState
 
 # Task classification reads user text, so it must cost time linear in that text and bounded:
 # a backtracking pattern such as `^\s*(def|...)` under MULTILINE re-scans every following

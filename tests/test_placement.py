@@ -1,10 +1,10 @@
-"""The automatic-choice rules, one by one (apps/catalog/routing.py)."""
+"""The automatic-choice rules, one by one (apps/catalog/placement.py)."""
 import time
 
 import pytest
 
-from apps.catalog.routing import Candidate, Performance, choose_model, choose_worker, task_type
-from apps.catalog.workers import WorkerState
+from apps.catalog.placement import Candidate, Performance, choose_model, choose_worker, task_type
+from apps.catalog.worker_registry import WorkerState
 from apps.core.errors import AppError
 
 MB = 2**20

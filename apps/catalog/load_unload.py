@@ -2,32 +2,22 @@
 
 The answer waits for the worker (a load can take seconds), so the callers are
 async. The command goes to the worker's own queue; its answer comes back
-through an event log (apps/core/events.py), like tokens do.
+through an event log, like tokens do (apps/core/worker_commands.py).
 """
 from __future__ import annotations
 
-import uuid
-
 from django.conf import settings
 
-from apps.core import events
-from apps.core.errors import AppError, app_error_from_event
-from apps.core.tasks import send_task
+from apps.core.errors import AppError
+from apps.core.worker_commands import command
 
-from .routing import choose_worker
-from .services import CONTROL_TASK
-from .workers import alive_workers
+from .placement import choose_worker
+from .worker_registry import alive_workers
 
 
 async def _command(action: str, worker, entry, options: dict) -> dict:
-    reply_id = f"control-{uuid.uuid4().hex}"
-    send_task(CONTROL_TASK, args=[action, entry.id, reply_id, options], queue=worker.control_queue)
-    async for event in events.read_events(reply_id, idle_timeout=settings.AIHUB_CONTROL_TIMEOUT_SECONDS):
-        if event["type"] == events.ERROR:
-            raise app_error_from_event(event["error"])
-        if event["type"] == events.DONE:
-            return {k: v for k, v in event.items() if k not in ("type", "seq")}
-    raise AppError("The worker did not answer.", status=504, type="server_error", code="timeout")
+    return await command(action, queue=worker.control_queue, model_id=entry.id, options=options,
+                         timeout=settings.AIHUB_CONTROL_TIMEOUT_SECONDS)
 
 
 async def model_command(action: str, entry, *, keep_alive=None, force_reload: bool = False,
