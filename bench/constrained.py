@@ -62,7 +62,7 @@ def run(engine, loaded, clients: int, tokens: int, constraint: dict | None) -> t
     results = []
     for sequence in sequences:
         while True:
-            kind, value = sequence.outbox.get()
+            kind, _, value = sequence.outbox.get()  # (kind, choice index, value)
             if kind == FAILED:
                 raise RuntimeError(value)
             if kind == DONE:
