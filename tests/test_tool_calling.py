@@ -6,8 +6,7 @@ Two kinds of model:
   the native path. It makes the transport (parsing, deltas, storage, history) testable without luck.
 - the default model, SmolLM2 (no tools in its template: the generic prompt). A 135M model does not write
   calls on its own; with a forced tool_choice its arguments are generated under the function's schema by
-  the engine's constraint (params["constraint"], workers/constraints.py). The tests commented "Needs the
-  engine's constraint" pass once that constraint is enforced (the structured-outputs work).
+  the engine's constraint (params["constraint"], workers/constraints.py), so they always parse.
 """
 from __future__ import annotations
 
@@ -217,7 +216,6 @@ def test_it_never_answers_a_tool_request_from_the_response_cache(hub, alice, scr
     assert ids[0] != ids[1]  # each answer's calls are its own
 
 
-# Needs the engine's constraint (see the module docstring).
 def test_the_default_model_calls_the_function_a_named_tool_choice_forces(openai_client, models):
     response = openai_client.chat.completions.create(
         model=models["default"], messages=ASK, tools=[WEATHER_TOOL, TIME_TOOL], temperature=0, max_tokens=40,
@@ -228,7 +226,6 @@ def test_the_default_model_calls_the_function_a_named_tool_choice_forces(openai_
     assert call.function.name == "get_weather" and isinstance(_arguments(call)["city"], str)
 
 
-# Needs the engine's constraint (see the module docstring).
 def test_the_default_model_calls_some_function_when_tool_choice_is_required(openai_client, models):
     response = openai_client.chat.completions.create(
         model=models["default"], messages=ASK, tools=[WEATHER_TOOL, TIME_TOOL], temperature=0, max_tokens=40,
@@ -237,7 +234,6 @@ def test_the_default_model_calls_some_function_when_tool_choice_is_required(open
     assert call.function.name in ("get_weather", "get_time") and isinstance(_arguments(call), dict)
 
 
-# Needs the engine's constraint (see the module docstring).
 def test_the_default_models_forced_call_streams_as_it_answers_whole(openai_client, models):
     options = dict(model=models["default"], messages=ASK, tools=[WEATHER_TOOL], temperature=0, max_tokens=40,
                    tool_choice={"type": "function", "function": {"name": "get_weather"}})
@@ -248,7 +244,6 @@ def test_the_default_models_forced_call_streams_as_it_answers_whole(openai_clien
     assert (call.function.name, _arguments(call)) == (plain.function.name, _arguments(plain))
 
 
-# Needs the engine's constraint (see the module docstring).
 def test_a_langchain_agent_calls_a_tool_and_answers_with_its_result(hub, alice, models):
     from langchain_core.messages import HumanMessage
     from langchain_core.tools import tool
