@@ -152,8 +152,27 @@ MB = 2**20
 
 
 @pytest.fixture(scope="module")
-def small_cache(models):
-    """A hub whose worker's budget holds a small model and the cache of one long request, not of two."""
+def small_cache(hub, models):
+    """A hub whose worker's budget holds a small model and the cache of one long request, not of two.
+
+    It shares the session's PostgreSQL but not its Redis, so the session hub's sweeper cannot see this hub's
+    worker beat: it would take a request waiting here for memory (running, no token yet) for one whose worker
+    died, and run it again on the session hub, whose events this hub's web never reads. One database with
+    two Redis is not a deployment the hub supports; for this test the session hub's sweeper is paused.
+    """
+    import signal
+
+    from apps.core.supervisor import signal_group
+
+    sweeper = hub.processes.processes["default"]
+    signal_group(sweeper, signal.SIGSTOP)
+    try:
+        yield from _small_cache_hub()
+    finally:
+        signal_group(sweeper, signal.SIGCONT)
+
+
+def _small_cache_hub():
     from aihub_project.embedded import free_port
     from workers.batching import kv_bytes_per_token
     from workers.engine import load_model, pick_device
