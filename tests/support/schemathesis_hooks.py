@@ -47,11 +47,14 @@ STATEFUL_REJECTIONS = {
     # image parts and no vision model here; a prompt or max_tokens beyond the model's context; max_tokens and
     # max_completion_tokens both given, with different values
     # top_logprobs without logprobs; a logit_bias key that is not a token id (OpenAPI 3.0 cannot say so)
-    "POST /api/v1/chat/completions": {"messages", "max_tokens", "top_logprobs", "logit_bias"},
+    # metadata: a key's length (1 to 64) is in OpenAPI 3.0's blind spot too
+    "POST /api/v1/chat/completions": {"messages", "max_tokens", "top_logprobs", "logit_bias", "metadata"},
     # a token id outside the vocabulary; echo with token ids; as chat
     "POST /api/v1/completions": {"prompt", "max_tokens", "echo", "logit_bias"},
     # as chat, for the mapped request; a previous response that is not yours or not complete
-    "POST /api/v1/responses": {"input", "max_output_tokens", "previous_response_id", "tool_choice", "text", "tools"},
+    "POST /api/v1/responses": {"input", "max_output_tokens", "previous_response_id", "tool_choice", "text", "tools",
+                               "metadata"},
+    "POST /api/v1/files": {"file"},  # an empty file: OpenAPI cannot bound a binary's size
     # dimensions only for models trained for truncation; an input longer than the model takes
     "POST /api/v1/embeddings": {"dimensions", "input"},
     "POST /api/v1/fine_tuning/jobs": {"training_file", "validation_file", "model"},  # on this server
