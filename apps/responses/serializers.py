@@ -124,7 +124,7 @@ class TextConfigSerializer(serializers.Serializer):
 
 class ResponseCreateRequestSerializer(serializers.Serializer):
     # OpenAI's Responses parameters the hub does not implement: refused as "not supported" (apps/core/parameters.py).
-    openai_parameters = frozenset({"background", "conversation", "include", "max_tool_calls", "prompt",
+    openai_parameters = frozenset({"background", "conversation", "max_tool_calls", "prompt",
                                    "prompt_cache_key", "reasoning", "safety_identifier", "service_tier",
                                    "stream_options", "top_logprobs"})
 
@@ -152,6 +152,9 @@ class ResponseCreateRequestSerializer(serializers.Serializer):
                                                                   '{"type": "function", "name": ...}.')
     parallel_tool_calls = StrictBooleanField(required=False, allow_null=True)
     text = TextConfigSerializer(required=False, allow_null=True)
+    include = serializers.ListField(child=StrictCharField(), required=False, allow_null=True, max_length=0,
+                                    help_text="Extra output to include: the hub has none to add, so only an empty "
+                                              "list (the OpenAI Agents SDK sends one).")
     truncation = serializers.ChoiceField(choices=["disabled"], required=False, allow_null=True,
                                          help_text='Only "disabled": a prompt too long for the model is a 400.')
 
