@@ -342,8 +342,7 @@ class Trainer:
         adapter_dir = Path(settings.AIHUB_MODEL_STORE) / "adapters" / self.job.id.hex
         shutil.rmtree(adapter_dir, ignore_errors=True)
         self.model.save_pretrained(adapter_dir)
-        suffix = self.job.suffix or "custom"
-        model_id = f"ft:{self.base.id}:{suffix}:{self.job.id.hex[:8]}"
+        model_id = self.job.planned_model_id
         # Private to the job's user from its first moment (docs/models.md: ownership).
         model_register(model_id=model_id, path=Path(self.base.path), kind=self.base.kind or ModelKind.CHAT,
                        context_length=self.base.context_length, dtype=self.base.dtype,

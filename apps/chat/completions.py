@@ -62,11 +62,16 @@ async def chat_completion_answer(generation: GenerationRequest, data: dict):
     """The HTTP answer to a submitted request: an SSE stream, or the whole completion once it is done."""
     if data["stream"]:
         include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
-        response = StreamingHttpResponse(sse_stream(generation, include_usage), content_type="text/event-stream")
-        response["Cache-Control"] = "no-cache"
-        response["X-Accel-Buffering"] = "no"  # proxies must pass tokens through as they come
-        return _describe(response, generation)
+        return _describe(sse_response(sse_stream(generation, include_usage)), generation)
     return _describe(await wait_for_completion(generation), generation)
+
+
+def sse_response(events) -> StreamingHttpResponse:
+    """A text/event-stream of `events` (an async iterator of SSE-formatted strings), never cached or buffered."""
+    response = StreamingHttpResponse(events, content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"  # proxies must pass tokens through as they come
+    return response
 
 
 def _describe(response, generation: GenerationRequest):

@@ -11,13 +11,13 @@ import asyncio
 import time
 from contextlib import aclosing
 
-from django.http import JsonResponse, StreamingHttpResponse
+from django.http import JsonResponse
 
 from apps.core import events
 from apps.core.db import release_database_connection
 from apps.core.errors import AppError, error_response
 
-from .completions import READER_LEASE, _describe, _sse, generation_events, wait_for_generation
+from .completions import READER_LEASE, _describe, _sse, generation_events, sse_response, wait_for_generation
 from .models import GenerationRequest
 
 
@@ -26,11 +26,7 @@ async def text_completion_answer(generations: list[GenerationRequest], data: dic
     echoes = [prompt if data["echo"] else "" for prompt in data["prompt"]]
     if data["stream"]:
         include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
-        response = StreamingHttpResponse(text_sse_stream(generations, echoes, include_usage),
-                                         content_type="text/event-stream")
-        response["Cache-Control"] = "no-cache"
-        response["X-Accel-Buffering"] = "no"
-        return _headers(response, generations)
+        return _headers(sse_response(text_sse_stream(generations, echoes, include_usage)), generations)
     error = await _wait_all(generations)
     if error is not None:
         return error_response(error)

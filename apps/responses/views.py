@@ -3,10 +3,9 @@ GET and DELETE /api/v1/responses/{id}."""
 from __future__ import annotations
 
 from asgiref.sync import sync_to_async
-from django.http import StreamingHttpResponse
 from rest_framework.response import Response
 
-from apps.chat.completions import wait_for_completion
+from apps.chat.completions import sse_response, wait_for_completion
 from apps.chat.output_serializers import StreamEventSerializer
 from apps.core.endpoints import Endpoint, operation
 
@@ -31,9 +30,7 @@ class ResponsesView(Endpoint):
     async def post(self, request, data):
         generation = await sync_to_async(response_create)(key=request.auth, data=data)
         if data["stream"]:
-            response = StreamingHttpResponse(response_stream(generation), content_type="text/event-stream")
-            response["Cache-Control"] = "no-cache"
-            response["X-Accel-Buffering"] = "no"
+            response = sse_response(response_stream(generation))
         else:
             response = await wait_for_completion(generation, body=response_object)
         response["X-AIHub-Request-Id"] = str(generation.id)

@@ -234,9 +234,7 @@ class FineTuningCheckpointSerializer(serializers.Serializer):
 
     def get_fine_tuned_model_checkpoint(self, obj: TrainingCheckpoint) -> str:
         """A name for the checkpoint, in OpenAI's form; checkpoints are resume points, not served models."""
-        job = obj.job
-        model = job.fine_tuned_model or f"ft:{job.base_model}:{job.suffix or 'custom'}:{job.id.hex[:8]}"
-        return f"{model}:ckpt-step-{obj.step}"
+        return f"{obj.job.fine_tuned_model or obj.job.planned_model_id}:ckpt-step-{obj.step}"
 
     def get_fine_tuning_job_id(self, obj: TrainingCheckpoint) -> str:
         return obj.job.public_id

@@ -95,6 +95,11 @@ class TrainingJob(models.Model):
         return f"ftjob-{self.id.hex}"
 
     @property
+    def planned_model_id(self) -> str:
+        """The catalog id its adapter is registered under when it succeeds (`fine_tuned_model` from then on)."""
+        return f"ft:{self.base_model}:{self.suffix or 'custom'}:{self.id.hex[:8]}"
+
+    @property
     def is_finished(self) -> bool:
         return self.status in self.FINAL
 
