@@ -41,6 +41,10 @@ AIHUB_EMBEDDED_REDIS_PORT = env.int("AIHUB_EMBEDDED_REDIS_PORT", default=56379)
 # times a minute a crashed child is restarted (with a doubling delay) before the launcher gives up and stops the hub.
 AIHUB_STOP_TIMEOUT_SECONDS = env.float("AIHUB_STOP_TIMEOUT_SECONDS", default=20.0)
 AIHUB_RESTARTS_PER_MINUTE = env.int("AIHUB_RESTARTS_PER_MINUTE", default=5)
+# Flower in read-only mode (its --read_only): no pool grow/shrink/autoscale, restart, shutdown, consumer or
+# revoke buttons. Growing a GPU worker's pool would start a second process on a device that one process must
+# own (docs/operations.md, "Flower's controls"); cancel work through the hub (API, admin), which Flower bypasses.
+AIHUB_FLOWER_READ_ONLY = env.bool("AIHUB_FLOWER_READ_ONLY", default=True)
 
 # The embedded servers' URLs carry the passwords runhub generated in AIHUB_VAR_DIR (absent before the first run;
 # runhub then hands the new password to its own connection, see runhub.py).

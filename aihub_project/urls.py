@@ -1,6 +1,8 @@
 """The HTTP routes. Every API view is an apps.core.endpoints.Endpoint (docs/api.md: adding an endpoint)."""
 from django.contrib import admin
+from django.templatetags.static import static
 from django.urls import include, path
+from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from apps.accounts.views import ApiKeyDetailView, ApiKeyListView, MeView
@@ -57,6 +59,9 @@ api_v1 = [
     path("models/<path:model_id>", ModelDetailView.as_view(), name="model-detail"),
 ]
 
+# The admin's "View site" leads to the API's documentation: the hub has no other site to show.
+admin.site.site_url = "/docs"
+
 urlpatterns = [
     path("api/v1/", include(api_v1)),
     path("health", HealthView.as_view(), name="health"),
@@ -65,6 +70,8 @@ urlpatterns = [
     path("api/schema", SpectacularAPIView.as_view(), name="schema"),
     path("docs", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("admin/", admin.site.urls),
+    # Browsers ask for /favicon.ico on any page (the docs too); the file is a static one (WhiteNoise).
+    path("favicon.ico", RedirectView.as_view(url=static("aihub/favicon.ico"), permanent=True), name="favicon"),
     path("metrics", metrics_view, name="prometheus-django-metrics"),  # django-prometheus behind an optional token
 ]
 

@@ -1,23 +1,45 @@
+from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
 from django.db.models import Count, Sum
 from django.db.models.functions import Coalesce
 
-from .models import ApiKey, Profile
+from apps.core.admin_display import badge
+
+from .models import ApiKey, Profile, Scope
 from .services import api_key_create, api_keys_revoke, user_deactivate
+
+
+class ApiKeyForm(forms.ModelForm):
+    # Check boxes, not raw JSON: a scope can be picked once only (the model's clean() stores them in order).
+    scopes = forms.TypedMultipleChoiceField(choices=Scope.choices, widget=forms.CheckboxSelectMultiple)
+
+    class Meta:
+        model = ApiKey
+        fields = "__all__"
 
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
-    list_display = ("display_prefix", "name", "user", "scopes", "created_at", "last_used_at", "expires_at",
-                    "revoked_at")
+    form = ApiKeyForm
+    list_display = ("display_prefix", "name", "user", "shown_status", "shown_scopes", "expires_at", "revoked_at",
+                    "last_used_at", "created_at")
     list_filter = ("revoked_at", "expires_at")
     search_fields = ("name", "user__username", "lookup")
-    readonly_fields = ("display_prefix", "created_at", "last_used_at", "parent")
-    fields = ("user", "name", "scopes", "expires_at", "display_prefix", "created_at", "last_used_at", "revoked_at",
-              "parent")
+    list_select_related = ("user",)
+    readonly_fields = ("display_prefix", "shown_status", "created_at", "last_used_at", "parent")
+    fields = ("user", "name", "scopes", "expires_at", "display_prefix", "shown_status", "created_at", "last_used_at",
+              "revoked_at", "parent")
     actions = ["revoke_keys"]
+
+    @admin.display(description="status")
+    def shown_status(self, obj):
+        return badge(obj.status) if obj.pk else "—"
+
+    @admin.display(description="scopes")
+    def shown_scopes(self, obj):
+        return ", ".join(obj.scopes)
 
     def save_model(self, request, obj, form, change):
         if change:
@@ -33,7 +55,11 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
     @admin.action(description="Revoke selected keys")
     def revoke_keys(self, request, queryset):
+        keys = list(queryset)
         count = api_keys_revoke(keys=queryset)
+        for key in keys:
+            if key.revoked_at is None:  # the admin history names who revoked which key
+                self.log_change(request, key, "Revoked from the admin (with its minted keys and running work).")
         self.message_user(request, f"Revoked {count} key(s); their queued and running requests were cancelled.")
 
 

@@ -5,6 +5,7 @@ import hmac
 import secrets
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
 
@@ -22,6 +23,15 @@ DEFAULT_SCOPES = [Scope.INFERENCE.value, Scope.TRAINING.value]
 
 def default_scopes() -> list[str]:
     return list(DEFAULT_SCOPES)
+
+
+def normalized_scopes(scopes) -> list[str]:
+    """Each scope once, in the order Scope lists them: how every key stores its scopes.
+
+    A client or operator listing a scope twice ("inference", "inference") gets the one power it named.
+    """
+    wanted = set(scopes)
+    return [scope for scope in Scope.values if scope in wanted] + sorted(wanted - set(Scope.values))
 
 
 def hash_key(raw_key: str) -> str:
@@ -86,6 +96,22 @@ class ApiKey(LimitFields):
     @property
     def is_active(self) -> bool:
         return self.revoked_at is None and (self.expires_at is None or self.expires_at > timezone.now())
+
+    def clean(self):
+        # The admin's form (and any other full_clean) stores scopes the way api_key_create does.
+        unknown = set(self.scopes or []) - set(Scope.values)
+        if unknown:
+            raise ValidationError({"scopes": f"Unknown scope(s): {', '.join(sorted(unknown))}."})
+        self.scopes = normalized_scopes(self.scopes or [])
+
+    @property
+    def status(self) -> str:
+        """active, expired or revoked (revoked wins: it is the operator's decision)."""
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at is not None and self.expires_at <= timezone.now():
+            return "expired"
+        return "active"
 
     def has_scope(self, scope: str) -> bool:
         # Admin also needs a staff user: a scope never grants more than the user has.

@@ -14,7 +14,7 @@ from apps.core.errors import AppError, NotFoundError
 from apps.training.services import training_jobs_cancel
 
 from .limits import effective_limits, tighter
-from .models import DEFAULT_SCOPES, KEY_PREFIX, ApiKey, Profile, Scope
+from .models import DEFAULT_SCOPES, KEY_PREFIX, ApiKey, Profile, Scope, normalized_scopes
 
 # Limits a client may ask for when a key mints a key; the rest are inherited as they are.
 MINTABLE_LIMITS = ("requests_per_minute", "tokens_per_minute", "max_concurrent_generations", "token_budget")
@@ -29,7 +29,7 @@ def api_key_create(*, user, name: str = "", scopes: list[str] | None = None, exp
     Without `parent` the key is an operator's (createapikey, the admin): independent,
     with its own budget. Keys made by keys go through `api_key_mint`.
     """
-    scopes = list(DEFAULT_SCOPES if scopes is None else scopes)
+    scopes = normalized_scopes(DEFAULT_SCOPES if scopes is None else scopes)
     unknown = set(scopes) - set(Scope.values)
     if unknown:
         raise AppError(f"Unknown scope(s): {', '.join(sorted(unknown))}.", param="scopes", code="invalid_value")

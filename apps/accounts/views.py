@@ -54,7 +54,9 @@ class ApiKeyCreatedSerializer(ApiKeySerializer):
 class ApiKeyCreateSerializer(serializers.Serializer):
     name = StrictCharField(required=False, allow_blank=True, max_length=100, default="")
     scopes = serializers.ListField(child=serializers.ChoiceField(choices=Scope.values), required=False,
-                                   allow_empty=False, help_text="Default and at most: the calling key's scopes.")
+                                   allow_empty=False,
+                                   help_text="Default and at most: the calling key's scopes. Each is stored once "
+                                             "(a repeated one is the same power).")
     expires_in_days = StrictIntegerField(required=False, min_value=1, max_value=3650,
                                                help_text="Default: the calling key's expiry (or none); never later.")
     requests_per_minute = StrictIntegerField(required=False, min_value=0, max_value=2**31 - 1)

@@ -1,4 +1,7 @@
 from django.contrib import admin
+from django.utils.html import format_html
+
+from apps.core.admin_display import badge, compact_id
 
 from .models import Conversation, GenerationRequest, Message
 
@@ -31,9 +34,38 @@ class MessageAdmin(admin.ModelAdmin):
 
 @admin.register(GenerationRequest)
 class GenerationRequestAdmin(admin.ModelAdmin):
-    list_display = ("id", "user", "model", "state", "finish_reason", "prompt_tokens", "completion_tokens",
-                    "queue_wait_ms", "time_to_first_token_ms", "total_ms", "created_at")
-    list_filter = ("state", "model", "finish_reason")
+    """The request log: read-only (the workers write it), compact enough to scan at 1400 px."""
+
+    list_display = ("short_id", "created_at", "user", "model", "shown_state", "error_code", "worker",
+                    "finish_reason", "prompt_tokens", "completion_tokens", "time_to_first_token_ms", "total_ms")
+    list_filter = ("state", "model", "finish_reason", "cache_hit")
     search_fields = ("id", "user__username", "worker")
-    readonly_fields = [f.name for f in GenerationRequest._meta.fields]
+    list_select_related = ("user",)
+    list_per_page = 50
+    show_full_result_count = False  # a second COUNT(*) over the whole log on every filtered page is not worth it
     date_hierarchy = "created_at"
+    readonly_fields = [f.name for f in GenerationRequest._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False  # viewing stays allowed; Django then renders the page without Save and refuses a POST
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # usage records: deleting a conversation scrubs their text and keeps them
+
+    @admin.display(description="id", ordering="created_at")
+    def short_id(self, obj):
+        return compact_id(obj.id, prefix="chatcmpl-")
+
+    @admin.display(description="state", ordering="state")
+    def shown_state(self, obj):
+        return badge(obj.state)
+
+    @admin.display(description="error")
+    def error_code(self, obj):
+        if not obj.error:
+            return "—"
+        return format_html('<span title="{}">{}</span>', obj.error.get("message", ""), obj.error.get("code") or
+                           obj.error.get("type") or "error")

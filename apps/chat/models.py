@@ -97,6 +97,8 @@ class GenerationRequest(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        # A model's figures (admin model page, apps/monitoring/analytics.model_figures) read its recent rows.
+        indexes = [models.Index(fields=["model", "created_at"], name="generation_model_created")]
 
     def __str__(self) -> str:
         return f"{self.completion_id} ({self.state})"

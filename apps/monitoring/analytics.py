@@ -5,7 +5,7 @@ from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 
 from django.contrib.auth import get_user_model
-from django.db.models import Avg, Count, F, Q, Sum
+from django.db.models import Aggregate, Avg, Count, DurationField, F, FloatField, Q, Sum
 from django.db.models.functions import Coalesce, TruncDay, TruncHour
 from django.utils import timezone
 
@@ -78,3 +78,51 @@ def usage_analytics_for(*, key, group_by: str, since: datetime | None, until: da
     result = usage_analytics(users=users, group_by=group_by, since=since, until=until)
     return {"object": "analytics", "group_by": group_by, "since": since, "until": until,
             "scope": "all" if users is None else "filtered" if username else "own", **result}
+
+
+class Percentile(Aggregate):
+    """PostgreSQL's percentile_cont: the `fraction` quantile of an expression, interpolated."""
+
+    function = "percentile_cont"
+    template = "%(function)s(%(fraction)s) WITHIN GROUP (ORDER BY %(expressions)s)"
+    output_field = FloatField()
+
+    def __init__(self, expression, *, fraction: float, **extra):
+        super().__init__(expression, fraction=float(fraction), **extra)
+
+
+def model_figures(*, model_id: str, hours: int = 24) -> dict:
+    """A model's last `hours` from its stored requests: latency percentiles, tokens/s, errors, requests per hour.
+
+    Two queries on the (model, created_at) index: one aggregate, one grouped by hour.
+    """
+    until = timezone.now()
+    since = until - timedelta(hours=hours)
+    rows = GenerationRequest.objects.filter(model=model_id, created_at__gte=since)
+    generating = Q(state=State.SUCCEEDED, first_token_at__isnull=False, finished_at__isnull=False)
+    totals = rows.aggregate(
+        requests=Count("id"),
+        failed=Count("id", filter=Q(state=State.FAILED)),
+        succeeded=Count("id", filter=Q(state=State.SUCCEEDED)),
+        ttft_p50=Percentile("time_to_first_token_ms", fraction=0.5),
+        ttft_p95=Percentile("time_to_first_token_ms", fraction=0.95),
+        total_p50=Percentile("total_ms", fraction=0.5),
+        total_p95=Percentile("total_ms", fraction=0.95),
+        # Decoding speed: tokens after the first over the time spent producing them, across requests.
+        decoded_tokens=Coalesce(Sum(F("completion_tokens") - 1, filter=generating & Q(completion_tokens__gt=1)), 0),
+        decoding_time=Sum(F("finished_at") - F("first_token_at"), filter=generating & Q(completion_tokens__gt=1),
+                          output_field=DurationField()),
+    )
+    seconds = totals.pop("decoding_time").total_seconds() if totals["decoding_time"] else 0.0
+    totals["tokens_per_second"] = round(totals.pop("decoded_tokens") / seconds, 1) if seconds > 0 else None
+    finished = totals["succeeded"] + totals["failed"]
+    totals["error_rate"] = round(totals["failed"] / finished, 4) if finished else 0.0
+    for name in ("ttft_p50", "ttft_p95", "total_p50", "total_p95"):
+        totals[name] = round(totals[name], 1) if totals[name] is not None else None
+    per_hour = {row["hour"]: row for row in rows.annotate(hour=TruncHour("created_at")).values("hour").annotate(
+        requests=Count("id"), failed=Count("id", filter=Q(state=State.FAILED)))}
+    first = since.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+    hours_shown = [first + timedelta(hours=h) for h in range(hours)]
+    series = [{"hour": hour.isoformat(), "requests": per_hour.get(hour, {}).get("requests", 0),
+               "failed": per_hour.get(hour, {}).get("failed", 0)} for hour in hours_shown]
+    return {"model": model_id, "hours": hours, "since": since.isoformat(), **totals, "per_hour": series}

@@ -78,3 +78,18 @@ def training_checkpoints_page(*, job: TrainingJob, after: str | None,
             raise _after_missing(after)
         checkpoints = checkpoints.filter(step__lt=last.step)
     return _page(checkpoints, limit)
+
+
+def training_job_metric_points(*, job: TrainingJob, after_step: int = 0) -> list[dict]:
+    """The loss curve: one point {step, loss, learning_rate} per logged optimizer step, in step order.
+
+    Read from the job's metric events (workers/training.py logs one per step). A job resumed after a
+    crash logs again the steps past its checkpoint: the last logged value of a step is the one kept.
+    """
+    points = {}
+    rows = job.events.filter(type="metrics").order_by("id").values_list("data", flat=True)
+    for data in rows:
+        step = (data or {}).get("step")
+        if isinstance(step, int) and step > after_step:
+            points[step] = {"step": step, "loss": data.get("train_loss"), "learning_rate": data.get("learning_rate")}
+    return [points[step] for step in sorted(points)]

@@ -185,6 +185,30 @@ def _job_cancel(job: TrainingJob) -> None:
         events.request_cancel_sync(job.id)
 
 
+@transaction.atomic
+def training_job_retry(*, job: TrainingJob) -> TrainingJob:
+    """An operator's retry (the admin): a new job with the failed or cancelled one's data and settings.
+
+    A new job rather than the old one re-run: the old one keeps its record (events, error, checkpoints)
+    and its attempt counters, which cap redeliveries. The new one is validated again, so data deleted
+    since fails it with the usual error. The user's queued-jobs limit is not applied: an operator chose it.
+    """
+    if job.status not in (Status.FAILED, Status.CANCELLED):
+        raise AppError(f"Only a failed or cancelled job can be retried; {job.public_id} is {job.status}.",
+                       param="job_id", code="invalid_state")
+    if job.training_file_id is None and not job.dataset_path:
+        raise AppError(f"The training file of {job.public_id} was deleted; nothing to train on.",
+                       param="training_file", code="file_not_found")
+    retry = TrainingJob.objects.create(
+        user=job.user, api_key=job.api_key, name=job.name, base_model=job.base_model,
+        training_type=job.training_type, training_file=job.training_file, validation_file=job.validation_file,
+        dataset_path=job.dataset_path, hyperparameters=job.hyperparameters, suffix=job.suffix)
+    job_event(retry, f"Retry of {job.public_id}; validating training data.", data={"retry_of": job.public_id})
+    job_event(job, f"Retried as {retry.public_id}.", data={"retried_as": retry.public_id})
+    enqueue_on_commit(celeryconfig.VALIDATE_JOB_TASK, args=[str(retry.id)])
+    return retry
+
+
 def training_jobs_cancel(*, api_key_ids: list[int] | None = None, user=None) -> int:
     """Cancel the live jobs of these keys (or of this user): their key was revoked, or the user deactivated.
 

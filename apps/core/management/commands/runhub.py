@@ -116,7 +116,8 @@ class Command(BaseCommand):
         if flower:
             supervisor.start("flower", [python, "-m", "celery", "-A", "aihub_project", "flower",
                                         f"--port={flower_port}", f"--address={host}"],
-                             env={**os.environ, "FLOWER_BASIC_AUTH": self._flower_credentials()})
+                             env={**os.environ, "FLOWER_BASIC_AUTH": self._flower_credentials(),
+                                  "FLOWER_READ_ONLY": str(settings.AIHUB_FLOWER_READ_ONLY).lower()})
 
     def _flower_credentials(self) -> str:
         """Flower sees every task's arguments: it always runs behind basic auth."""
