@@ -50,10 +50,12 @@ def job_finished(hub, account, job_id, timeout=180):
                     lambda j: j["status"] in ("succeeded", "failed", "cancelled"), timeout=timeout)
 
 
-def fine_tune(hub, account, *, suffix: str) -> dict:
-    """A succeeded job (two LoRA steps on the tiny model) of `account`; its model is job["fine_tuned_model"]."""
+def fine_tune(hub, account, *, suffix: str, num_epochs: int = 1, **settings) -> dict:
+    """A succeeded job (two LoRA steps per epoch on the tiny model) of `account`; its model is
+    job["fine_tuned_model"]."""
     data = upload(hub, account, jsonl(SECRET))
-    created = job_create(hub, account, training_file=data["id"], num_epochs=1, batch_size=4, suffix=suffix)
+    created = job_create(hub, account, training_file=data["id"], num_epochs=num_epochs, batch_size=4, suffix=suffix,
+                         **settings)
     assert created.status_code == 201, created.text
     job = job_finished(hub, account, created.json()["id"])
     assert job["status"] == "succeeded", job

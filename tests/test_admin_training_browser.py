@@ -1,0 +1,79 @@
+"""A training job's page in a real headless Chromium (Debian's package, driven by Playwright).
+
+An operator logs in through the admin's form on the live hub, opens a finished
+job and finds its loss curve with one point per logged step, read from the
+chart itself; the page logs no console error. The screenshot is kept as an
+artifact (var/artifacts/training_job.png, linked from docs/operations.md).
+"""
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+from django.contrib.auth import get_user_model
+
+from apps.training.models import TrainingEvent
+from tests.conftest import make_account
+from tests.support.fine_tuning import fine_tune
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parents[1] / "var" / "artifacts"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A 1400 px wide page, and the console errors and uncaught exceptions it logs."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    yield page, errors
+    context.close()
+
+
+def _log_in(page, base_url: str) -> None:
+    password = uuid.uuid4().hex
+    user = get_user_model().objects.create_superuser(username=f"op-{uuid.uuid4().hex[:8]}", password=password)
+    page.goto(f"{base_url}/admin/login/")
+    page.fill("#id_username", user.username)
+    page.fill("#id_password", password)
+    page.click("input[type=submit]")
+    page.wait_for_url(f"{base_url}/admin/")
+
+
+def test_a_finished_job_page_draws_one_point_per_logged_step(hub, page):
+    page, console_errors = page
+    job = fine_tune(hub, make_account("trainee"), suffix="browser", num_epochs=3)
+    job_id = job["id"].removeprefix("ftjob-")
+    logged = list(TrainingEvent.objects.filter(job_id=job_id, type="metrics").values_list("data", flat=True))
+    assert len(logged) == 6
+
+    _log_in(page, hub.base_url)
+    page.goto(f"{hub.base_url}/admin/training/trainingjob/{uuid.UUID(job_id)}/change/")
+    page.wait_for_function("() => window.Chart && Chart.getChart(document.getElementById('loss-chart'))")
+    drawn = page.evaluate("""() => {
+        const chart = Chart.getChart(document.getElementById('loss-chart'));
+        return chart.data.datasets.map((set) => ({label: set.label, points: set.data}));
+    }""")
+    loss = next(d for d in drawn if d["label"] == "training loss")
+    assert [p["x"] for p in loss["points"]] == [d["step"] for d in logged] == [1, 2, 3, 4, 5, 6]
+    assert [p["y"] for p in loss["points"]] == pytest.approx([d["train_loss"] for d in logged])
+    assert page.inner_text("#job-status") == "succeeded" and "step 6 / 6" in page.inner_text("#job-progress")
+    assert "The job succeeded" in page.inner_text("#job-events")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "training_job.png"), full_page=True)
+    assert console_errors == []
