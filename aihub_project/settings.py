@@ -96,7 +96,8 @@ WSGI_APPLICATION = "aihub_project.wsgi.application"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [],
+        # Project-wide overrides of other apps' templates (the admin's base_site.html): searched before the apps.
+        "DIRS": [BASE_DIR / "aihub_project" / "templates"],
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [

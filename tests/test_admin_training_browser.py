@@ -21,8 +21,26 @@ CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[1] / "var" / "artifacts"
 
 
+# The database is read and written in fixtures set up before the browser: Playwright's sync API runs an
+# event loop in this thread, in which Django refuses synchronous ORM calls.
+
 @pytest.fixture(scope="module")
-def browser():
+def finished_job(hub) -> tuple[str, list[dict]]:
+    """A succeeded job of 6 logged steps (3 epochs of 2) and its logged metrics, in order."""
+    job = fine_tune(hub, make_account("trainee"), suffix="browser", num_epochs=3)
+    job_id = job["id"].removeprefix("ftjob-")
+    return job_id, list(TrainingEvent.objects.filter(job_id=job_id, type="metrics").values_list("data", flat=True))
+
+
+@pytest.fixture(scope="module")
+def operator() -> tuple[str, str]:
+    password = uuid.uuid4().hex
+    user = get_user_model().objects.create_superuser(username=f"op-{uuid.uuid4().hex[:8]}", password=password)
+    return user.username, password
+
+
+@pytest.fixture(scope="module")
+def browser(finished_job, operator):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -45,24 +63,20 @@ def page(browser):
     context.close()
 
 
-def _log_in(page, base_url: str) -> None:
-    password = uuid.uuid4().hex
-    user = get_user_model().objects.create_superuser(username=f"op-{uuid.uuid4().hex[:8]}", password=password)
+def _log_in(page, base_url: str, operator: tuple[str, str]) -> None:
     page.goto(f"{base_url}/admin/login/")
-    page.fill("#id_username", user.username)
-    page.fill("#id_password", password)
+    page.fill("#id_username", operator[0])
+    page.fill("#id_password", operator[1])
     page.click("input[type=submit]")
     page.wait_for_url(f"{base_url}/admin/")
 
 
-def test_a_finished_job_page_draws_one_point_per_logged_step(hub, page):
+def test_a_finished_job_page_draws_one_point_per_logged_step(hub, finished_job, operator, page):
     page, console_errors = page
-    job = fine_tune(hub, make_account("trainee"), suffix="browser", num_epochs=3)
-    job_id = job["id"].removeprefix("ftjob-")
-    logged = list(TrainingEvent.objects.filter(job_id=job_id, type="metrics").values_list("data", flat=True))
+    job_id, logged = finished_job
     assert len(logged) == 6
 
-    _log_in(page, hub.base_url)
+    _log_in(page, hub.base_url, operator)
     page.goto(f"{hub.base_url}/admin/training/trainingjob/{uuid.UUID(job_id)}/change/")
     page.wait_for_function("() => window.Chart && Chart.getChart(document.getElementById('loss-chart'))")
     drawn = page.evaluate("""() => {
