@@ -15,7 +15,7 @@ from django.contrib.auth import get_user_model
 
 from apps.training.models import TrainingEvent
 from tests.conftest import make_account
-from tests.support.fine_tuning import fine_tune
+from tests.support.fine_tuning import SECRET, fine_tune, job_create, job_finished, job_get, jsonl, upload, wait_for
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[1] / "var" / "artifacts"
@@ -40,7 +40,12 @@ def operator() -> tuple[str, str]:
 
 
 @pytest.fixture(scope="module")
-def browser(finished_job, operator):
+def trainee():
+    return make_account("trainee")
+
+
+@pytest.fixture(scope="module")
+def browser(finished_job, operator, trainee):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -90,4 +95,25 @@ def test_a_finished_job_page_draws_one_point_per_logged_step(hub, finished_job, 
     assert "The job succeeded" in page.inner_text("#job-events")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "training_job.png"), full_page=True)
+    assert console_errors == []
+
+
+def test_a_running_job_page_draws_new_steps_live_and_its_cancel_button_stops_it(hub, operator, trainee, page):
+    page, console_errors = page
+    data = upload(hub, trainee, jsonl(SECRET * 40))
+    job = job_create(hub, trainee, training_file=data["id"], batch_size=1, num_epochs=1).json()
+    wait_for(lambda: job_get(hub, trainee, job["id"]), lambda j: j["progress"] and j["progress"]["step"] >= 1)
+
+    _log_in(page, hub.base_url, operator)
+    page.goto(f"{hub.base_url}/admin/training/trainingjob/{uuid.UUID(job['id'].removeprefix('ftjob-'))}/change/")
+    count = "() => Chart.getChart(document.getElementById('loss-chart')).data.datasets[0].data.length"
+    page.wait_for_function("() => window.Chart && Chart.getChart(document.getElementById('loss-chart'))")
+    first = page.evaluate(count)
+    page.wait_for_function(f"() => ({count})() >= {first + 3}", timeout=60_000)  # drawn by the page's polling
+    assert page.inner_text("#job-status") == "running" and page.inner_text("#job-eta") != "—"
+    page.click("#cancel-job")
+    assert job_finished(hub, trainee, job["id"], timeout=30)["status"] == "cancelled"
+    # The page sees the job finish and reloads once: it now offers a retry instead of a cancel.
+    page.wait_for_selector("#retry-job", timeout=30_000)
+    assert page.inner_text("#job-status") == "cancelled" and page.locator("#cancel-job").count() == 0
     assert console_errors == []
