@@ -117,3 +117,19 @@ def test_a_running_job_page_draws_new_steps_live_and_its_cancel_button_stops_it(
     page.wait_for_selector("#retry-job", timeout=30_000)
     assert page.inner_text("#job-status") == "cancelled" and page.locator("#cancel-job").count() == 0
     assert console_errors == []
+
+
+def test_the_columns_that_matter_fit_1400_px_and_the_model_page_draws_its_figures(hub, operator, page):
+    page, console_errors = page
+    _log_in(page, hub.base_url, operator)
+    page.goto(f"{hub.base_url}/admin/catalog/modelentry/")
+    for column in ("live_state", "enabled", "size"):
+        box = page.locator(f"th.column-{column}").bounding_box()
+        assert box["x"] + box["width"] <= 1400, column
+    page.goto(f"{hub.base_url}/admin/chat/generationrequest/")
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= 1400  # no sideways scrolling
+    page.goto(f"{hub.base_url}/admin/catalog/modelentry/tiny:chat/change/")
+    page.wait_for_function("() => window.Chart && Chart.getChart(document.getElementById('requests-chart'))")
+    hours = page.evaluate("() => Chart.getChart(document.getElementById('requests-chart')).data.labels.length")
+    assert hours == 24
+    assert console_errors == []

@@ -80,7 +80,7 @@ def test_an_api_key_made_in_the_admin_is_shown_once_and_works(hub, alice):
     client = Client(SERVER_NAME="localhost")
     client.force_login(admin)
     response = client.post("/admin/accounts/apikey/add/", {"user": alice.user.pk, "name": "from admin",
-                                                           "scopes": '["inference"]'}, follow=True)
+                                                           "scopes": ["inference"]}, follow=True)
     assert response.status_code == 200
     shown = re.findall(r"ahk_[0-9a-f]{12}_[A-Za-z0-9_-]{43}", response.content.decode())
     assert len(shown) == 1

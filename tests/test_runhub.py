@@ -121,6 +121,9 @@ def test_runhub_starts_everything_behind_passwords_stops_everything_and_keeps_it
     assert httpx.get(flower, timeout=10).status_code == 401  # Flower shows task arguments: never open
     user, password = (var / "flower-credentials.txt").read_text().strip().split(":", 1)
     assert httpx.get(flower, auth=(user, password), timeout=10).status_code == 200
+    # Read-only (AIHUB_FLOWER_READ_ONLY): its control API refuses before even looking for the worker (404).
+    grow = httpx.post(f"{flower}api/worker/pool/grow/inference@nowhere", auth=(user, password), timeout=10)
+    assert grow.status_code == 403
     for name in ("admin-credentials.txt", "flower-credentials.txt", "postgres-password.txt", "valkey-password.txt"):
         assert _private(var / name), name
     pg_port, redis_port = int(env["AIHUB_EMBEDDED_PG_PORT"]), int(env["AIHUB_EMBEDDED_REDIS_PORT"])
