@@ -4,8 +4,9 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
 from django.db.models import Count, Sum
 from django.db.models.functions import Coalesce
+from django.utils.html import format_html
 
-from apps.core.admin_display import badge
+from apps.core.admin_display import badge, short_time
 
 from .models import ApiKey, Profile, Scope
 from .services import api_key_create, api_keys_revoke, user_deactivate
@@ -23,8 +24,8 @@ class ApiKeyForm(forms.ModelForm):
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
     form = ApiKeyForm
-    list_display = ("display_prefix", "name", "user", "shown_status", "shown_scopes", "expires_at", "revoked_at",
-                    "last_used_at", "created_at")
+    list_display = ("display_prefix", "name", "user", "shown_status", "shown_scopes", "validity", "last_used",
+                    "created")
     list_filter = ("revoked_at", "expires_at")
     search_fields = ("name", "user__username", "lookup")
     list_select_related = ("user",)
@@ -40,6 +41,22 @@ class ApiKeyAdmin(admin.ModelAdmin):
     @admin.display(description="scopes")
     def shown_scopes(self, obj):
         return ", ".join(obj.scopes)
+
+    @admin.display(description="revoked / expires", ordering="expires_at")
+    def validity(self, obj):
+        if obj.revoked_at is not None:
+            return format_html("revoked {}", short_time(obj.revoked_at))
+        if obj.expires_at is not None:
+            return format_html("{} {}", "expired" if obj.status == "expired" else "expires", short_time(obj.expires_at))
+        return "never expires"
+
+    @admin.display(description="last used", ordering="last_used_at")
+    def last_used(self, obj):
+        return short_time(obj.last_used_at)
+
+    @admin.display(description="created", ordering="created_at")
+    def created(self, obj):
+        return short_time(obj.created_at)
 
     def save_model(self, request, obj, form, change):
         if change:

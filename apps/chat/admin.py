@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.utils.html import format_html
 
-from apps.core.admin_display import badge, compact_id
+from apps.core.admin_display import badge, compact_id, short_time
 
 from .models import Conversation, GenerationRequest, Message
 
@@ -36,8 +36,8 @@ class MessageAdmin(admin.ModelAdmin):
 class GenerationRequestAdmin(admin.ModelAdmin):
     """The request log: read-only (the workers write it), compact enough to scan at 1400 px."""
 
-    list_display = ("short_id", "created_at", "user", "model", "shown_state", "error_code", "worker",
-                    "finish_reason", "prompt_tokens", "completion_tokens", "time_to_first_token_ms", "total_ms")
+    list_display = ("short_id", "created", "shown_state", "error_code", "model", "worker", "user", "finish_reason",
+                    "prompt_tokens", "completion_tokens", "time_to_first_token_ms", "total_ms")
     list_filter = ("state", "model", "finish_reason", "cache_hit")
     search_fields = ("id", "user__username", "worker")
     list_select_related = ("user",)
@@ -55,9 +55,13 @@ class GenerationRequestAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None):
         return False  # usage records: deleting a conversation scrubs their text and keeps them
 
-    @admin.display(description="id", ordering="created_at")
+    @admin.display(description="id")
     def short_id(self, obj):
         return compact_id(obj.id, prefix="chatcmpl-")
+
+    @admin.display(description="created", ordering="created_at")
+    def created(self, obj):
+        return short_time(obj.created_at)
 
     @admin.display(description="state", ordering="state")
     def shown_state(self, obj):

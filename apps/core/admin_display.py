@@ -5,6 +5,7 @@ The classes are styled by apps/monitoring/static/aihub/admin.css (loaded by admi
 from __future__ import annotations
 
 from django.template.defaultfilters import filesizeformat
+from django.utils import timezone
 from django.utils.html import format_html
 
 # A status's tone: one colour per meaning across every model (jobs, files, requests, keys).
@@ -49,3 +50,19 @@ def human_duration(seconds: float | None) -> str:
     if seconds < 3600:
         return f"{seconds // 60} min {seconds % 60:02d} s"
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def short_time(moment) -> str:
+    """'2026-11-29 10:49' (the current time zone), seconds in the title: narrower than Django's default."""
+    if moment is None:
+        return "—"
+    local = timezone.localtime(moment)
+    return format_html('<span class="aihub-mono" title="{}">{}</span>', local.isoformat(timespec="seconds"),
+                       local.strftime("%Y-%m-%d %H:%M"))
+
+
+def shortened(text: str, limit: int = 60) -> str:
+    """At most `limit` characters on the page, the whole text in the title."""
+    if len(text) <= limit:
+        return text
+    return format_html('<span title="{}">{}…</span>', text, text[:limit - 1])

@@ -14,7 +14,15 @@ from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
-from apps.core.admin_display import badge, compact_id, human_bytes, human_duration, progress_bar
+from apps.core.admin_display import (
+    badge,
+    compact_id,
+    human_bytes,
+    human_duration,
+    progress_bar,
+    short_time,
+    shortened,
+)
 from apps.core.errors import AppError
 
 from .models import TrainingFile, TrainingJob
@@ -27,7 +35,7 @@ EVENTS_SHOWN = 200  # the newest events on the job page; the API pages through a
 @admin.register(TrainingFile)
 class TrainingFileAdmin(admin.ModelAdmin):
     list_display = ("short_id", "filename", "user", "shown_status", "format", "examples", "size", "first_error",
-                    "created_at")
+                    "created")
     list_filter = ("status", "format")
     search_fields = ("filename", "user__username")
     list_select_related = ("user",)
@@ -57,6 +65,10 @@ class TrainingFileAdmin(admin.ModelAdmin):
     def shown_status(self, obj):
         return badge(obj.status)
 
+    @admin.display(description="created", ordering="created_at")
+    def created(self, obj):
+        return short_time(obj.created_at)
+
     @admin.display(description="size", ordering="bytes")
     def size(self, obj):
         return human_bytes(obj.bytes)
@@ -66,7 +78,8 @@ class TrainingFileAdmin(admin.ModelAdmin):
         if not obj.errors:
             return "—"
         first = obj.errors[0]
-        return f"line {first['line']}: {first['message']}" if first.get("line") else first.get("message", "")
+        text = f"line {first['line']}: {first['message']}" if first.get("line") else first.get("message", "")
+        return shortened(text)
 
     @admin.display(description="errors")
     def error_lines(self, obj):
@@ -80,7 +93,7 @@ class TrainingFileAdmin(admin.ModelAdmin):
 class TrainingJobAdmin(admin.ModelAdmin):
     change_form_template = "admin/training/trainingjob/change_form.html"
     list_display = ("short_id", "user", "base_model", "training_type", "shown_status", "progress", "eta", "loss",
-                    "worker", "created_at")
+                    "worker", "created")
     list_filter = ("status", "training_type", "base_model")
     search_fields = ("id", "user__username", "base_model", "fine_tuned_model", "name")
     list_select_related = ("user",)
@@ -113,6 +126,10 @@ class TrainingJobAdmin(admin.ModelAdmin):
     @admin.display(description="status", ordering="status")
     def shown_status(self, obj):
         return badge(obj.status, title=obj.status_reason)
+
+    @admin.display(description="created", ordering="created_at")
+    def created(self, obj):
+        return short_time(obj.created_at)
 
     @admin.display(description="progress")
     def progress(self, obj):
