@@ -45,7 +45,16 @@ def trainee():
 
 
 @pytest.fixture(scope="module")
-def browser(finished_job, operator, trainee):
+def answered(hub, trainee):
+    """One stored chat request of the tiny model, so the request log and the model's figures have a row."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=hub.api_url, api_key=trainee.raw_key, max_retries=0, timeout=120)
+    client.chat.completions.create(model="tiny:chat", messages=[{"role": "user", "content": "hi"}], max_tokens=3)
+
+
+@pytest.fixture(scope="module")
+def browser(finished_job, operator, trainee, answered):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
