@@ -74,6 +74,9 @@ def request_metrics_record(*, generation) -> bool:
     }
     if generation.cache_hit:
         increments[field("cache_hits", model)] = 1
+    if generation.state == generation.State.FAILED:
+        # By the error's code (insufficient_memory, timeout, ...): what an alert or an operator asks "why" with.
+        increments[field("errors", model, (generation.error or {}).get("code") or "unknown")] = 1
     for name, attribute in HISTOGRAMS.items():
         value_ms = getattr(generation, attribute)
         if value_ms is None:
@@ -96,5 +99,5 @@ def usage_record(*, request_id: str, model_id: str, state: str, prompt_tokens: i
 
 
 def request_metrics_read() -> dict[tuple[str, ...], float]:
-    """Every counter, keyed by its field's parts: ("requests", model, state) -> n, and so on."""
+    """Every counter, keyed by its field's parts: ("requests", model, state) -> n, ("errors", model, code) -> n..."""
     return {tuple(key.split(SEP)): float(value) for key, value in sync_client().hgetall(COUNTERS_KEY).items()}
