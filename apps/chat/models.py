@@ -97,6 +97,12 @@ class GenerationRequest(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        indexes = [
+            # The dashboard's recent failures, and the admin list filtered by state, newest first.
+            models.Index(fields=["state", "-created_at"], name="generation_state_recent"),
+            # The admin's filter by model lists the distinct models: an index-only scan, not a table scan.
+            models.Index(fields=["model"], name="generation_model"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.completion_id} ({self.state})"

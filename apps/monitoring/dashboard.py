@@ -1,40 +1,34 @@
 """What the operations dashboard (the admin index, apps/monitoring/admin_site.py) shows, read in bounded time.
 
 Live state comes from where the API already reads it: worker heartbeats and
-queue depths (apps/catalog/worker_registry.py). Request figures come from the
-rows of the last hour only (`created_at` is indexed, so the cost follows the
-last hour's traffic, not the size of the table); training from the running
-and queued jobs. docs/operations.md says what each panel means.
+queue depths (apps/catalog/worker_registry.py). Request figures (requests per
+minute, time to first token percentiles, error rates) come from the
+per-minute counters the hub keeps as requests end (apps/monitoring/counters.py),
+never from a scan of the requests table, so they cost the same whatever the
+traffic; the table is read only for the recent failures (an index on state
+and creation time) and the counts of queued and running requests (bounded by
+AIHUB_MAX_QUEUE and the batch sizes). Training comes from the active jobs.
+docs/operations.md says what each panel means.
 """
 from __future__ import annotations
 
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
 
-from django.db.models import Aggregate, Count, FloatField, Q
-from django.db.models.functions import TruncMinute
 from django.utils import timezone
 
 from apps.catalog.models import ModelEntry
 from apps.catalog.worker_registry import WorkerState, known_queues, live_workers, queue_depths
 from apps.chat.models import GenerationRequest
+from apps.monitoring.counters import MINUTE_TTFT_BOUNDS_MS, minutes_read
 from apps.training.models import TrainingJob
 
-WINDOW = timedelta(hours=1)
+WINDOW_MINUTES = 60
+WINDOW = timedelta(minutes=WINDOW_MINUTES)
 RECENT_ERRORS = 10
 ACTIVE_JOBS = 20
 State = GenerationRequest.State
-
-
-class Percentile(Aggregate):
-    """PostgreSQL's `percentile_cont(f) WITHIN GROUP (ORDER BY x)`: exact, computed in the database."""
-
-    function = "PERCENTILE_CONT"
-    template = "%(function)s(%(fraction)s) WITHIN GROUP (ORDER BY %(expressions)s)"
-    output_field = FloatField()
-
-    def __init__(self, expression, fraction: float, **extra):
-        super().__init__(expression, fraction=float(fraction), **extra)
 
 
 def _share(part: int | None, whole: int | None) -> float:
@@ -68,38 +62,55 @@ def _worker_view(worker: WorkerState, now: float) -> dict:
     }
 
 
-def _model_figures(since) -> list[dict]:
-    """Per model over the window: requests, errors, time to first token percentiles (cache hits left out)."""
-    rows = (GenerationRequest.objects.filter(created_at__gte=since).values("model").annotate(
-        requests=Count("id"),
-        failed=Count("id", filter=Q(state=State.FAILED)),
-        finished=Count("id", filter=Q(state__in=[State.SUCCEEDED, State.FAILED])),
-        ttft_p50=Percentile("time_to_first_token_ms", 0.5, filter=Q(cache_hit=False)),
-        ttft_p95=Percentile("time_to_first_token_ms", 0.95, filter=Q(cache_hit=False)),
-    ).order_by("model"))
-    minutes = WINDOW.total_seconds() / 60
-    return [{
-        "model": row["model"], "requests": row["requests"],
-        "requests_per_minute": round(row["requests"] / minutes, 2),
-        "ttft_p50_ms": row["ttft_p50"], "ttft_p95_ms": row["ttft_p95"],
-        "failed": row["failed"], "error_rate_percent": _share(row["failed"], row["finished"]),
-    } for row in rows]
+def bucket_quantile(counts: list[float], fraction: float) -> float | None:
+    """The `fraction` quantile of values counted per bucket of MINUTE_TTFT_BOUNDS_MS (linear in its bucket)."""
+    total = sum(counts)
+    if not total:
+        return None
+    rank, seen = fraction * total, 0.0
+    bounds = (*MINUTE_TTFT_BOUNDS_MS, MINUTE_TTFT_BOUNDS_MS[-1])  # the overflow bucket reads as the last bound
+    for index, count in enumerate(counts):
+        if count and seen + count >= rank:
+            low = bounds[index - 1] if index else 0.0
+            return low + (bounds[index] - low) * (rank - seen) / count
+        seen += count
+    return bounds[-1]
 
 
-def _requests_per_minute(since, now) -> dict:
-    """Chart data: one point per minute of the window and per model (zero where nothing came)."""
-    start = since.replace(second=0, microsecond=0)
-    slots = [start + timedelta(minutes=i) for i in range(int(WINDOW.total_seconds() // 60) + 1)]
-    counts: dict[str, dict] = {}
-    rows = (GenerationRequest.objects.filter(created_at__gte=start).annotate(minute=TruncMinute("created_at"))
-            .values("model", "minute").annotate(n=Count("id")).order_by())
-    for row in rows:
-        counts.setdefault(row["model"], {})[row["minute"]] = row["n"]
-    return {
-        "labels": [timezone.localtime(slot).strftime("%H:%M") for slot in slots],
-        "series": [{"model": model, "counts": [per_minute.get(slot, 0) for slot in slots]}
-                   for model, per_minute in sorted(counts.items())],
+def _recent_figures(now: float) -> tuple[list[dict], dict]:
+    """Per model over the last hour, from the per-minute counters (apps/monitoring/counters.py):
+    requests, failures, time to first token percentiles, and one point per minute for the chart."""
+    current = int(now) - int(now) % 60
+    starts = [current - 60 * i for i in range(WINDOW_MINUTES - 1, -1, -1)]  # this minute and the 59 before
+    per_minute: dict[str, list[int]] = {}
+    states: dict[str, dict[str, float]] = {}
+    ttft: dict[str, list[float]] = {}
+    for index, minute in enumerate(minutes_read(starts)):
+        for parts, value in minute.items():
+            kind, model = parts[0], parts[1]
+            if kind == "requests":
+                per_minute.setdefault(model, [0] * len(starts))[index] += int(value)
+                states.setdefault(model, {}).setdefault(parts[2], 0)
+                states[model][parts[2]] += value
+            elif kind == "ttft":
+                ttft.setdefault(model, [0.0] * (len(MINUTE_TTFT_BOUNDS_MS) + 1))[int(parts[2])] += value
+    figures = []
+    for model in sorted(per_minute):
+        by_state, buckets = states[model], ttft.get(model, [])
+        failed = int(by_state.get(State.FAILED, 0))
+        requests = int(sum(by_state.values()))
+        figures.append({
+            "model": model, "requests": requests,
+            "requests_per_minute": round(requests / WINDOW_MINUTES, 2),
+            "ttft_p50_ms": bucket_quantile(buckets, 0.5), "ttft_p95_ms": bucket_quantile(buckets, 0.95),
+            "failed": failed, "error_rate_percent": _share(failed, failed + int(by_state.get(State.SUCCEEDED, 0))),
+        })
+    chart = {
+        "labels": [datetime.fromtimestamp(start, tz=dt_timezone.utc).astimezone(
+            timezone.get_current_timezone()).strftime("%H:%M") for start in starts],
+        "series": [{"model": model, "counts": counts} for model, counts in sorted(per_minute.items())],
     }
+    return figures, chart
 
 
 def _recent_errors(since) -> list[dict]:
@@ -128,6 +139,7 @@ def dashboard_read() -> dict:
     now = timezone.now()
     since = now - WINDOW
     workers = live_workers()
+    figures, chart = _recent_figures(time.time())
     loaded_ids = {model_id for w in workers for model_id in w.loaded}
     return {
         "generated_at": now,
@@ -137,8 +149,8 @@ def dashboard_read() -> dict:
             "queued": GenerationRequest.objects.filter(state=State.QUEUED).count(),
             "running": GenerationRequest.objects.filter(state=State.RUNNING).count(),
         },
-        "models": _model_figures(since),
-        "requests_per_minute": _requests_per_minute(since, now),
+        "models": figures,
+        "requests_per_minute": chart,
         "recent_errors": _recent_errors(since),
         "training_jobs": _training_jobs(),
         # What the load form offers: enabled models not loaded anywhere (the catalog is small).
