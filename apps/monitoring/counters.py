@@ -137,12 +137,46 @@ def usage_record(*, request_id: str, model_id: str, state: str, prompt_tokens: i
                    {field("requests", model, state): 1})
 
 
-def minutes_read(minute_starts: list[int]) -> list[dict[tuple[str, ...], float]]:
-    """The per-minute hashes of these minutes (epoch seconds, multiples of 60), in one round trip."""
-    pipe = sync_client().pipeline(transaction=False)
-    for start in minute_starts:
-        pipe.hgetall(minute_key(start))
-    return [{tuple(key.split(SEP)): float(value) for key, value in minute.items()} for minute in pipe.execute()]
+# KEYS: minute hashes. Returns, per key, its fields other than time to first token (the chart's points), and
+# the time to first token fields summed over every key: the hour's TTFT buckets are merged in Redis, so the
+# reply is a few hundred fields, not the whole hour's (60 x models x ~45 buckets, slow to parse in Python).
+_MINUTES_READ = """
+local minutes, ttft = {}, {}
+for i, key in ipairs(KEYS) do
+  local flat, kept = redis.call('HGETALL', key), {}
+  for j = 1, #flat, 2 do
+    if string.sub(flat[j], 1, 4) == 'ttft' and string.byte(flat[j], 5) == 31 then  -- 31: SEP
+      ttft[flat[j]] = (ttft[flat[j]] or 0) + tonumber(flat[j + 1])
+    else
+      kept[#kept + 1] = flat[j]
+      kept[#kept + 1] = flat[j + 1]
+    end
+  end
+  minutes[i] = kept
+end
+local merged = {}
+for name, value in pairs(ttft) do
+  merged[#merged + 1] = name
+  merged[#merged + 1] = tostring(value)
+end
+return {minutes, merged}
+"""
+
+
+@functools.cache
+def _minutes_read_script():
+    return sync_client().register_script(_MINUTES_READ)
+
+
+def _parts(flat: list) -> dict[tuple[str, ...], float]:
+    return {tuple(flat[i].split(SEP)): float(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+
+def minutes_read(minute_starts: list[int]) -> tuple[list[dict[tuple[str, ...], float]], dict[tuple[str, ...], float]]:
+    """For these minutes (epoch seconds, multiples of 60): each one's request counts ("requests", model, state),
+    and the time to first token buckets ("ttft", model, bucket) summed over all of them. One round trip."""
+    minutes, ttft = _minutes_read_script()(keys=[minute_key(start) for start in minute_starts])
+    return [_parts(minute) for minute in minutes], _parts(ttft)
 
 
 def request_metrics_read() -> dict[tuple[str, ...], float]:

@@ -84,16 +84,16 @@ def _recent_figures(now: float) -> tuple[list[dict], dict]:
     starts = [current - 60 * i for i in range(WINDOW_MINUTES - 1, -1, -1)]  # this minute and the 59 before
     per_minute: dict[str, list[int]] = {}
     states: dict[str, dict[str, float]] = {}
-    ttft: dict[str, list[float]] = {}
-    for index, minute in enumerate(minutes_read(starts)):
-        for parts, value in minute.items():
-            kind, model = parts[0], parts[1]
+    minutes, ttft_buckets = minutes_read(starts)
+    for index, minute in enumerate(minutes):
+        for (kind, model, *rest), value in minute.items():
             if kind == "requests":
                 per_minute.setdefault(model, [0] * len(starts))[index] += int(value)
-                states.setdefault(model, {}).setdefault(parts[2], 0)
-                states[model][parts[2]] += value
-            elif kind == "ttft":
-                ttft.setdefault(model, [0.0] * (len(MINUTE_TTFT_BOUNDS_MS) + 1))[int(parts[2])] += value
+                states.setdefault(model, {}).setdefault(rest[0], 0)
+                states[model][rest[0]] += value
+    ttft: dict[str, list[float]] = {}
+    for (_, model, bucket), value in ttft_buckets.items():
+        ttft.setdefault(model, [0.0] * (len(MINUTE_TTFT_BOUNDS_MS) + 1))[int(bucket)] += value
     figures = []
     for model in sorted(per_minute):
         by_state, buckets = states[model], ttft.get(model, [])
