@@ -47,9 +47,21 @@
     charts.ttft.update("none");
   }
 
-  // Swapping the live part under an operator's hand would reset the select they are choosing from.
+  // Swapping the live part under an operator's hand would reset the select they are choosing from: not while
+  // one is open, and what was chosen is chosen again in the new part.
   function busy() {
     return live.contains(document.activeElement) && document.activeElement.tagName === "SELECT";
+  }
+
+  function swap(html) {
+    const chosen = Array.from(live.querySelectorAll("select[name]"), (select) => [select.name, select.value]);
+    live.innerHTML = html;
+    for (const [name, value] of chosen) {
+      const select = live.querySelector(`select[name="${name}"]`);
+      if (select && Array.from(select.options).some((option) => option.value === value)) {
+        select.value = value;
+      }
+    }
   }
 
   async function refresh() {
@@ -64,7 +76,7 @@
       }
       const state = await response.json();
       if (!busy()) {
-        live.innerHTML = state.html;
+        swap(state.html);
       }
       drawCharts(state.charts);
       lastUpdate = new Date(state.generated_at).toLocaleTimeString();
