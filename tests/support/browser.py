@@ -7,7 +7,7 @@ downloaded: `playwright install` is never needed.
 
 Fixtures (tests/conftest.py imports them, so every test module may ask for them):
 
-- `chromium` (session): the launched headless browser.
+- `chromium` (per module): the launched headless browser, with Playwright's loop (see below).
 - `staff_browser` (per test): a `StaffBrowser` logged in to the admin of the
   session hub (`hub` fixture) as a fresh superuser, through the login form,
   in a 1400 x 900 window. Its attributes and methods:
@@ -29,10 +29,11 @@ Example:
         expect(row).to_be_visible()
         staff_browser.screenshot("dashboard")
 
-Playwright's sync API runs its own event loop on the test's thread, so
-Django sees an "async context" there and would refuse the ORM; the test
-process is single-threaded and nothing else runs in that loop, so the check
-is switched off for the tests that use the browser (DJANGO_ALLOW_ASYNC_UNSAFE).
+Playwright's sync API runs its own event loop on the test's thread from the
+browser's start to its end, so Django sees an "async context" there and would
+refuse the ORM; the test process is single-threaded and nothing else runs in
+that loop, so the check is switched off (DJANGO_ALLOW_ASYNC_UNSAFE) while the
+browser lives: one module's tests, after which it is on again.
 """
 from __future__ import annotations
 
@@ -71,21 +72,30 @@ class StaffBrowser:
         return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium():
     from playwright.sync_api import sync_playwright
 
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: `make install-dev` installs Debian's chromium (or set "
                     "AIHUB_TEST_CHROMIUM to a Chromium binary)")
+    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
     os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"  # see the module's docstring
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                             args=["--no-sandbox", "--disable-dev-shm-usage"])
-        try:
-            yield browser
-        finally:
-            browser.close()
+    try:
+        with sync_playwright() as playwright:
+            # --no-sandbox: the tests may run as root (CI does), where Chromium's sandbox refuses to start.
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                                 args=["--no-sandbox", "--disable-dev-shm-usage"])
+            try:
+                yield browser
+            finally:
+                browser.close()
+    finally:
+        # Playwright's loop ends with the module: later modules get Django's check back.
+        if previous is None:
+            os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+        else:
+            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
 
 
 @pytest.fixture
