@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: run test install install-dev bench bench-throughput lint
+.PHONY: run test install install-dev chromium bench bench-throughput bench-console lint
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +21,20 @@ $(VENV)/.installed-dev: $(VENV)/.installed-run requirements/dev.txt
 	$(PIP) install --progress-bar on -r requirements/dev.txt
 	touch $@
 
+# The browser tests drive Debian's chromium (tests/support/browser.py); Playwright downloads no browser.
+CHROMIUM ?= /usr/bin/chromium
+chromium:
+	@if [ ! -x "$(CHROMIUM)" ]; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			echo "Installing Debian's chromium for the browser tests..."; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+		else \
+			echo "The browser tests need Debian's chromium: sudo apt-get install chromium" >&2; exit 1; \
+		fi; \
+	fi
+
 install: $(VENV)/.installed-run
-install-dev: $(VENV)/.installed-dev
+install-dev: $(VENV)/.installed-dev chromium
 
 run: install
 	$(PY) manage.py runhub
@@ -32,6 +44,9 @@ test: install-dev
 
 bench: install-dev
 	$(PY) bench/chat_latency.py
+
+bench-console: install-dev
+	$(PY) bench/console.py
 
 bench-throughput: install-dev
 	$(PY) bench/throughput.py --clients 1,4,16 --tokens 48

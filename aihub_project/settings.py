@@ -55,7 +55,7 @@ REDIS_URL = env("REDIS_URL", default=_EMBEDDED_REDIS_URL)
 
 INSTALLED_APPS = [
     "daphne",
-    "django.contrib.admin",
+    "apps.monitoring.admin_apps.AIHubAdminConfig",  # django.contrib.admin, with the dashboard as its index
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",

@@ -59,12 +59,6 @@ api_v1 = [
     path("models/<path:model_id>", ModelDetailView.as_view(), name="model-detail"),
 ]
 
-# The admin's "View site" leads to the API's documentation: the hub has no other site to show.
-admin.site.site_url = "/docs"
-# No app list down the left of every page: at 1400 px its 300 px are better spent on the lists' columns
-# (the index and the breadcrumbs lead everywhere it did).
-admin.site.enable_nav_sidebar = False
-
 urlpatterns = [
     path("api/v1/", include(api_v1)),
     path("health", HealthView.as_view(), name="health"),

@@ -53,6 +53,7 @@ call_command("migrate", interactive=False, verbosity=0)
 
 from apps.accounts.services import api_key_create  # noqa: E402
 from apps.catalog.services import model_register  # noqa: E402
+from tests.support.browser import chromium, staff_browser  # noqa: E402,F401 - browser tests' fixtures
 from tests.support.tiny_models import build_tiny_chat_model  # noqa: E402
 
 TINY_MODEL = "tiny:chat"

@@ -2,27 +2,20 @@
 
 An operator logs in through the admin's form on the live hub, opens a finished
 job and finds its loss curve with one point per logged step, read from the
-chart itself; the page logs no console error. The screenshot is kept as an
+chart itself; the page logs no console error (the `staff_browser` fixture,
+tests/support/browser.py, checks that). The screenshot is kept as an
 artifact (var/artifacts/training_job.png, linked from docs/operations.md).
 """
 from __future__ import annotations
 
 import uuid
-from pathlib import Path
 
 import pytest
-from django.contrib.auth import get_user_model
 
 from apps.training.models import TrainingEvent
 from tests.conftest import make_account
 from tests.support.fine_tuning import SECRET, fine_tune, job_create, job_finished, job_get, jsonl, upload, wait_for
 
-CHROMIUM = "/usr/bin/chromium"
-ARTIFACTS = Path(__file__).resolve().parents[1] / "var" / "artifacts"
-
-
-# The database is read and written in fixtures set up before the browser: Playwright's sync API runs an
-# event loop in this thread, in which Django refuses synchronous ORM calls.
 
 @pytest.fixture(scope="module")
 def finished_job(hub) -> tuple[str, list[dict]]:
@@ -30,13 +23,6 @@ def finished_job(hub) -> tuple[str, list[dict]]:
     job = fine_tune(hub, make_account("trainee"), suffix="browser", num_epochs=3)
     job_id = job["id"].removeprefix("ftjob-")
     return job_id, list(TrainingEvent.objects.filter(job_id=job_id, type="metrics").values_list("data", flat=True))
-
-
-@pytest.fixture(scope="module")
-def operator() -> tuple[str, str]:
-    password = uuid.uuid4().hex
-    user = get_user_model().objects.create_superuser(username=f"op-{uuid.uuid4().hex[:8]}", password=password)
-    return user.username, password
 
 
 @pytest.fixture(scope="module")
@@ -53,45 +39,12 @@ def answered(hub, trainee):
     client.chat.completions.create(model="tiny:chat", messages=[{"role": "user", "content": "hi"}], max_tokens=3)
 
 
-@pytest.fixture(scope="module")
-def browser(finished_job, operator, trainee, answered):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
-
-
-@pytest.fixture
-def page(browser):
-    """A 1400 px wide page, and the console errors and uncaught exceptions it logs."""
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    yield page, errors
-    context.close()
-
-
-def _log_in(page, base_url: str, operator: tuple[str, str]) -> None:
-    page.goto(f"{base_url}/admin/login/")
-    page.fill("#id_username", operator[0])
-    page.fill("#id_password", operator[1])
-    page.click("input[type=submit]")
-    page.wait_for_url(f"{base_url}/admin/")
-
-
-def test_a_finished_job_page_draws_one_point_per_logged_step(hub, finished_job, operator, page):
-    page, console_errors = page
+def test_a_finished_job_page_draws_one_point_per_logged_step(finished_job, staff_browser):
+    page = staff_browser.page
     job_id, logged = finished_job
     assert len(logged) == 6
 
-    _log_in(page, hub.base_url, operator)
-    page.goto(f"{hub.base_url}/admin/training/trainingjob/{uuid.UUID(job_id)}/change/")
+    staff_browser.goto(f"/admin/training/trainingjob/{uuid.UUID(job_id)}/change/")
     page.wait_for_function("() => window.Chart && Chart.getChart(document.getElementById('loss-chart'))")
     drawn = page.evaluate("""() => {
         const chart = Chart.getChart(document.getElementById('loss-chart'));
@@ -102,19 +55,16 @@ def test_a_finished_job_page_draws_one_point_per_logged_step(hub, finished_job, 
     assert [p["y"] for p in loss["points"]] == pytest.approx([d["train_loss"] for d in logged])
     assert page.inner_text("#job-status") == "succeeded" and "step 6 / 6" in page.inner_text("#job-progress")
     assert "The job succeeded" in page.inner_text("#job-events")
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / "training_job.png"), full_page=True)
-    assert console_errors == []
+    staff_browser.screenshot("training_job")
 
 
-def test_a_running_job_page_draws_new_steps_live_and_its_cancel_button_stops_it(hub, operator, trainee, page):
-    page, console_errors = page
+def test_a_running_job_page_draws_new_steps_live_and_its_cancel_button_stops_it(hub, trainee, staff_browser):
+    page = staff_browser.page
     data = upload(hub, trainee, jsonl(SECRET * 40))
     job = job_create(hub, trainee, training_file=data["id"], batch_size=1, num_epochs=1).json()
     wait_for(lambda: job_get(hub, trainee, job["id"]), lambda j: j["progress"] and j["progress"]["step"] >= 1)
 
-    _log_in(page, hub.base_url, operator)
-    page.goto(f"{hub.base_url}/admin/training/trainingjob/{uuid.UUID(job['id'].removeprefix('ftjob-'))}/change/")
+    staff_browser.goto(f"/admin/training/trainingjob/{uuid.UUID(job['id'].removeprefix('ftjob-'))}/change/")
     count = "() => Chart.getChart(document.getElementById('loss-chart')).data.datasets[0].data.length"
     page.wait_for_function("() => window.Chart && Chart.getChart(document.getElementById('loss-chart'))")
     first = page.evaluate(count)
@@ -125,23 +75,20 @@ def test_a_running_job_page_draws_new_steps_live_and_its_cancel_button_stops_it(
     # The page sees the job finish and reloads once: it now offers a retry instead of a cancel.
     page.wait_for_selector("#retry-job", timeout=30_000)
     assert page.inner_text("#job-status") == "cancelled" and page.locator("#cancel-job").count() == 0
-    assert console_errors == []
 
 
-def test_the_columns_that_matter_fit_1400_px_and_the_model_page_draws_its_figures(hub, operator, page):
-    page, console_errors = page
-    _log_in(page, hub.base_url, operator)
+def test_the_columns_that_matter_fit_1400_px_and_the_model_page_draws_its_figures(answered, staff_browser):
+    page = staff_browser.page
     # Each list scrolls sideways inside its own box: a column past 1400 px would be out of sight.
     for url, columns in (("catalog/modelentry", ("live_state", "enabled", "size")),
                          ("accounts/apikey", ("shown_status", "validity")),
                          ("chat/generationrequest", ("shown_state", "error_code", "worker"))):
-        page.goto(f"{hub.base_url}/admin/{url}/")
+        staff_browser.goto(f"/admin/{url}/")
         assert page.evaluate("() => document.documentElement.scrollWidth") <= 1400, url
         for column in columns:
             box = page.locator(f"th.column-{column}").bounding_box()
             assert box["x"] + box["width"] <= 1400, (url, column)
-    page.goto(f"{hub.base_url}/admin/catalog/modelentry/tiny:chat/change/")
+    staff_browser.goto("/admin/catalog/modelentry/tiny:chat/change/")
     page.wait_for_function("() => window.Chart && Chart.getChart(document.getElementById('requests-chart'))")
     hours = page.evaluate("() => Chart.getChart(document.getElementById('requests-chart')).data.labels.length")
     assert hours == 24
-    assert console_errors == []

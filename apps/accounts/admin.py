@@ -6,6 +6,7 @@ from django.db.models import Count, Sum
 from django.db.models.functions import Coalesce
 from django.utils.html import format_html
 
+from apps.chat.models import GenerationRequest
 from apps.core.admin_display import badge, short_time
 
 from .models import ApiKey, Profile, Scope
@@ -108,16 +109,24 @@ class UserWithProfileAdmin(UserAdmin):
             user_deactivate(user=user)
         self.message_user(request, f"Deactivated {len(queryset)} user(s).")
 
-    def get_queryset(self, request):
-        return super().get_queryset(request).annotate(
-            request_count=Count("generations"),
-            token_count=Coalesce(Sum("generations__prompt_tokens"), 0) + Coalesce(
-                Sum("generations__completion_tokens"), 0))
+    def get_changelist_instance(self, request):
+        """Usage of the page's users only, in one grouped query: annotating the queryset made the paginator's
+        count and the page each aggregate the whole requests table (seconds at 100,000 requests)."""
+        changelist = super().get_changelist_instance(request)
+        users = list(changelist.result_list)
+        tokens = Coalesce(Sum("prompt_tokens"), 0) + Coalesce(Sum("completion_tokens"), 0)
+        usage = {row["user"]: row for row in GenerationRequest.objects.filter(user__in=users).order_by()
+                 .values("user").annotate(requests=Count("id"), tokens=tokens)}
+        for user in users:
+            row = usage.get(user.pk, {})
+            user.request_count, user.token_count = row.get("requests", 0), row.get("tokens", 0)
+        changelist.result_list = users
+        return changelist
 
-    @admin.display(description="requests", ordering="request_count")
+    @admin.display(description="requests")
     def requests(self, obj):
         return obj.request_count
 
-    @admin.display(description="tokens", ordering="token_count")
+    @admin.display(description="tokens")
     def tokens(self, obj):
         return obj.token_count

@@ -97,8 +97,13 @@ class GenerationRequest(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
-        # A model's figures (admin model page, apps/monitoring/analytics.model_figures) read its recent rows.
-        indexes = [models.Index(fields=["model", "created_at"], name="generation_model_created")]
+        indexes = [
+            # The dashboard's recent failures, and the admin list filtered by state, newest first.
+            models.Index(fields=["state", "-created_at"], name="generation_state_recent"),
+            # A model's figures (admin model page, analytics.model_figures) read its recent rows; the admin's
+            # filter by model lists the distinct models from it: an index-only scan, not a table scan.
+            models.Index(fields=["model", "created_at"], name="generation_model_created"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.completion_id} ({self.state})"

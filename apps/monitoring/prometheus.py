@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import logging
 
+from django.conf import settings
 from django.db.models import Count
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+import celeryconfig
 
 from .counters import LATENCY_BUCKETS, model_label, request_metrics_read
 
@@ -46,6 +49,8 @@ class AIHubCollector:
                                        "and state", labels=["model", "state"])
         tokens = CounterMetricFamily("aihub_tokens", "Tokens processed", labels=["model", "kind"])
         hits = CounterMetricFamily("aihub_cache_hits", "Requests answered from the response cache", labels=["model"])
+        errors = CounterMetricFamily("aihub_request_errors", "Failed requests by model and error code",
+                                     labels=["model", "code"])
         histograms: dict[str, dict[str, dict]] = {name: {} for name in HISTOGRAM_FAMILIES}
         for parts, value in sorted(counters.items()):
             kind = parts[0]
@@ -55,11 +60,13 @@ class AIHubCollector:
                 tokens.add_metric([parts[1], parts[2]], value)
             elif kind == "cache_hits":
                 hits.add_metric([parts[1]], value)
+            elif kind == "errors":
+                errors.add_metric([parts[1], parts[2]], value)
             elif kind in histograms:
                 histograms[kind].setdefault(parts[1], {})[int(parts[2])] = value
             elif kind.endswith("_sum") and kind[:-4] in histograms:
                 histograms[kind[:-4]].setdefault(parts[1], {})["sum"] = value
-        yield from (requests, tokens, hits)
+        yield from (requests, tokens, hits, errors)
         for name, per_model in histograms.items():
             family = HistogramMetricFamily(*HISTOGRAM_FAMILIES[name], labels=["model"])
             for model, observed in per_model.items():
@@ -73,11 +80,27 @@ class AIHubCollector:
 
     def _queues(self):
         from apps.catalog.worker_registry import known_queues, live_workers, queue_depths
+        from apps.chat.models import GenerationRequest
+
+        from .health import queue_consumers
 
         depth = GaugeMetricFamily("aihub_queue_depth", "Messages waiting per queue", labels=["queue"])
         for queue, count in queue_depths(known_queues(live_workers())).items():
             depth.add_metric([queue], count or 0)
-        yield depth
+        # The shared queues only: a worker's own queue comes and goes with the worker.
+        consumers = queue_consumers()
+        workers = GaugeMetricFamily("aihub_queue_consumers", "Live workers consuming each shared queue (0: work "
+                                    "sent there waits)", labels=["queue"])
+        for queue in (celeryconfig.DEFAULT_QUEUE, *celeryconfig.GPU_QUEUES):
+            workers.add_metric([queue], len(consumers.get(queue, [])))
+        # What AIHUB_MAX_QUEUE compares (apps/chat/services.queue_check): queued request rows. An indexed count
+        # bounded by that limit, since requests beyond it are refused, so the scrape stays cheap.
+        waiting = GaugeMetricFamily("aihub_requests_waiting", "Requests queued for a GPU, not started yet")
+        waiting.add_metric([], GenerationRequest.objects.filter(state=GenerationRequest.State.QUEUED).count())
+        limit = GaugeMetricFamily("aihub_requests_waiting_limit", "AIHUB_MAX_QUEUE: queued requests beyond it are "
+                                  "refused with 503 queue_full (0: unbounded)")
+        limit.add_metric([], settings.AIHUB_MAX_QUEUE)
+        yield from (depth, workers, waiting, limit)
 
     def _training(self):
         from apps.training.models import TrainingJob
@@ -86,8 +109,12 @@ class AIHubCollector:
                                  labels=["model", "status"])
         by_label: dict[tuple[str, str], int] = {}
         for row in TrainingJob.objects.values("base_model", "status").annotate(n=Count("id")):
+            # Every status of a model, zeros included: a first failure is then a change of a series that
+            # existed, which is what an alert on delta() sees (deploy/prometheus/alerts.yml).
+            for status in TrainingJob.Status.values:
+                by_label.setdefault((model_label(row["base_model"]), status), 0)
             label = (model_label(row["base_model"]), row["status"])
-            by_label[label] = by_label.get(label, 0) + row["n"]
+            by_label[label] += row["n"]
         for label, count in sorted(by_label.items()):
             jobs.add_metric(list(label), count)
         progress = GaugeMetricFamily("aihub_training_progress_ratio",

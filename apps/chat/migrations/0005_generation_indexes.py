@@ -15,6 +15,10 @@ class Migration(migrations.Migration):
     operations = [
         migrations.AddIndex(
             model_name='generationrequest',
+            index=models.Index(fields=['state', '-created_at'], name='generation_state_recent'),
+        ),
+        migrations.AddIndex(
+            model_name='generationrequest',
             index=models.Index(fields=['model', 'created_at'], name='generation_model_created'),
         ),
     ]
