@@ -7,8 +7,9 @@ import time
 
 import httpx
 import pytest
+from django.core.management import call_command
 
-from apps.chat.message_embeddings import PASSAGE_CHARS
+from apps.chat.message_embeddings import PASSAGE_CHARS, message_embeddings_update
 from apps.chat.models import Message, MessageEmbedding
 from apps.chat.search import RRF_K
 from tests.conftest import RUN_DIR, make_account
@@ -151,6 +152,42 @@ def test_results_are_paged_without_overlap(hub, models):
     assert _search(hub, account, q="zephyr", mode="text", offset=5)["data"] == []
 
 
+def test_a_user_who_opts_out_is_searched_by_words_only_and_their_vectors_are_deleted(hub, models):
+    account = make_account("private")
+    assert httpx.get(f"{hub.api_url}/me", headers=account.auth).json()["conversation_embeddings"] is True
+    conversation, message = _store(account, hub, models, PUPPY)
+    _wait_embedded([message])
+    patched = httpx.patch(f"{hub.api_url}/me", json={"conversation_embeddings": False}, headers=account.auth)
+    assert patched.status_code == 200 and patched.json()["conversation_embeddings"] is False
+    assert not MessageEmbedding.objects.filter(user=account.user).exists()
+    body = _search(hub, account, q=PARAPHRASE)
+    assert body["rankers"] == ["text"] and body["data"] == []
+    assert [hit["message_id"] for hit in _search(hub, account, q="puppy")["data"]] == [message]
+    later = _store(account, hub, models, "My kitten sleeps on the keyboard all day.", conversation)[1]
+    assert message_embeddings_update(conversation_id=conversation) == 0  # the task's body makes none
+    assert not MessageEmbedding.objects.filter(user=account.user).exists()
+    # Back in: what they wrote meanwhile is embedded too.
+    assert httpx.patch(f"{hub.api_url}/me", json={"conversation_embeddings": True},
+                       headers=account.auth).json()["conversation_embeddings"] is True
+    _wait_embedded([message, later])
+    assert _search(hub, account, q=PARAPHRASE)["data"][0]["message_id"] == message
+
+
+def test_vectors_of_another_model_are_never_compared_and_the_backfill_replaces_them(hub, models):
+    account = make_account("model-change")
+    message = _store(account, hub, models, "The violin lesson moved to Thursday afternoon.")[1]
+    _wait_embedded([message])
+    query = {"q": "music class rescheduled", "mode": "semantic"}
+    assert _search(hub, account, **query)["data"][0]["message_id"] == message
+    # As if the default embedding model had changed since: these vectors are another model's space.
+    MessageEmbedding.objects.filter(message_id=message).update(model="retired:model")
+    assert _search(hub, account, **query)["data"] == []
+    call_command("embedmessages", "--prune", verbosity=0)
+    assert set(MessageEmbedding.objects.filter(message_id=message).values_list("model", flat=True)) == {
+        models["embedding"]}
+    assert _search(hub, account, **query)["data"][0]["message_id"] == message
+
+
 @pytest.mark.parametrize("params, param", [
     ({}, "q"),
     ({"q": ""}, "q"),
@@ -163,6 +200,7 @@ def test_results_are_paged_without_overlap(hub, models):
     ({"q": "cats", "mode": "fuzzy"}, "mode"),
     ({"q": "cats", "after": "12"}, "after"),
     ({"q": "cat\x00s"}, "q"),
+    ({"q": "cats", "limit": "5", "offset": "ten"}, "offset"),
 ])
 def test_bad_input_is_a_400_naming_the_parameter(hub, alice, params, param):
     response = httpx.get(f"{hub.api_url}/chat/conversations/search", params=params, headers=alice.auth)

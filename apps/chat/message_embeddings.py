@@ -25,11 +25,12 @@ from django.db import IntegrityError, connection, transaction
 from psycopg import sql
 
 import celeryconfig
+from apps.accounts.models import Profile
 from apps.catalog.models import ModelEntry
 from apps.core.publishing import enqueue_on_commit
 from apps.embeddings.services import embeddings_compute_sync
 
-from .models import SEARCHED_ROLES, Message, MessageEmbedding
+from .models import SEARCHED_ROLES, Conversation, Message, MessageEmbedding
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,23 @@ BATCH_INPUTS = 128  # passages per embedding job: one round trip, batched on the
 
 def conversation_embeddings_enabled() -> bool:
     return settings.AIHUB_CONVERSATION_EMBEDDINGS
+
+
+def user_embeddings_enabled(*, user_id) -> bool:
+    """The user's own choice (PATCH /me `conversation_embeddings`); on unless they turned it off."""
+    return not Profile.objects.filter(user_id=user_id, conversation_embeddings=False).exists()
+
+
+def conversation_embeddings_set(*, user, enabled: bool) -> None:
+    """A user's opt-out (or back in). Out: their vectors are deleted at once, and none are made any more.
+    Back in: their conversations are embedded again in the background."""
+    with transaction.atomic():
+        Profile.objects.update_or_create(user=user, defaults={"conversation_embeddings": enabled})
+        if not enabled:
+            MessageEmbedding.objects.filter(user=user).delete()
+            return
+        for conversation_id in user.conversations.values_list("id", flat=True):
+            message_embeddings_schedule(conversation_id=conversation_id)
 
 
 def conversation_embedding_model() -> ModelEntry | None:
@@ -91,13 +109,16 @@ def message_embeddings_update(*, conversation_id) -> int:
         logger.warning("conversation embeddings: the model '%s' is not in the catalog; messages are searched "
                        "by their words only", settings.AIHUB_CONVERSATION_EMBEDDING_MODEL)
         return 0
+    owner = Conversation.objects.filter(id=conversation_id).values_list("user_id", flat=True).first()
+    if owner is None or not user_embeddings_enabled(user_id=owner):
+        return 0
     pending = (Message.objects.filter(conversation_id=conversation_id, role__in=SEARCHED_ROLES)
                .exclude(content="").exclude(embeddings__model=entry.id)
-               .values_list("id", "content", "conversation__user_id"))
+               .values_list("id", "content"))
     rows, texts = [], []
-    for message_id, content, user_id in pending:
+    for message_id, content in pending:
         for index, (start, end) in enumerate(passages(content)):
-            rows.append(MessageEmbedding(message_id=message_id, user_id=user_id, model=entry.id, passage=index,
+            rows.append(MessageEmbedding(message_id=message_id, user_id=owner, model=entry.id, passage=index,
                                          start=start, end=end))
             texts.append(content[start:end])
     for first in range(0, len(rows), BATCH_INPUTS):
@@ -105,6 +126,8 @@ def message_embeddings_update(*, conversation_id) -> int:
         vectors = embeddings_compute_sync(entry=entry, texts=texts[first:first + BATCH_INPUTS], truncate=True)
         for row, vector in zip(batch, vectors):
             row.embedding = vector
+        if not user_embeddings_enabled(user_id=owner):
+            return 0  # they opted out while the worker was embedding: what was stored is deleted, add none
         _store(batch)
     if rows:
         hnsw_index_ensure(entry)
@@ -154,3 +177,24 @@ def hnsw_index_ensure(entry: ModelEntry) -> None:
             _indexed.add(name)
         finally:
             cursor.execute("SELECT pg_advisory_unlock(%s)", [lock])
+
+
+def message_embeddings_backfill(*, prune: bool = False, progress=None) -> tuple[int, int, int]:
+    """Embed every conversation's missing messages (`manage.py embedmessages`); with `prune`, delete the
+    vectors of other models. Returns (conversations, passages embedded, vectors deleted)."""
+    if not conversation_embeddings_enabled():
+        raise RuntimeError("AIHUB_CONVERSATION_EMBEDDINGS is off: nothing is embedded.")
+    entry = conversation_embedding_model()
+    if entry is None:
+        raise RuntimeError(f"The model '{settings.AIHUB_CONVERSATION_EMBEDDING_MODEL}' is not in the catalog "
+                           "(manage.py importmodel).")
+    pruned = MessageEmbedding.objects.exclude(model=entry.id).delete()[0] if prune else 0
+    conversation_ids = list(Message.objects.filter(role__in=SEARCHED_ROLES).exclude(content="")
+                            .exclude(embeddings__model=entry.id).values_list("conversation_id", flat=True)
+                            .distinct())
+    passages_stored = 0
+    for done, conversation_id in enumerate(conversation_ids, start=1):
+        passages_stored += message_embeddings_update(conversation_id=conversation_id)
+        if progress and (done % 100 == 0 or done == len(conversation_ids)):
+            progress(done, len(conversation_ids))
+    return len(conversation_ids), passages_stored, pruned

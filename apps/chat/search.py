@@ -36,7 +36,7 @@ from apps.embeddings.services import (
     embeddings_wait,
 )
 
-from .message_embeddings import conversation_embedding_model, conversation_embeddings_enabled
+from .message_embeddings import conversation_embedding_model, conversation_embeddings_enabled, user_embeddings_enabled
 from .models import SEARCH_CONFIG, SEARCH_MAX_CHARS, SEARCHED_ROLES, Message, message_search_vector
 
 logger = logging.getLogger(__name__)
@@ -155,6 +155,9 @@ async def conversation_search_answer(*, user, api_key, query: dict) -> dict:
 async def _query_embedding(*, user, api_key, q: str) -> tuple[list[float], ModelEntry]:
     """The query's vector by the model that embeds messages, through the embeddings path (the key's limits
     apply, as to POST /embeddings); a query longer than the model takes is cut, not refused."""
+    if not await sync_to_async(user_embeddings_enabled)(user_id=user.id):
+        raise AppError("Semantic search is off for your account (PATCH /me conversation_embeddings); use mode "
+                       "`text` or `hybrid`.", param="mode", code=SEMANTIC_UNAVAILABLE)
     entry = await sync_to_async(conversation_embedding_model)() if conversation_embeddings_enabled() else None
     if entry is None:
         raise AppError("Semantic search is not available on this hub: conversation embeddings are off "
@@ -166,7 +169,7 @@ async def _query_embedding(*, user, api_key, q: str) -> tuple[list[float], Model
     reply = None
     try:
         await release_database_connection()
-        reply = await embeddings_wait(job)
+        reply = await embeddings_wait(job, timeout=settings.AIHUB_CONVERSATION_SEARCH_EMBED_TIMEOUT_SECONDS)
     finally:
         await sync_to_async(embeddings_settle)(job=job, reservation=reservation, succeeded=reply is not None,
                                                prompt_tokens=reply["prompt_tokens"] if reply else 0)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.core.validators import RegexValidator
 from rest_framework import serializers
 
 MODES = ("hybrid", "semantic", "text")
@@ -9,7 +10,9 @@ MAX_PAGE = 100
 
 
 class ConversationSearchQuerySerializer(serializers.Serializer):
+    # The pattern (something besides spaces) is in the schema too: spaces alone are trimmed to nothing.
     q = serializers.CharField(max_length=settings.AIHUB_CONVERSATION_SEARCH_MAX_QUERY_CHARS,
+                              validators=[RegexValidator(r"\S", message="must hold more than spaces.")],
                               help_text="What to look for: words (websearch syntax: \"a phrase\", or, -word) "
                                         "and, by meaning, the whole query.")
     mode = serializers.ChoiceField(choices=MODES, required=False, default="hybrid",
@@ -21,10 +24,10 @@ class ConversationSearchQuerySerializer(serializers.Serializer):
 class ConversationSearchResultSerializer(serializers.Serializer):
     object = serializers.CharField(default="conversation.search_result")
     conversation_id = serializers.UUIDField()
-    conversation_title = serializers.CharField()
+    conversation_title = serializers.CharField(allow_blank=True)
     message_id = serializers.IntegerField()
-    role = serializers.CharField()
-    snippet = serializers.CharField(help_text="Plain text around the match.")
+    role = serializers.ChoiceField(choices=["user", "assistant"])
+    snippet = serializers.CharField(allow_blank=True, help_text="Plain text around the match.")
     highlights = serializers.ListField(child=serializers.ListField(child=serializers.IntegerField()),
                                        help_text="[start, end) character ranges of `snippet` that matched words.")
     created_at = serializers.DateTimeField()

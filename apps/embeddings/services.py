@@ -103,10 +103,11 @@ def embeddings_compute_sync(*, entry: ModelEntry, texts: list[str], truncate: bo
     return [embedding_floats(vector) for vector in embedding_vectors(job=job, reply=reply)]
 
 
-async def embeddings_wait(job: EmbeddingJob) -> dict:
-    """The worker's answer: {"embeddings": base64 float32, "dimensions", "prompt_tokens"}, or its error raised."""
+async def embeddings_wait(job: EmbeddingJob, *, timeout: float | None = None) -> dict:
+    """The worker's answer: {"embeddings": base64 float32, "dimensions", "prompt_tokens"}, or its error raised
+    (a 504 `timeout` after `timeout` seconds, AIHUB_REQUEST_TIMEOUT_SECONDS unless given)."""
     # The reply half of a worker command (apps/core/worker_commands.py); the job itself is not sent as one.
-    return await reply_wait(job.id, timeout=settings.AIHUB_REQUEST_TIMEOUT_SECONDS)
+    return await reply_wait(job.id, timeout=timeout or settings.AIHUB_REQUEST_TIMEOUT_SECONDS)
 
 
 def embeddings_settle(*, job: EmbeddingJob, reservation: dict, prompt_tokens: int, succeeded: bool) -> None:
