@@ -188,6 +188,21 @@ def test_vectors_of_another_model_are_never_compared_and_the_backfill_replaces_t
     assert _search(hub, account, **query)["data"][0]["message_id"] == message
 
 
+def test_a_message_deleted_in_the_database_takes_its_vectors_with_it(hub, models):
+    """Not only through Django: a vector the background task stores while its conversation is being deleted
+    cannot make the deletion fail, because the database cascades."""
+    from django.db import connection
+
+    account = make_account("deleting")
+    conversation, message = _store(account, hub, models, "Remember to water the basil on the balcony.")
+    _wait_embedded([message])
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM chat_message WHERE conversation_id = %s", [conversation])
+    assert not MessageEmbedding.objects.filter(message_id=message).exists()
+    deleted = httpx.delete(f"{hub.api_url}/chat/conversations/{conversation}", headers=account.auth)
+    assert deleted.status_code == 204
+
+
 @pytest.mark.parametrize("params, param", [
     ({}, "q"),
     ({"q": ""}, "q"),

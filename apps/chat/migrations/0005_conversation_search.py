@@ -10,6 +10,34 @@ from django.conf import settings
 from django.db import migrations, models
 
 
+# The database itself deletes a message's (and a user's) vectors with it. Django deletes them first when a
+# message or conversation is deleted, but the background task may store a vector between that and the
+# message's own DELETE; with Django's NO ACTION constraint the deletion would then fail at commit (a 500).
+# Django 5.2 cannot declare ON DELETE CASCADE, so the constraints are replaced here.
+CASCADE_AT_THE_DATABASE = """
+DO $$
+DECLARE
+    existing record;
+BEGIN
+    FOR existing IN SELECT conname, confrelid::regclass::text AS target FROM pg_constraint
+                    WHERE conrelid = 'chat_messageembedding'::regclass AND contype = 'f' LOOP
+        EXECUTE format('ALTER TABLE chat_messageembedding DROP CONSTRAINT %I', existing.conname);
+    END LOOP;
+END $$;
+ALTER TABLE chat_messageembedding
+    ADD CONSTRAINT chat_messageembedding_message_cascade FOREIGN KEY (message_id) REFERENCES chat_message (id)
+        ON DELETE CASCADE DEFERRABLE INITIALLY DEFERRED,
+    ADD CONSTRAINT chat_messageembedding_user_cascade FOREIGN KEY (user_id) REFERENCES {users} (id)
+        ON DELETE CASCADE DEFERRABLE INITIALLY DEFERRED;
+"""
+
+
+def cascade_at_the_database(apps, schema_editor):
+    users = apps.get_model(settings.AUTH_USER_MODEL)._meta.db_table
+    with schema_editor.connection.cursor() as cursor:  # no parameters: `%I` is format()'s, not a placeholder
+        cursor.execute(CASCADE_AT_THE_DATABASE.replace("{users}", schema_editor.quote_name(users)))
+
+
 class Migration(migrations.Migration):
 
     dependencies = [
@@ -53,4 +81,5 @@ class Migration(migrations.Migration):
             model_name='messageembedding',
             constraint=models.UniqueConstraint(fields=('message', 'model', 'passage'), name='chat_message_embedding_once'),
         ),
+        migrations.RunPython(cascade_at_the_database, migrations.RunPython.noop),
     ]
