@@ -62,7 +62,7 @@ def semantic_ranking(*, user, model_id: str, dimensions: int, vector: list[float
     dimensions = int(dimensions)  # a type modifier cannot be a query parameter
     cast = f"embedding::vector({dimensions})"
     # Passages, not messages, come out of the index: take more, then keep each message's best.
-    passages_wanted = depth * 3
+    passages_wanted = depth * 2
     with transaction.atomic(), connection.cursor() as cursor:
         # The user filter is applied inside the index scan; an iterative scan goes on past ef_search
         # candidates until enough of this user's passages are found (pgvector >= 0.8), so a user with
