@@ -12,7 +12,7 @@ from django.core.management import call_command
 from apps.chat.message_embeddings import PASSAGE_CHARS, message_embeddings_update
 from apps.chat.models import Message, MessageEmbedding
 from apps.chat.search import RRF_K
-from tests.conftest import RUN_DIR, make_account
+from tests.conftest import EMBEDDING_MODEL, RUN_DIR, make_account
 from tests.support.processes import ProcessGroup, wait_until_healthy
 
 PUPPY = "I adopted a puppy last week and it chews every pair of shoes I own."
@@ -150,6 +150,14 @@ def test_results_are_paged_without_overlap(hub, models):
     seen = [hit["message_id"] for page in pages for hit in page["data"]]
     assert sorted(seen) == sorted(ids)
     assert _search(hub, account, q="zephyr", mode="text", offset=5)["data"] == []
+
+
+def test_a_redelivered_embedding_task_stores_nothing_twice(hub, library):
+    vectors = MessageEmbedding.objects.filter(message_id=library["puppy"])
+    before = list(vectors.values_list("id", "passage", "model"))
+    # What a redelivered (or a second) task message runs: nothing is missing, so nothing is embedded.
+    assert message_embeddings_update(conversation_id=library["puppy_conversation"]) == 0
+    assert list(vectors.values_list("id", "passage", "model")) == before == [(before[0][0], 0, EMBEDDING_MODEL)]
 
 
 def test_a_user_who_opts_out_is_searched_by_words_only_and_their_vectors_are_deleted(hub, models):
