@@ -305,6 +305,18 @@ AIHUB_EMBEDDING_MAX_INPUT_TOKENS = env.int("AIHUB_EMBEDDING_MAX_INPUT_TOKENS", d
 AIHUB_EMBEDDING_MAX_BATCH_TOKENS = env.int("AIHUB_EMBEDDING_MAX_BATCH_TOKENS", default=8192)
 AIHUB_EMBEDDING_THREADS = env.int("AIHUB_EMBEDDING_THREADS", default=1)
 AIHUB_EMBEDDING_MAX_QUEUE = env.int("AIHUB_EMBEDDING_MAX_QUEUE", default=256)
+# Conversation search (docs/conversation_search.md): messages are embedded in the background as they
+# are stored (off: the search is full-text only), with this model (recorded per vector, so a change
+# never mixes two models' spaces); bounds on the query, the candidates each ranker gives the fusion,
+# the cosine similarity below which a message is no semantic match at all, and how long a search waits
+# for its query's vector (then `hybrid` answers from words alone).
+AIHUB_CONVERSATION_EMBEDDINGS = env.bool("AIHUB_CONVERSATION_EMBEDDINGS", default=True)
+AIHUB_CONVERSATION_EMBEDDING_MODEL = env("AIHUB_CONVERSATION_EMBEDDING_MODEL", default=AIHUB_DEFAULT_EMBEDDING_MODEL)
+AIHUB_CONVERSATION_SEARCH_MAX_QUERY_CHARS = env.int("AIHUB_CONVERSATION_SEARCH_MAX_QUERY_CHARS", default=1000)
+AIHUB_CONVERSATION_SEARCH_CANDIDATES = env.int("AIHUB_CONVERSATION_SEARCH_CANDIDATES", default=50)
+AIHUB_CONVERSATION_SEARCH_MIN_SIMILARITY = env.float("AIHUB_CONVERSATION_SEARCH_MIN_SIMILARITY", default=0.25)
+AIHUB_CONVERSATION_SEARCH_EMBED_TIMEOUT_SECONDS = env.float("AIHUB_CONVERSATION_SEARCH_EMBED_TIMEOUT_SECONDS",
+                                                            default=15.0)
 # Device for the worker: "auto" picks cuda when available.
 AIHUB_DEVICE = env("AIHUB_DEVICE", default="auto")
 # Models one worker keeps loaded; the least recently used is unloaded first.

@@ -13,7 +13,13 @@ from apps.catalog.views import (
     ModelStatusView,
     ModelUnloadView,
 )
-from apps.chat.views import ChatCompletionsView, ConversationDetailView, ConversationListView, TextCompletionsView
+from apps.chat.views import (
+    ChatCompletionsView,
+    ConversationDetailView,
+    ConversationListView,
+    ConversationSearchView,
+    TextCompletionsView,
+)
 from apps.embeddings.views import EmbeddingsView
 from apps.monitoring.views import HealthView, LivenessView, SystemAnalyticsView, SystemMetricsView, metrics_view
 from apps.responses.views import ResponseDetailView, ResponsesView
@@ -24,6 +30,7 @@ api_v1 = [
     path("chat/completions", ChatCompletionsView.as_view(), name="chat-completions"),
     path("completions", TextCompletionsView.as_view(), name="completions"),
     path("chat/conversations", ConversationListView.as_view(), name="conversation-list"),
+    path("chat/conversations/search", ConversationSearchView.as_view(), name="conversation-search"),
     path("chat/conversations/<uuid:conversation_id>", ConversationDetailView.as_view(),
          name="conversation-detail"),
     path("embeddings", EmbeddingsView.as_view(), name="embeddings"),

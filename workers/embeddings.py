@@ -83,6 +83,8 @@ def encode_inputs(loaded: LoadedModel, job: EmbeddingJob) -> list[list[int]]:
     else:
         texts_ids = tokenizer(job.inputs, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
     allowed = loaded.context_length - len(prefix) - len(suffix)
+    if job.truncate:
+        texts_ids = [ids[:allowed] for ids in texts_ids]
     for index, ids in enumerate(texts_ids):
         if len(ids) > allowed:
             # OpenAI refuses rather than truncates: a silently shortened input embeds something else.

@@ -34,6 +34,7 @@ from django.utils import timezone
 from apps.catalog.models import ModelEntry
 from apps.catalog.worker_registry import process_alive
 from apps.chat.cache import cache_put
+from apps.chat.message_embeddings import message_embeddings_schedule
 from apps.chat.models import Conversation, GenerationRequest, Message
 from apps.chat.services import generation_fail, generation_publish, generation_settle
 from apps.core import events
@@ -372,6 +373,7 @@ def _store_answer(generation, result, *, worker: str, started_at, first_token_at
             Message.objects.create(conversation_id=generation.conversation_id, role="assistant",
                                    content=result.text, tool_calls=result.tool_calls, generation_id=generation.id)
             Conversation.objects.filter(id=generation.conversation_id).update(updated_at=finished_at)
+            message_embeddings_schedule(conversation_id=generation.conversation_id)
     # A retry after a commit whose reply was lost finds the row already ours: it still has to be announced.
     return bool(changed) or GenerationRequest.objects.filter(
         id=generation.id, state=State.SUCCEEDED, worker=worker).exists()

@@ -61,6 +61,14 @@ def sweep_stale_work(republish_after: float, give_up_after: float, batch: int) -
     sweep(republish_after=republish_after, give_up_after=give_up_after, batch=batch)
 
 
+@shared_task(name=celeryconfig.EMBED_MESSAGES_TASK, ignore_result=True)
+def embed_conversation_messages(conversation_id: str) -> None:
+    """Idempotent: it embeds what is missing when it runs (apps/chat/message_embeddings.py)."""
+    from apps.chat.message_embeddings import message_embeddings_update
+
+    message_embeddings_update(conversation_id=conversation_id)
+
+
 @celeryd_after_setup.connect
 def _add_worker_queue(sender, instance, **kwargs):
     """Inference workers also consume a queue of their own (model affinity, load/unload)."""

@@ -140,6 +140,10 @@ class Profile(LimitFields):
     user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="aihub_profile")
     preferred_model = models.CharField(max_length=200, blank=True,
                                        help_text="Model chosen for model=auto when it suits the task and fits.")
+    # Off: the user's messages are not embedded (and their vectors are deleted); their conversation search
+    # is full-text only. Set with PATCH /me (apps/chat/message_embeddings.py).
+    conversation_embeddings = models.BooleanField(default=True,
+                                                  help_text="Embed this user's messages for conversation search.")
 
     def __str__(self) -> str:
         return f"settings of {self.user}"

@@ -1,8 +1,9 @@
 from rest_framework import serializers
 from rest_framework.response import Response
 
+from apps.chat.message_embeddings import conversation_embeddings_set, user_embeddings_enabled
 from apps.core.endpoints import Endpoint, list_of, operation
-from apps.core.fields import StrictCharField, StrictIntegerField
+from apps.core.fields import StrictBooleanField, StrictCharField, StrictIntegerField
 
 from .models import ApiKey, Scope
 from .services import MINTABLE_LIMITS, api_key_mint, api_key_revoke, preferred_model_get, preferred_model_set
@@ -13,6 +14,9 @@ class MeSerializer(serializers.Serializer):
     is_staff = serializers.BooleanField(read_only=True)
     preferred_model = StrictCharField(allow_null=True, allow_blank=True, required=False,
                                             help_text="Used for model=auto when it suits the task and fits.")
+    conversation_embeddings = StrictBooleanField(
+        required=False, help_text="Embed your messages for conversation search (false: words only, and the "
+                                  "vectors already made are deleted).")
 
 
 class MeView(Endpoint):
@@ -20,7 +24,8 @@ class MeView(Endpoint):
 
     def _body(self, user):
         return {"username": user.username, "is_staff": user.is_staff,
-                "preferred_model": preferred_model_get(user=user)}
+                "preferred_model": preferred_model_get(user=user),
+                "conversation_embeddings": user_embeddings_enabled(user_id=user.id)}
 
     @operation(summary="Your account and settings", responses=MeSerializer)
     def get(self, request):
@@ -31,6 +36,8 @@ class MeView(Endpoint):
     def patch(self, request, data):
         if "preferred_model" in data:
             preferred_model_set(user=request.user, key=request.auth, model_id=data["preferred_model"] or None)
+        if "conversation_embeddings" in data:
+            conversation_embeddings_set(user=request.user, enabled=data["conversation_embeddings"])
         return Response(self._body(request.user))
 
 

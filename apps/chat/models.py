@@ -1,8 +1,12 @@
 import uuid
 
 from django.conf import settings
+from django.contrib.postgres.indexes import GinIndex
+from django.contrib.postgres.search import SearchVector
 from django.db import models
+from django.db.models.functions import Left
 from django.utils import timezone
+from pgvector.django import VectorField
 
 
 class Role(models.TextChoices):
@@ -10,6 +14,20 @@ class Role(models.TextChoices):
     USER = "user"
     ASSISTANT = "assistant"
     TOOL = "tool"  # a tool's result, answering an assistant message's tool call
+
+
+# Conversation search (docs/conversation_search.md) looks at what people wrote and what the models answered;
+# system prompts repeat in every conversation and tool results are machine output.
+SEARCHED_ROLES = (Role.USER, Role.ASSISTANT)
+# Full-text search: the text search configuration, and the characters of a message it reads. A tsvector holds
+# at most 1 MiB; 100,000 characters stay well below it whatever the text, so no message can fail to index.
+SEARCH_CONFIG = "english"
+SEARCH_MAX_CHARS = 100_000
+
+
+def message_search_vector() -> SearchVector:
+    """The expression of the full-text index; a query must use this very expression for the index to serve it."""
+    return SearchVector(Left("content", SEARCH_MAX_CHARS), config=SEARCH_CONFIG)
 
 
 class Conversation(models.Model):
@@ -44,9 +62,40 @@ class Message(models.Model):
 
     class Meta:
         ordering = ["created_at", "id"]
+        # An expression index rather than a stored tsvector column: nothing to rewrite or keep in step, and
+        # no tsvector read with every message a conversation shows.
+        indexes = [GinIndex(message_search_vector(), name="chat_message_fulltext",
+                            condition=models.Q(role__in=SEARCHED_ROLES))]
 
     def __str__(self) -> str:
         return f"{self.role}: {self.content[:60]}"
+
+
+class MessageEmbedding(models.Model):
+    """One passage of a message, embedded in the background for conversation search.
+
+    `model` says which model made the vector: a search compares a query only with vectors of the model that
+    embeds it, so a change of model never mixes two spaces. The vector column has no fixed size (models
+    differ); each model gets its own partial HNSW index over its size (apps/chat/message_embeddings.py).
+    """
+
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="embeddings")
+    # The conversation's owner, copied here: the vector search filters on it inside the index scan.
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    model = models.CharField(max_length=200)
+    passage = models.PositiveSmallIntegerField(help_text="Index of the passage within the message.")
+    start = models.PositiveIntegerField(help_text="The passage's first character in the message.")
+    end = models.PositiveIntegerField(help_text="One past the passage's last character.")
+    embedding = VectorField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["message", "model", "passage"],
+                                               name="chat_message_embedding_once")]
+        indexes = [models.Index(fields=["user", "model"], name="chat_msgemb_user_model")]
+
+    def __str__(self) -> str:
+        return f"{self.message_id}:{self.passage} ({self.model})"
 
 
 class GenerationRequest(models.Model):

@@ -177,7 +177,11 @@ class StreamOptionsSerializer(serializers.Serializer):
     include_usage = StrictBooleanField(required=False, default=False)
 
 
-@extend_schema_field({"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string", "minLength": 1}}],
+# The schema states the bounds the field enforces (schemathesis sent five stops, valid by a schema without them).
+@extend_schema_field({"oneOf": [{"type": "string", "maxLength": settings.AIHUB_MAX_STOP_CHARS},
+                                {"type": "array", "maxItems": settings.AIHUB_MAX_STOP_SEQUENCES,
+                                 "items": {"type": "string", "minLength": 1,
+                                           "maxLength": settings.AIHUB_MAX_STOP_CHARS}}],
                      "nullable": True})
 class StopField(serializers.Field):
     default_error_messages = {

@@ -21,6 +21,7 @@ from apps.core.publishing import enqueue_on_commit, send_task
 from apps.monitoring.counters import request_metrics_record
 
 from .cache import cache_get, cache_key, cache_wanted
+from .message_embeddings import message_embeddings_schedule
 from .models import Conversation, GenerationRequest, Message
 from .sampling import sampling_params
 from .selectors import conversation_get, model_performance
@@ -177,6 +178,7 @@ def _answer_from_cache(generation: GenerationRequest, cached: dict, reservation:
         queue_wait_ms=0, time_to_first_token_ms=0, total_ms=0, worker="cache")
     Message.objects.create(conversation_id=generation.conversation_id, role="assistant",
                            content=cached["completion"], generation_id=generation.id)
+    message_embeddings_schedule(conversation_id=generation.conversation_id)
     limits_settle(reservation, used_tokens=0)
     request_metrics_record(generation=GenerationRequest.objects.get(id=generation.id))
     writer = EventWriter(generation.id)
@@ -203,6 +205,7 @@ def _store(generation_id, *, user, api_key, model, route, params, conversation, 
         conversation.model = model.id
         conversation.save(update_fields=["model", "updated_at"])
     Message.objects.bulk_create([Message(conversation=conversation, **m) for m in new_messages])
+    message_embeddings_schedule(conversation_id=conversation.id)
 
     return GenerationRequest.objects.create(
         id=generation_id,

@@ -1,4 +1,5 @@
 from asgiref.sync import sync_to_async
+from django.http import JsonResponse
 from rest_framework import serializers
 from rest_framework.response import Response
 
@@ -6,6 +7,8 @@ from apps.core.endpoints import Endpoint, operation
 
 from .completions import chat_completion_answer
 from .output_serializers import ChatCompletionSerializer, StreamEventSerializer
+from .search import conversation_search_answer
+from .search_serializers import ConversationSearchListSerializer, ConversationSearchQuerySerializer
 from .selectors import conversation_get_with_messages, conversation_list
 from .serializers import (
     ChatCompletionRequestSerializer,
@@ -84,3 +87,15 @@ class ConversationDetailView(Endpoint):
     def delete(self, request, conversation_id):
         conversation_delete(user=request.user, conversation_id=conversation_id)
         return Response(status=204)
+
+
+class ConversationSearchView(Endpoint):
+    @operation(operation_id="conversations_search", query=ConversationSearchQuerySerializer,
+               responses=ConversationSearchListSerializer,
+               summary="Search your own messages by meaning and by words (docs/conversation_search.md)",
+               description="Hybrid by default: embeddings (pgvector, HNSW, cosine) and PostgreSQL full-text "
+                           "search, fused by reciprocal rank (k = 60). Pages with `limit` and `offset`.",
+               errors={429: None, 503: None, 504: "timeout: the query's embedding (mode semantic only)"})
+    async def get(self, request, query):
+        return JsonResponse(ConversationSearchListSerializer(
+            await conversation_search_answer(user=request.user, api_key=request.auth, query=query)).data)

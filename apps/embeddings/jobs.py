@@ -32,6 +32,9 @@ class EmbeddingJob:
     inputs: list  # strings, or lists of token ids (`tokens`)
     tokens: bool = False
     dimensions: int | None = None
+    # Internal callers only (conversation search): cut an input to the model's context instead of refusing it.
+    # The API keeps OpenAI's refusal; an index of text would rather embed a long message's beginning than none.
+    truncate: bool = False
     expires_at: float = 0.0  # epoch seconds; past it the web has given up and a worker skips the job
     id: str = field(default_factory=lambda: f"embeddings-{uuid.uuid4().hex}")
 

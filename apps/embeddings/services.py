@@ -20,7 +20,7 @@ from apps.catalog.selectors import model_check_use, model_get
 from apps.catalog.worker_registry import live_workers
 from apps.core.errors import AppError
 from apps.core.redis import sync_client
-from apps.core.worker_commands import reply_wait
+from apps.core.worker_commands import reply_wait, reply_wait_sync
 from apps.monitoring.counters import usage_record
 
 from .jobs import SHARED_QUEUE, EmbeddingJob, worker_queue
@@ -51,15 +51,8 @@ def _estimated_tokens(inputs: list, tokens: bool) -> int:
     return sum(len(i) if tokens else math.ceil(len(i) / 4) for i in inputs)
 
 
-def embeddings_submit(*, user, api_key, data: dict) -> tuple[EmbeddingJob, dict, ModelEntry]:
-    """Check the request, take its share of the key's limits and queue it for the worker holding the model.
-
-    `data` is validated EmbeddingRequestSerializer output. Returns the job, the limits reservation (settle it
-    with `embeddings_settle` however the request ends) and the model.
-    """
-    entry = embedding_model_get(user=user, api_key=api_key, model_id=data.get("model"))
-    _check_dimensions(entry, data.get("dimensions"))
-    inputs, tokens = data["input"]["inputs"], data["input"]["tokens"]
+def embedding_job_send(job: EmbeddingJob, *, entry: ModelEntry) -> None:
+    """Push a job onto the list of the worker that holds (or will hold) its model; 503 when that list is full."""
     _, hostname, _ = choose_worker(model_id=entry.id, bytes_by_device=entry.estimated_bytes_by_device(),
                                    workers=live_workers())
     queue = worker_queue(hostname) if hostname else SHARED_QUEUE
@@ -67,26 +60,54 @@ def embeddings_submit(*, user, api_key, data: dict) -> tuple[EmbeddingJob, dict,
     if client.llen(queue) >= settings.AIHUB_EMBEDDING_MAX_QUEUE:
         raise AppError("Too many embedding requests are waiting for a worker; retry shortly.", status=503,
                        type="server_error", code="queue_full", retry_after=settings.AIHUB_QUEUE_RETRY_AFTER_SECONDS)
-    timeout = settings.AIHUB_REQUEST_TIMEOUT_SECONDS
+    pipe = client.pipeline(transaction=False)
+    pipe.lpush(queue, job.dumps())
+    pipe.expire(queue, int(settings.AIHUB_REQUEST_TIMEOUT_SECONDS) + 60)  # a gone worker's list outlives no job
+    pipe.execute()
+
+
+def embeddings_submit(*, user, api_key, data: dict, truncate: bool = False) -> tuple[EmbeddingJob, dict, ModelEntry]:
+    """Check the request, take its share of the key's limits and queue it for the worker holding the model.
+
+    `data` is validated EmbeddingRequestSerializer output. Returns the job, the limits reservation (settle it
+    with `embeddings_settle` however the request ends) and the model. `truncate` (internal callers only, never
+    the API) cuts a text longer than the model takes instead of refusing it.
+    """
+    entry = embedding_model_get(user=user, api_key=api_key, model_id=data.get("model"))
+    _check_dimensions(entry, data.get("dimensions"))
+    inputs, tokens = data["input"]["inputs"], data["input"]["tokens"]
     dimensions = data.get("dimensions")
-    job = EmbeddingJob(model=entry.id, inputs=inputs, tokens=tokens, expires_at=time.time() + timeout,
+    job = EmbeddingJob(model=entry.id, inputs=inputs, tokens=tokens, truncate=truncate,
+                       expires_at=time.time() + settings.AIHUB_REQUEST_TIMEOUT_SECONDS,
                        dimensions=None if dimensions == entry.embedding_dimensions else dimensions)
     reservation = limits_admit(key=api_key, request_id=job.id, cost=_estimated_tokens(inputs, tokens))
     try:
-        pipe = client.pipeline(transaction=False)
-        pipe.lpush(queue, job.dumps())
-        pipe.expire(queue, int(timeout) + 60)  # the list of a worker that went away does not outlive its jobs
-        pipe.execute()
+        embedding_job_send(job, entry=entry)
     except BaseException:
         limits_settle(reservation, used_tokens=0)
         raise
     return job, reservation, entry
 
 
-async def embeddings_wait(job: EmbeddingJob) -> dict:
-    """The worker's answer: {"embeddings": base64 float32, "dimensions", "prompt_tokens"}, or its error raised."""
+def embeddings_compute_sync(*, entry: ModelEntry, texts: list[str], truncate: bool = False) -> list[list[float]]:
+    """The vectors of `texts`, in order, for background work: no API key, so no key limits.
+
+    Blocks until the worker answers (AIHUB_REQUEST_TIMEOUT_SECONDS at most); the worker's error is raised
+    as an AppError. Callers keep their batches within AIHUB_EMBEDDING_MAX_INPUTS.
+    """
+    job = EmbeddingJob(model=entry.id, inputs=texts, truncate=truncate,
+                       expires_at=time.time() + settings.AIHUB_REQUEST_TIMEOUT_SECONDS)
+    embedding_job_send(job, entry=entry)
+    reply = reply_wait_sync(job.id, timeout=settings.AIHUB_REQUEST_TIMEOUT_SECONDS)
+    usage_record(request_id=job.id, model_id=job.model, state="succeeded", prompt_tokens=reply["prompt_tokens"])
+    return [embedding_floats(vector) for vector in embedding_vectors(job=job, reply=reply)]
+
+
+async def embeddings_wait(job: EmbeddingJob, *, timeout: float | None = None) -> dict:
+    """The worker's answer: {"embeddings": base64 float32, "dimensions", "prompt_tokens"}, or its error raised
+    (a 504 `timeout` after `timeout` seconds, AIHUB_REQUEST_TIMEOUT_SECONDS unless given)."""
     # The reply half of a worker command (apps/core/worker_commands.py); the job itself is not sent as one.
-    return await reply_wait(job.id, timeout=settings.AIHUB_REQUEST_TIMEOUT_SECONDS)
+    return await reply_wait(job.id, timeout=timeout or settings.AIHUB_REQUEST_TIMEOUT_SECONDS)
 
 
 def embeddings_settle(*, job: EmbeddingJob, reservation: dict, prompt_tokens: int, succeeded: bool) -> None:
@@ -99,13 +120,11 @@ def embeddings_settle(*, job: EmbeddingJob, reservation: dict, prompt_tokens: in
 def embeddings_body(*, job: EmbeddingJob, reply: dict, encoding_format: str) -> dict:
     """OpenAI's `list` of `embedding` objects, in input order. The worker sends little-endian float32, which
     `base64` passes on per vector as OpenAI does, and `float` turns into numbers."""
-    raw = base64.b64decode(reply["embeddings"])
-    width = reply["dimensions"] * 4
-    vectors = [raw[i * width:(i + 1) * width] for i in range(len(job.inputs))]
+    vectors = embedding_vectors(job=job, reply=reply)
     if encoding_format == "base64":
         values = [base64.b64encode(vector).decode("ascii") for vector in vectors]
     else:
-        values = [_floats(vector) for vector in vectors]
+        values = [embedding_floats(vector) for vector in vectors]
     return {
         "object": "list",
         "data": [{"object": "embedding", "index": index, "embedding": value} for index, value in enumerate(values)],
@@ -114,7 +133,15 @@ def embeddings_body(*, job: EmbeddingJob, reply: dict, encoding_format: str) -> 
     }
 
 
-def _floats(vector: bytes) -> list[float]:
+def embedding_vectors(*, job: EmbeddingJob, reply: dict) -> list[bytes]:
+    """The worker's answer cut into one little-endian float32 vector per input, in input order."""
+    raw = base64.b64decode(reply["embeddings"])
+    width = reply["dimensions"] * 4
+    return [raw[i * width:(i + 1) * width] for i in range(len(job.inputs))]
+
+
+def embedding_floats(vector: bytes) -> list[float]:
+    """One vector of the worker's answer as numbers."""
     values = array("f")
     values.frombytes(vector)
     if sys.byteorder == "big":

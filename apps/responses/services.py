@@ -13,6 +13,7 @@ import uuid
 from django.db import transaction
 
 from apps.chat.completions import validate_chat_request
+from apps.chat.message_embeddings import message_embeddings_schedule
 from apps.chat.models import Conversation, GenerationRequest, Message
 from apps.chat.services import chat_completion_create
 from apps.core.errors import AppError, NotFoundError
@@ -116,6 +117,7 @@ def _conversation_after(*, user, previous_response_id: str):
         Message(conversation=fork, role=m.role, content=m.content, tool_calls=m.tool_calls,
                 tool_call_id=m.tool_call_id)
         for m in conversation.messages.filter(id__lte=answer.id)])
+    message_embeddings_schedule(conversation_id=fork.id)
     return fork.id
 
 

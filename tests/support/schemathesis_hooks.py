@@ -58,6 +58,8 @@ STATEFUL_REJECTIONS = {
     # dimensions only for models trained for truncation; an input longer than the model takes
     "POST /api/v1/embeddings": {"dimensions", "input"},
     "POST /api/v1/fine_tuning/jobs": {"training_file", "validation_file", "model"},  # on this server
+    # semantic search for a user who turned conversation embeddings off (PATCH /me, which the fuzz also sends)
+    "GET /api/v1/chat/conversations/search": {"mode"},
 }
 
 
