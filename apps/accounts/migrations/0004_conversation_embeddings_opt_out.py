@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('accounts', '0002_key_family'),
+        ('accounts', '0003_deduplicate_key_scopes'),
     ]
 
     operations = [

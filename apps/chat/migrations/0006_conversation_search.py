@@ -41,7 +41,7 @@ def cascade_at_the_database(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('chat', '0004_generation_metadata'),
+        ('chat', '0005_generation_indexes'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
