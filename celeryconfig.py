@@ -25,6 +25,7 @@ VALIDATE_FILE_TASK = "workers.tasks.validate_training_file"
 VALIDATE_JOB_TASK = "workers.tasks.validate_training_job"
 TRAIN_TASK = "workers.tasks.run_training_job"
 SWEEP_TASK = "workers.tasks.sweep_stale_work"
+INGEST_VECTOR_STORE_FILE_TASK = "workers.tasks.ingest_vector_store_file"  # CPU: chunks, asks for embeddings
 
 task_default_queue = DEFAULT_QUEUE
 task_queues = (Queue(DEFAULT_QUEUE), Queue(INFERENCE_QUEUE), Queue(TRAINING_QUEUE))
@@ -35,6 +36,7 @@ task_routes = {
     VALIDATE_FILE_TASK: {"queue": DEFAULT_QUEUE},
     VALIDATE_JOB_TASK: {"queue": DEFAULT_QUEUE},
     SWEEP_TASK: {"queue": DEFAULT_QUEUE},
+    INGEST_VECTOR_STORE_FILE_TASK: {"queue": DEFAULT_QUEUE},
 }
 
 
@@ -91,6 +93,7 @@ task_annotations = {
     VALIDATE_JOB_TASK: _limits(settings.AIHUB_VALIDATION_TIME_LIMIT_SECONDS),
     MODEL_COMMAND_TASK: _limits(int(settings.AIHUB_CONTROL_TIMEOUT_SECONDS)),
     SWEEP_TASK: _limits(60),
+    INGEST_VECTOR_STORE_FILE_TASK: _limits(settings.AIHUB_VECTOR_STORE_INGEST_TIME_LIMIT_SECONDS),
 }
 
 # The sweeper: beat (embedded in the default worker by `make run`, one per deployment) publishes a

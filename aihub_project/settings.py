@@ -70,6 +70,7 @@ INSTALLED_APPS = [
     "apps.responses",
     "apps.training",
     "apps.embeddings",
+    "apps.vectorstores",
 ]
 
 MIDDLEWARE = [
@@ -300,6 +301,13 @@ AIHUB_EMBEDDING_MAX_INPUT_TOKENS = env.int("AIHUB_EMBEDDING_MAX_INPUT_TOKENS", d
 AIHUB_EMBEDDING_MAX_BATCH_TOKENS = env.int("AIHUB_EMBEDDING_MAX_BATCH_TOKENS", default=8192)
 AIHUB_EMBEDDING_THREADS = env.int("AIHUB_EMBEDDING_THREADS", default=1)
 AIHUB_EMBEDDING_MAX_QUEUE = env.int("AIHUB_EMBEDDING_MAX_QUEUE", default=256)
+# Vector stores (docs/vector_stores.md): chunks per embedding job sent by the ingestion task, HNSW's
+# candidate list at search time (raised to 2 x max_num_results), the most chunks one file may make,
+# and the ingestion task's time limit.
+AIHUB_VECTOR_STORE_EMBED_BATCH = env.int("AIHUB_VECTOR_STORE_EMBED_BATCH", default=64)
+AIHUB_VECTOR_STORE_EF_SEARCH = env.int("AIHUB_VECTOR_STORE_EF_SEARCH", default=100)
+AIHUB_VECTOR_STORE_MAX_CHUNKS_PER_FILE = env.int("AIHUB_VECTOR_STORE_MAX_CHUNKS_PER_FILE", default=100_000)
+AIHUB_VECTOR_STORE_INGEST_TIME_LIMIT_SECONDS = env.int("AIHUB_VECTOR_STORE_INGEST_TIME_LIMIT_SECONDS", default=3600)
 # Device for the worker: "auto" picks cuda when available.
 AIHUB_DEVICE = env("AIHUB_DEVICE", default="auto")
 # Models one worker keeps loaded; the least recently used is unloaded first.

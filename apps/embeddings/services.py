@@ -20,7 +20,7 @@ from apps.catalog.selectors import model_check_use, model_get
 from apps.catalog.worker_registry import live_workers
 from apps.core.errors import AppError
 from apps.core.redis import sync_client
-from apps.core.worker_commands import reply_wait
+from apps.core.worker_commands import reply_wait, reply_wait_sync
 from apps.monitoring.counters import usage_record
 
 from .jobs import SHARED_QUEUE, EmbeddingJob, worker_queue
@@ -51,6 +51,33 @@ def _estimated_tokens(inputs: list, tokens: bool) -> int:
     return sum(len(i) if tokens else math.ceil(len(i) / 4) for i in inputs)
 
 
+def embedding_job_create(*, entry: ModelEntry, inputs: list, tokens: bool = False,
+                         dimensions: int | None = None) -> tuple[EmbeddingJob, str]:
+    """A job for the worker that holds (or will hold) `entry`, and the list it goes to; 503 when that list is full.
+
+    The one way to queue embedding work: POST /embeddings, vector store ingestion and search
+    (apps/vectorstores) all come through here and `embedding_job_push`.
+    """
+    _, hostname, _ = choose_worker(model_id=entry.id, bytes_by_device=entry.estimated_bytes_by_device(),
+                                   workers=live_workers())
+    queue = worker_queue(hostname) if hostname else SHARED_QUEUE
+    if sync_client().llen(queue) >= settings.AIHUB_EMBEDDING_MAX_QUEUE:
+        raise AppError("Too many embedding requests are waiting for a worker; retry shortly.", status=503,
+                       type="server_error", code="queue_full", retry_after=settings.AIHUB_QUEUE_RETRY_AFTER_SECONDS)
+    job = EmbeddingJob(model=entry.id, inputs=inputs, tokens=tokens,
+                       expires_at=time.time() + settings.AIHUB_REQUEST_TIMEOUT_SECONDS,
+                       dimensions=None if dimensions == entry.embedding_dimensions else dimensions)
+    return job, queue
+
+
+def embedding_job_push(job: EmbeddingJob, queue: str) -> None:
+    pipe = sync_client().pipeline(transaction=False)
+    pipe.lpush(queue, job.dumps())
+    # the list of a worker that went away does not outlive its jobs
+    pipe.expire(queue, int(settings.AIHUB_REQUEST_TIMEOUT_SECONDS) + 60)
+    pipe.execute()
+
+
 def embeddings_submit(*, user, api_key, data: dict) -> tuple[EmbeddingJob, dict, ModelEntry]:
     """Check the request, take its share of the key's limits and queue it for the worker holding the model.
 
@@ -60,27 +87,34 @@ def embeddings_submit(*, user, api_key, data: dict) -> tuple[EmbeddingJob, dict,
     entry = embedding_model_get(user=user, api_key=api_key, model_id=data.get("model"))
     _check_dimensions(entry, data.get("dimensions"))
     inputs, tokens = data["input"]["inputs"], data["input"]["tokens"]
-    _, hostname, _ = choose_worker(model_id=entry.id, bytes_by_device=entry.estimated_bytes_by_device(),
-                                   workers=live_workers())
-    queue = worker_queue(hostname) if hostname else SHARED_QUEUE
-    client = sync_client()
-    if client.llen(queue) >= settings.AIHUB_EMBEDDING_MAX_QUEUE:
-        raise AppError("Too many embedding requests are waiting for a worker; retry shortly.", status=503,
-                       type="server_error", code="queue_full", retry_after=settings.AIHUB_QUEUE_RETRY_AFTER_SECONDS)
-    timeout = settings.AIHUB_REQUEST_TIMEOUT_SECONDS
-    dimensions = data.get("dimensions")
-    job = EmbeddingJob(model=entry.id, inputs=inputs, tokens=tokens, expires_at=time.time() + timeout,
-                       dimensions=None if dimensions == entry.embedding_dimensions else dimensions)
+    job, queue = embedding_job_create(entry=entry, inputs=inputs, tokens=tokens, dimensions=data.get("dimensions"))
     reservation = limits_admit(key=api_key, request_id=job.id, cost=_estimated_tokens(inputs, tokens))
     try:
-        pipe = client.pipeline(transaction=False)
-        pipe.lpush(queue, job.dumps())
-        pipe.expire(queue, int(timeout) + 60)  # the list of a worker that went away does not outlive its jobs
-        pipe.execute()
+        embedding_job_push(job, queue)
     except BaseException:
         limits_settle(reservation, used_tokens=0)
         raise
     return job, reservation, entry
+
+
+def texts_embed(*, entry: ModelEntry, texts: list[str]) -> tuple[list[bytes], int]:
+    """Blocking: the vectors of `texts` (little-endian float32 bytes each, in order) and the tokens they took.
+
+    For work that has no event loop and no API key of its own to charge: the vector stores' background
+    ingestion (a Celery task) and their search (the web, on a request thread). Errors are raised as AppError
+    (the worker's refusal, 503 queue_full, 504 timeout).
+    """
+    job, queue = embedding_job_create(entry=entry, inputs=texts)
+    embedding_job_push(job, queue)
+    reply = reply_wait_sync(job.id, timeout=settings.AIHUB_REQUEST_TIMEOUT_SECONDS)
+    return reply_vectors(reply, len(texts)), reply["prompt_tokens"]
+
+
+def reply_vectors(reply: dict, count: int) -> list[bytes]:
+    """A worker's reply as one little-endian float32 byte string per input."""
+    raw = base64.b64decode(reply["embeddings"])
+    width = reply["dimensions"] * 4
+    return [raw[i * width:(i + 1) * width] for i in range(count)]
 
 
 async def embeddings_wait(job: EmbeddingJob) -> dict:
@@ -99,9 +133,7 @@ def embeddings_settle(*, job: EmbeddingJob, reservation: dict, prompt_tokens: in
 def embeddings_body(*, job: EmbeddingJob, reply: dict, encoding_format: str) -> dict:
     """OpenAI's `list` of `embedding` objects, in input order. The worker sends little-endian float32, which
     `base64` passes on per vector as OpenAI does, and `float` turns into numbers."""
-    raw = base64.b64decode(reply["embeddings"])
-    width = reply["dimensions"] * 4
-    vectors = [raw[i * width:(i + 1) * width] for i in range(len(job.inputs))]
+    vectors = reply_vectors(reply, len(job.inputs))
     if encoding_format == "base64":
         values = [base64.b64encode(vector).decode("ascii") for vector in vectors]
     else:

@@ -1,0 +1,65 @@
+"""One partial HNSW index per embedding size, over the one chunk table.
+
+pgvector indexes a column of one fixed size; our `embedding` column has none (a store of a
+384-dimension model and one of a 1024-dimension model share the table). Each size N gets
+
+    CREATE INDEX vectorstores_chunk_hnsw_N ON vectorstores_chunk
+        USING hnsw ((embedding::vector(N)) vector_cosine_ops) WHERE dims = N
+
+and a search casts the same way with `dims = N` in its WHERE, which is what lets the planner use it
+(search.py). The index for a size is created, once, by the ingestion task before it writes the first
+chunks of that size (CONCURRENTLY: writes and searches go on meanwhile; never on a web request),
+and by `ensure_hnsw_indexes` for every registered embedding model (`manage.py vectorindexes`).
+Without its index a search is still right: PostgreSQL then scans the store's chunks exactly.
+"""
+from __future__ import annotations
+
+import logging
+
+from django.db import connection
+
+logger = logging.getLogger(__name__)
+
+# pgvector's HNSW takes `vector` up to 2,000 dimensions; larger models are searched exactly.
+HNSW_MAX_DIMENSIONS = 2000
+_known: set[int] = set()
+
+
+def index_name(dims: int) -> str:
+    return f"vectorstores_chunk_hnsw_{int(dims)}"
+
+
+def ensure_hnsw_index(dims: int) -> bool:
+    """Create the HNSW index for `dims`-sized embeddings if it is missing; False when none can exist.
+
+    Must run outside a transaction (CREATE INDEX CONCURRENTLY). Concurrent callers are harmless:
+    IF NOT EXISTS, and a build interrupted half-way leaves an INVALID index that is dropped and rebuilt.
+    """
+    dims = int(dims)
+    if dims in _known:
+        return True
+    if not 0 < dims <= HNSW_MAX_DIMENSIONS:
+        return False
+    name = index_name(dims)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                       "WHERE c.relname = %s", [name])
+        row = cursor.fetchone()
+        if row and not row[0]:
+            cursor.execute(f'DROP INDEX CONCURRENTLY IF EXISTS "{name}"')
+            row = None
+        if row is None:
+            logger.info("creating %s", name)
+            cursor.execute(f'CREATE INDEX CONCURRENTLY IF NOT EXISTS "{name}" ON vectorstores_chunk '
+                           f"USING hnsw ((embedding::vector({dims})) vector_cosine_ops) WHERE dims = {dims}")
+    _known.add(dims)
+    return True
+
+
+def ensure_hnsw_indexes() -> list[int]:
+    """An index for the size of every enabled embedding model of the catalog; the sizes covered."""
+    from apps.catalog.models import ModelEntry, ModelKind
+
+    sizes = set(ModelEntry.objects.filter(kind=ModelKind.EMBEDDING, enabled=True)
+                .exclude(embedding_dimensions=None).values_list("embedding_dimensions", flat=True))
+    return [dims for dims in sorted(sizes) if ensure_hnsw_index(dims)]
