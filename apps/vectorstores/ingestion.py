@@ -16,6 +16,7 @@ POST /embeddings (apps/embeddings/services.texts_embed); this task never loads a
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -91,13 +92,26 @@ def _ingest(entry: VectorStoreFile) -> None:
     batch = settings.AIHUB_VECTOR_STORE_EMBED_BATCH
     for start in range(0, len(pieces), batch):
         group = pieces[start:start + batch]
-        vectors, _ = texts_embed(entry=model, texts=[piece.text for piece in group])
+        vectors = _embed_patiently(model, [piece.text for piece in group])
         usage += _write(entry, store.dimensions, start, group, vectors)
         written += len(group)
     with transaction.atomic():
         if not _current(entry.id, entry.generation).update(status=Status.COMPLETED, usage_bytes=usage,
                                                            chunk_count=written, last_error=None):
             raise Superseded()
+
+
+def _embed_patiently(model: ModelEntry, texts: list[str]) -> list[bytes]:
+    """texts_embed, waiting while the embedding queue is full: background work yields to interactive
+    requests (a client's POST /embeddings gets the 503; this task waits its turn), up to the request timeout."""
+    deadline = time.monotonic() + settings.AIHUB_REQUEST_TIMEOUT_SECONDS
+    while True:
+        try:
+            return texts_embed(entry=model, texts=texts)[0]
+        except AppError as exc:
+            if exc.code != "queue_full" or time.monotonic() > deadline:
+                raise
+            time.sleep(exc.retry_after or 1)
 
 
 def _write(entry: VectorStoreFile, dims: int, start: int, pieces: list[Piece], vectors: list[bytes]) -> int:

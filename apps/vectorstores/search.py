@@ -114,29 +114,11 @@ def _search_group(model_id: str, dims: int, stores: list[VectorStore], queries: 
                        "administrator can re-embed the store with another model.", status=409,
                        code="model_not_found")
     vectors, _ = texts_embed(entry=model, texts=queries)
-    where, params = "c.dims = %s AND c.store_id = ANY(%s) AND c.file_id = ANY(%s)", [
-        dims, [store.id for store in stores], list(files)]
-    if filters is not None:
-        condition, condition_params = filters_sql(filters)
-        where, params = f"{where} AND {condition}", params + condition_params
-    found: list[tuple] = []
-    with transaction.atomic(), connection.cursor() as cursor:
-        # SET LOCAL: these settings end with this transaction, never leaking to the pooled connection's next user.
-        cursor.execute("SELECT set_config('hnsw.ef_search', %s, true), "
-                       "set_config('hnsw.iterative_scan', 'relaxed_order', true)",
-                       [str(max(settings.AIHUB_VECTOR_STORE_EF_SEARCH, 2 * limit))])
-        for raw in vectors:
-            literal = _vector_literal(raw)
-            cast = f"::vector({int(dims)})"  # the same expression as the partial index (indexes.py)
-            cursor.execute(
-                f"SELECT id, store_id, file_id, idx, text, attributes, 1 - distance FROM ("
-                f"  SELECT c.id, c.store_id, c.file_id, c.index AS idx, c.text, c.attributes,"
-                f"         c.embedding{cast} <=> %s{cast} AS distance"
-                f"  FROM vectorstores_chunk c WHERE {where}"
-                f"  ORDER BY c.embedding{cast} <=> %s{cast} LIMIT %s"
-                f") found WHERE 1 - distance >= %s ORDER BY distance",
-                [literal, *params, literal, limit, threshold])
-            found += cursor.fetchall()
+    found = []
+    for raw in vectors:
+        found += chunks_nearest(dims=dims, store_ids=[store.id for store in stores], file_ids=list(files),
+                                vector=np.frombuffer(raw, dtype="<f4"), limit=limit, threshold=threshold,
+                                filters=filters)
     names = dict(TrainingFile.objects.filter(id__in=set(files.values())).values_list("id", "filename"))
     public = {store.id: store.public_id for store in stores}
     return [Hit(vector_store_id=public[store_id], file_id=f"file-{files[file_id].hex}",
@@ -146,5 +128,39 @@ def _search_group(model_id: str, dims: int, stores: list[VectorStore], queries: 
             for chunk_id, store_id, file_id, index, text, attributes, score in found]
 
 
-def _vector_literal(raw: bytes) -> str:
-    return "[" + ",".join(repr(float(x)) for x in np.frombuffer(raw, dtype="<f4")) + "]"
+def chunks_nearest(*, dims: int, store_ids: list, file_ids: list, vector: np.ndarray, limit: int,
+                   threshold: float = -1.0, filters: dict | None = None) -> list[tuple]:
+    """The SQL half of a search: the `limit` chunks of these stores and files nearest `vector`, nearest first,
+    as (chunk id, store id, file row id, index, text, attributes, score) rows. bench/embeddings.py times it."""
+    sql, params = nearest_sql(dims=dims, store_ids=store_ids, file_ids=file_ids, vector=vector, limit=limit,
+                              threshold=threshold, filters=filters)
+    with transaction.atomic(), connection.cursor() as cursor:
+        search_settings(cursor, limit)
+        cursor.execute(sql, params)
+        return cursor.fetchall()
+
+
+def search_settings(cursor, limit: int) -> None:
+    """HNSW's candidate list and iterative scan for this transaction: set_config(..., true) is SET LOCAL, so
+    they end with it and never leak to the next user of the pooled connection."""
+    cursor.execute("SELECT set_config('hnsw.ef_search', %s, true), "
+                   "set_config('hnsw.iterative_scan', 'relaxed_order', true)",
+                   [str(max(settings.AIHUB_VECTOR_STORE_EF_SEARCH, 2 * limit))])
+
+
+def nearest_sql(*, dims: int, store_ids: list, file_ids: list, vector: np.ndarray, limit: int,
+                threshold: float = -1.0, filters: dict | None = None) -> tuple[str, list]:
+    # dims as a literal: the planner must see `dims = N` to prove the partial index's predicate.
+    where, params = f"c.dims = {int(dims)} AND c.store_id = ANY(%s) AND c.file_id = ANY(%s)", [store_ids, file_ids]
+    if filters is not None:
+        condition, condition_params = filters_sql(filters)
+        where, params = f"{where} AND {condition}", params + condition_params
+    literal = "[" + ",".join(repr(float(x)) for x in vector) + "]"
+    cast = f"::vector({int(dims)})"  # the very expression of the partial index (indexes.py), or it is not used
+    sql = (f"SELECT id, store_id, file_id, idx, text, attributes, 1 - distance FROM ("
+           f"  SELECT c.id, c.store_id, c.file_id, c.index AS idx, c.text, c.attributes,"
+           f"         c.embedding{cast} <=> %s{cast} AS distance"
+           f"  FROM vectorstores_chunk c WHERE {where}"
+           f"  ORDER BY c.embedding{cast} <=> %s{cast} LIMIT %s"
+           f") found WHERE 1 - distance >= %s ORDER BY distance")  # relaxed_order: sorted exactly here
+    return sql, [literal, *params, literal, limit, threshold]
