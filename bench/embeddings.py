@@ -108,6 +108,7 @@ def search_benchmark(entry, client, user, *, chunks: int, queries: int) -> dict:
     from django.conf import settings
     from django.db import connection, transaction
     from pgvector.psycopg import register_vector
+    from psycopg.types.json import Jsonb
 
     from apps.embeddings.services import texts_embed
     from apps.training.models import TrainingFile
@@ -137,9 +138,10 @@ def search_benchmark(entry, client, user, *, chunks: int, queries: int) -> dict:
     tic = time.perf_counter()
     with connection.cursor() as cursor, cursor.cursor.copy(
             "COPY vectorstores_chunk (store_id, file_id, index, text, tokens, attributes, dims, embedding) "
-            "FROM STDIN") as copy:
+            "FROM STDIN WITH (FORMAT BINARY)") as copy:
+        copy.set_types(["uuid", "uuid", "int4", "text", "int4", "jsonb", "int2", "vector"])
         for i, vector in enumerate(vectors):
-            copy.write_row((store.id, entries[i % files_count].id, i // files_count, texts[i], 8, "{}", dims,
+            copy.write_row((store.id, entries[i % files_count].id, i // files_count, texts[i], 8, Jsonb({}), dims,
                             vector))
     load_s = time.perf_counter() - tic
     with connection.cursor() as cursor:

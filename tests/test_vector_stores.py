@@ -285,3 +285,43 @@ def test_ingestion_is_idempotent_under_redelivery_and_reembeds_on_demand(library
     assert store.file_counts.completed == 1 and VectorStoreFile.objects.get(id=entry.id).generation == \
         entry.generation + 1
     assert client.vector_stores.search(store.id, query="bread").data[0].filename == "bread.txt"
+
+
+def test_cancelling_a_batch_stops_its_files_not_yet_embedded(hub, library):
+    from apps.vectorstores.models import Chunk
+
+    client = library["client"]
+    store = client.vector_stores.create(name="cancelled")
+    texts = [f"Note {i}: " + " ".join([SOURDOUGH] * 3) for i in range(6)]
+    ids = [_upload(client, f"note-{i}.txt", text.encode()) for i, text in enumerate(texts)]
+    batch = client.vector_stores.file_batches.create(store.id, files=[
+        {"file_id": file_id, "attributes": {"n": i}} for i, file_id in enumerate(ids)])
+    cancelled = client.vector_stores.file_batches.cancel(batch.id, vector_store_id=store.id)
+    counts = cancelled.file_counts
+    assert cancelled.status == "cancelled" and counts.in_progress == 0 and counts.total == 6
+    assert counts.cancelled + counts.completed == 6 and counts.cancelled >= 1
+    time.sleep(3)  # a task that was running meets the new generation at its next batch and writes nothing more
+    entries = {entry.id: entry for entry in client.vector_stores.files.list(store.id)}
+    for file_id, entry in entries.items():
+        chunks = Chunk.objects.filter(file__file_id=file_id.removeprefix("file-"), file__store_id=store.id[3:])
+        assert chunks.exists() == (entry.status == "completed"), (entry.status, chunks.count())
+    # A cancelled file added again is embedded (a retry), with its attributes.
+    again = next(file_id for file_id, entry in entries.items() if entry.status == "cancelled")
+    assert client.vector_stores.files.create(store.id, file_id=again).status == "in_progress"
+    _settled(client, store.id)
+    assert client.vector_stores.files.retrieve(again, vector_store_id=store.id).status == "completed"
+
+
+def test_an_expired_store_says_so_and_refuses_searches(hub, library):
+    from django.utils import timezone
+
+    from apps.vectorstores.models import VectorStore
+
+    client = library["client"]
+    store = client.vector_stores.create(name="short-lived", expires_after={"anchor": "last_active_at", "days": 1})
+    assert store.status == "completed" and store.expires_after.days == 1
+    VectorStore.objects.filter(id=store.id[3:]).update(expires_at=timezone.now())
+    assert client.vector_stores.retrieve(store.id).status == "expired"
+    with pytest.raises(openai.BadRequestError) as exc_info:
+        client.vector_stores.search(store.id, query="anything")
+    assert _error(exc_info)["code"] == "vector_store_expired"

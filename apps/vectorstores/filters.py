@@ -27,8 +27,11 @@ def _bad(param: str, message: str, code: str = "invalid_value") -> AppError:
 
 
 def _scalar(value) -> bool:
-    return isinstance(value, (str, bool)) or (isinstance(value, (int, float)) and value == value
-                                              and abs(value) != float("inf"))
+    """A value an attribute can hold: a string of at most 512 characters, a finite number, a boolean."""
+    if isinstance(value, str):
+        return len(value) <= 512
+    return isinstance(value, bool) or (isinstance(value, (int, float)) and value == value
+                                       and abs(value) != float("inf"))
 
 
 def filters_check(value, param: str = "filters") -> dict:
@@ -61,9 +64,10 @@ def filters_check(value, param: str = "filters") -> dict:
         item = node["value"]
         if kind in MEMBERSHIP:
             if not isinstance(item, list) or not item or len(item) > MAX_LIST or not all(map(_scalar, item)):
-                raise _bad(f"{path}.value", f"must be a list of 1 to {MAX_LIST} strings, numbers or booleans.")
+                raise _bad(f"{path}.value", f"must be a list of 1 to {MAX_LIST} strings (512 characters at most), "
+                                            "numbers or booleans.")
         elif not _scalar(item):
-            raise _bad(f"{path}.value", "must be a string, a number or a boolean.")
+            raise _bad(f"{path}.value", "must be a string (512 characters at most), a number or a boolean.")
         elif kind in _SQL_OPERATORS and isinstance(item, bool):
             raise _bad(f"{path}.value", f"'{kind}' compares numbers or strings, not booleans.")
 

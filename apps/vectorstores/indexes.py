@@ -8,8 +8,7 @@ pgvector indexes a column of one fixed size; our `embedding` column has none (a 
 
 and a search casts the same way with `dims = N` in its WHERE, which is what lets the planner use it
 (search.py). The index for a size is created, once, by the ingestion task before it writes the first
-chunks of that size (CONCURRENTLY: writes and searches go on meanwhile; never on a web request),
-and by `ensure_hnsw_indexes` for every registered embedding model (`manage.py vectorindexes`).
+chunks of that size (CONCURRENTLY: writes and searches go on meanwhile; never on a web request).
 Without its index a search is still right: PostgreSQL then scans the store's chunks exactly.
 """
 from __future__ import annotations
@@ -55,11 +54,3 @@ def ensure_hnsw_index(dims: int) -> bool:
     _known.add(dims)
     return True
 
-
-def ensure_hnsw_indexes() -> list[int]:
-    """An index for the size of every enabled embedding model of the catalog; the sizes covered."""
-    from apps.catalog.models import ModelEntry, ModelKind
-
-    sizes = set(ModelEntry.objects.filter(kind=ModelKind.EMBEDDING, enabled=True)
-                .exclude(embedding_dimensions=None).values_list("embedding_dimensions", flat=True))
-    return [dims for dims in sorted(sizes) if ensure_hnsw_index(dims)]

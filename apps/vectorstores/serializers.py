@@ -10,7 +10,7 @@ from apps.core.fields import StrictBooleanField, StrictCharField, StrictFloatFie
 from apps.core.parameters import UnsupportedParameter
 
 from .chunking import MAX_CHUNK_TOKENS, MIN_CHUNK_TOKENS
-from .filters import filters_check
+from .filters import COMPARISONS, COMPOUND, MEMBERSHIP, filters_check
 from .search import MAX_RESULTS
 from .selectors import FILE_STATUSES
 
@@ -127,7 +127,21 @@ class FileBatchCreateSerializer(serializers.Serializer):
         return attrs
 
 
-@extend_schema_field({"type": "object", "description": "a comparison or compound filter (docs/vector_stores.md)"})
+_SCALAR = [{"type": "string", "maxLength": 512}, {"type": "number"}, {"type": "boolean"}]
+
+
+@extend_schema_field({"description": "a comparison or a compound filter (docs/vector_stores.md)", "oneOf": [
+    {"type": "object", "additionalProperties": False, "required": ["type", "key", "value"], "properties": {
+        "type": {"type": "string", "enum": list(COMPARISONS)}, "key": {"type": "string", "minLength": 1,
+                                                                       "maxLength": 64},
+        "value": {"oneOf": _SCALAR}}},
+    {"type": "object", "additionalProperties": False, "required": ["type", "key", "value"], "properties": {
+        "type": {"type": "string", "enum": list(MEMBERSHIP)}, "key": {"type": "string", "minLength": 1,
+                                                                      "maxLength": 64},
+        "value": {"type": "array", "minItems": 1, "maxItems": 100, "items": {"oneOf": _SCALAR}}}},
+    {"type": "object", "additionalProperties": False, "required": ["type", "filters"], "properties": {
+        "type": {"type": "string", "enum": list(COMPOUND)},
+        "filters": {"type": "array", "minItems": 1, "items": {"type": "object"}}}}]})
 class FiltersField(serializers.Field):
     def to_internal_value(self, data):
         return filters_check(data, self.field_name)
@@ -144,9 +158,11 @@ class RankingOptionsSerializer(serializers.Serializer):
     score_threshold = StrictFloatField(required=False, min_value=0.0, max_value=1.0)
 
 
-@extend_schema_field({"oneOf": [{"type": "string", "minLength": 1},
-                                {"type": "array", "minItems": 1, "maxItems": 16,
-                                 "items": {"type": "string", "minLength": 1}}]})
+_QUERY = {"type": "string", "minLength": 1, "maxLength": settings.AIHUB_EMBEDDING_MAX_INPUT_CHARS,
+          "pattern": r"\S"}
+
+
+@extend_schema_field({"oneOf": [_QUERY, {"type": "array", "minItems": 1, "maxItems": 16, "items": _QUERY}]})
 class QueryField(serializers.Field):
     default_error_messages = {"type": "must be a non-empty string or a list of 1 to 16 non-empty strings "
                                       "(each at most {limit} characters)."}
@@ -163,18 +179,22 @@ class QueryField(serializers.Field):
         return value
 
 
+@extend_schema_field({"type": "boolean", "enum": [False], "description": "false only: the hub does not rewrite "
+                                                                        "queries"})
+class NoRewriteField(StrictBooleanField):
+    def to_internal_value(self, data):
+        if super().to_internal_value(data):
+            raise UnsupportedParameter("rewrite_query", why="the hub does not rewrite queries (that takes a chat "
+                                                            "model's turn per search); send false or leave it out.")
+        return False
+
+
 class SearchSerializer(serializers.Serializer):
     query = QueryField()
     max_num_results = StrictIntegerField(required=False, min_value=1, max_value=MAX_RESULTS, default=10)
     ranking_options = RankingOptionsSerializer(required=False, allow_null=True)
     filters = FiltersField(required=False, allow_null=True)
-    rewrite_query = StrictBooleanField(required=False, default=False)
-
-    def validate_rewrite_query(self, value):
-        if value:
-            raise UnsupportedParameter("rewrite_query", why="the hub does not rewrite queries (that takes a chat "
-                                                            "model's turn per search); send false or leave it out.")
-        return value
+    rewrite_query = NoRewriteField(required=False, default=False)
 
 
 # Answers.

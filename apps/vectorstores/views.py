@@ -74,7 +74,7 @@ class VectorStoreDetailView(VectorStoreEndpoint):
         return Response(store_body(store))
 
     @operation(operation_id="vector_stores_delete", summary="Delete a vector store and its chunks (OpenAI)",
-               responses=s.DeletedSerializer, errors={404: NOT_FOUND})
+               responses={200: s.DeletedSerializer}, errors={404: NOT_FOUND})
     def delete(self, request, store_id):
         store = vector_store_get(user=request.user, store_id=store_id)
         public_id = store.public_id
@@ -144,7 +144,7 @@ class VectorStoreFileDetailView(VectorStoreEndpoint):
         return Response(file_body(entry))
 
     @operation(operation_id="vector_store_files_delete", summary="Take a file (and its chunks) out of a store (OpenAI)",
-               responses=s.DeletedSerializer, errors={404: NOT_FOUND})
+               responses={200: s.DeletedSerializer}, errors={404: NOT_FOUND})
     def delete(self, request, store_id, file_id):
         entry = self._entry(request, store_id, file_id)
         public_id = entry.public_id
