@@ -210,6 +210,7 @@ def test_bad_inputs_are_refused_in_the_error_shape(hub, library):
         (lambda: search(store.id, query="x", max_num_results=0), "max_num_results", "invalid_value"),
         (lambda: search(store.id, query="x", max_num_results=51), "max_num_results", "invalid_value"),
         (lambda: search(store.id, query=""), "query", "invalid_value"),
+        (lambda: search(store.id, query="word " * 300), "query", "context_length_exceeded"),  # 254 tokens at most
         (lambda: search(store.id, query="x", rewrite_query=True), "rewrite_query", "unsupported_parameter"),
         (lambda: search(store.id, query="x", filters={"type": "like", "key": "a", "value": 1}), "filters.type",
          "invalid_value"),
@@ -325,3 +326,28 @@ def test_an_expired_store_says_so_and_refuses_searches(hub, library):
     with pytest.raises(openai.BadRequestError) as exc_info:
         client.vector_stores.search(store.id, query="anything")
     assert _error(exc_info)["code"] == "vector_store_expired"
+
+
+def test_the_admin_shows_progress_and_errors_and_re_embeds_a_store(hub, library):
+    from django.contrib.auth import get_user_model
+    from django.test import Client
+
+    client = library["client"]
+    store = client.vector_stores.create(name="admin-view")
+    good = _upload(client, "bread.txt", SOURDOUGH.encode())
+    client.vector_stores.file_batches.create(store.id, file_ids=[good, _upload(client, "blank.pdf", empty_pdf())])
+    _settled(client, store.id)
+    admin = get_user_model().objects.create_superuser(username=f"admin-{store.id[-8:]}", password="x")
+    browser = Client(SERVER_NAME="localhost")
+    browser.force_login(admin)
+    stores_page = browser.get("/admin/vectorstores/vectorstore/", {"q": "admin-view"}).content.decode()
+    assert "admin-view" in stores_page and "1 / 2, 1 failed" in stores_page
+    files_page = browser.get("/admin/vectorstores/vectorstorefile/", {"status__exact": "failed"}).content.decode()
+    assert "blank.pdf" in files_page and "holds no text" in files_page
+    pk = store.id.removeprefix("vs_")
+    answer = browser.post("/admin/vectorstores/vectorstore/", {"action": "reembed", "_selected_action": [pk]},
+                          follow=True)
+    assert "2 file(s) of 1 store(s) queued" in answer.content.decode()
+    store = _settled(client, store.id)
+    assert (store.file_counts.completed, store.file_counts.failed) == (1, 1)
+    assert client.vector_stores.search(store.id, query="bread").data[0].file_id == good

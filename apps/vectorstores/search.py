@@ -113,7 +113,12 @@ def _search_group(model_id: str, dims: int, stores: list[VectorStore], queries: 
         raise AppError(f"The embedding model '{model_id}' of the vector store is no longer in the catalog; an "
                        "administrator can re-embed the store with another model.", status=409,
                        code="model_not_found")
-    vectors, _ = texts_embed(entry=model, texts=queries)
+    try:
+        vectors, _ = texts_embed(entry=model, texts=queries)
+    except AppError as error:
+        if error.param == "input":  # the worker's name for it (a query longer than the model takes)
+            error.param, error.message = "query", error.message.replace("input", "query", 1)
+        raise
     found = []
     for raw in vectors:
         found += chunks_nearest(dims=dims, store_ids=[store.id for store in stores], file_ids=list(files),
