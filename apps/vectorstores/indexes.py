@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 
-from django.db import connection
+from django.db import DatabaseError, connection
 
 logger = logging.getLogger(__name__)
 
@@ -31,8 +31,9 @@ def index_name(dims: int) -> str:
 def ensure_hnsw_index(dims: int) -> bool:
     """Create the HNSW index for `dims`-sized embeddings if it is missing; False when none can exist.
 
-    Must run outside a transaction (CREATE INDEX CONCURRENTLY). Concurrent callers are harmless:
-    IF NOT EXISTS, and a build interrupted half-way leaves an INVALID index that is dropped and rebuilt.
+    Must run outside a transaction (CREATE INDEX CONCURRENTLY). Concurrent callers are harmless: the
+    first builds it, the others see it (or its build) and go on; a build interrupted half-way leaves an
+    INVALID index that the next caller drops and builds again.
     """
     dims = int(dims)
     if dims in _known:
@@ -41,16 +42,32 @@ def ensure_hnsw_index(dims: int) -> bool:
         return False
     name = index_name(dims)
     with connection.cursor() as cursor:
-        cursor.execute("SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
-                       "WHERE c.relname = %s", [name])
-        row = cursor.fetchone()
-        if row and not row[0]:
+        valid = _index_valid(cursor, name)
+        if valid is False:
+            # Invalid while another worker builds it (CONCURRENTLY marks it valid at the end): leave it to them.
+            # Invalid with no build running: an interrupted build; drop it and build again.
+            cursor.execute("SELECT 1 FROM pg_stat_progress_create_index p JOIN pg_class c ON c.oid = p.index_relid "
+                           "WHERE c.relname = %s", [name])
+            if cursor.fetchone():
+                return True
             cursor.execute(f'DROP INDEX CONCURRENTLY IF EXISTS "{name}"')
-            row = None
-        if row is None:
+        if not valid:
             logger.info("creating %s", name)
-            cursor.execute(f'CREATE INDEX CONCURRENTLY IF NOT EXISTS "{name}" ON vectorstores_chunk '
-                           f"USING hnsw ((embedding::vector({dims})) vector_cosine_ops) WHERE dims = {dims}")
+            try:
+                cursor.execute(f'CREATE INDEX CONCURRENTLY IF NOT EXISTS "{name}" ON vectorstores_chunk '
+                               f"USING hnsw ((embedding::vector({dims})) vector_cosine_ops) WHERE dims = {dims}")
+            except DatabaseError:
+                # Two workers creating it at the same instant: the loser's name clashes. Theirs is as good.
+                if _index_valid(cursor, name) is None:
+                    raise
     _known.add(dims)
     return True
+
+
+def _index_valid(cursor, name: str) -> bool | None:
+    """True: built; False: not usable yet (being built, or a build was interrupted); None: no such index."""
+    cursor.execute("SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                   "WHERE c.relname = %s", [name])
+    row = cursor.fetchone()
+    return None if row is None else bool(row[0])
 
