@@ -31,11 +31,11 @@ def vector_store_get(*, user, store_id: str, param: str = "vector_store_id") -> 
     return store
 
 
-def vector_store_file_get(*, store: VectorStore, file_id: str) -> VectorStoreFile:
+def vector_store_file_get(*, store: VectorStore, file_id: str, param: str = "file_id") -> VectorStoreFile:
     pk = parse_public_id(file_id, "file")
     entry = store.files.select_related("file").filter(file_id=pk).first() if pk else None
     if entry is None:
-        raise NotFoundError(f"No file '{file_id}' in the vector store {store.public_id}.", param="file_id",
+        raise NotFoundError(f"No file '{file_id}' in the vector store {store.public_id}.", param=param,
                             code="file_not_found")
     return entry
 

@@ -104,8 +104,7 @@ def _store_files(store, query: dict, batch=None):
         files = files.filter(status=query["filter"])
 
     def find(file_id, param):
-        entry = vector_store_file_get(store=store, file_id=file_id)
-        return entry
+        return vector_store_file_get(store=store, file_id=file_id, param=param)
     rows, has_more = page(files, order=query["order"], limit=query["limit"], **_cursor_rows(query, find))
     return _page_body([file_body(row) for row in rows], has_more)
 
