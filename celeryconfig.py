@@ -26,6 +26,7 @@ VALIDATE_JOB_TASK = "workers.tasks.validate_training_job"
 TRAIN_TASK = "workers.tasks.run_training_job"
 SWEEP_TASK = "workers.tasks.sweep_stale_work"
 EMBED_MESSAGES_TASK = "workers.tasks.embed_conversation_messages"
+INGEST_VECTOR_STORE_FILE_TASK = "workers.tasks.ingest_vector_store_file"  # CPU: chunks, asks for embeddings
 
 task_default_queue = DEFAULT_QUEUE
 task_queues = (Queue(DEFAULT_QUEUE), Queue(INFERENCE_QUEUE), Queue(TRAINING_QUEUE))
@@ -38,6 +39,7 @@ task_routes = {
     SWEEP_TASK: {"queue": DEFAULT_QUEUE},
     # CPU work that waits on the inference worker's embedding threads (apps/chat/message_embeddings.py).
     EMBED_MESSAGES_TASK: {"queue": DEFAULT_QUEUE},
+    INGEST_VECTOR_STORE_FILE_TASK: {"queue": DEFAULT_QUEUE},
 }
 
 
@@ -96,6 +98,7 @@ task_annotations = {
     SWEEP_TASK: _limits(60),
     # A long conversation is a few jobs of BATCH_INPUTS passages, each waited for up to the request timeout.
     EMBED_MESSAGES_TASK: _limits(600),
+    INGEST_VECTOR_STORE_FILE_TASK: _limits(settings.AIHUB_VECTOR_STORE_INGEST_TIME_LIMIT_SECONDS),
 }
 
 # The sweeper: beat (embedded in the default worker by `make run`, one per deployment) publishes a

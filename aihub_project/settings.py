@@ -74,6 +74,7 @@ INSTALLED_APPS = [
     "apps.responses",
     "apps.training",
     "apps.embeddings",
+    "apps.vectorstores",
 ]
 
 MIDDLEWARE = [
@@ -317,6 +318,13 @@ AIHUB_CONVERSATION_SEARCH_CANDIDATES = env.int("AIHUB_CONVERSATION_SEARCH_CANDID
 AIHUB_CONVERSATION_SEARCH_MIN_SIMILARITY = env.float("AIHUB_CONVERSATION_SEARCH_MIN_SIMILARITY", default=0.25)
 AIHUB_CONVERSATION_SEARCH_EMBED_TIMEOUT_SECONDS = env.float("AIHUB_CONVERSATION_SEARCH_EMBED_TIMEOUT_SECONDS",
                                                             default=15.0)
+# Vector stores (docs/vector_stores.md): chunks per embedding job sent by the ingestion task, HNSW's
+# candidate list at search time (raised to 2 x max_num_results), the most chunks one file may make,
+# and the ingestion task's time limit.
+AIHUB_VECTOR_STORE_EMBED_BATCH = env.int("AIHUB_VECTOR_STORE_EMBED_BATCH", default=64)
+AIHUB_VECTOR_STORE_EF_SEARCH = env.int("AIHUB_VECTOR_STORE_EF_SEARCH", default=100)
+AIHUB_VECTOR_STORE_MAX_CHUNKS_PER_FILE = env.int("AIHUB_VECTOR_STORE_MAX_CHUNKS_PER_FILE", default=100_000)
+AIHUB_VECTOR_STORE_INGEST_TIME_LIMIT_SECONDS = env.int("AIHUB_VECTOR_STORE_INGEST_TIME_LIMIT_SECONDS", default=3600)
 # Device for the worker: "auto" picks cuda when available.
 AIHUB_DEVICE = env("AIHUB_DEVICE", default="auto")
 # Models one worker keeps loaded; the least recently used is unloaded first.

@@ -25,6 +25,7 @@ from apps.monitoring.views import HealthView, LivenessView, SystemAnalyticsView,
 from apps.responses.views import ResponseDetailView, ResponsesView
 from apps.training import fine_tuning_views as fine_tuning
 from apps.training import views as training
+from apps.vectorstores import views as vector_stores
 
 api_v1 = [
     path("chat/completions", ChatCompletionsView.as_view(), name="chat-completions"),
@@ -61,6 +62,22 @@ api_v1 = [
          name="fine-tuning-job-events"),
     path("fine_tuning/jobs/<str:job_id>/checkpoints", fine_tuning.FineTuningJobCheckpointsView.as_view(),
          name="fine-tuning-job-checkpoints"),
+    path("vector_stores", vector_stores.VectorStoreListView.as_view(), name="vector-store-list"),
+    path("vector_stores/<str:store_id>", vector_stores.VectorStoreDetailView.as_view(), name="vector-store-detail"),
+    path("vector_stores/<str:store_id>/search", vector_stores.VectorStoreSearchView.as_view(),
+         name="vector-store-search"),
+    path("vector_stores/<str:store_id>/files", vector_stores.VectorStoreFileListView.as_view(),
+         name="vector-store-file-list"),
+    path("vector_stores/<str:store_id>/files/<str:file_id>", vector_stores.VectorStoreFileDetailView.as_view(),
+         name="vector-store-file-detail"),
+    path("vector_stores/<str:store_id>/file_batches", vector_stores.FileBatchListView.as_view(),
+         name="vector-store-file-batch-list"),
+    path("vector_stores/<str:store_id>/file_batches/<str:batch_id>", vector_stores.FileBatchDetailView.as_view(),
+         name="vector-store-file-batch-detail"),
+    path("vector_stores/<str:store_id>/file_batches/<str:batch_id>/cancel",
+         vector_stores.FileBatchCancelView.as_view(), name="vector-store-file-batch-cancel"),
+    path("vector_stores/<str:store_id>/file_batches/<str:batch_id>/files",
+         vector_stores.FileBatchFilesView.as_view(), name="vector-store-file-batch-files"),
     path("keys", ApiKeyListView.as_view(), name="key-list"),
     path("keys/<int:key_id>", ApiKeyDetailView.as_view(), name="key-detail"),
     path("models/<path:model_id>", ModelDetailView.as_view(), name="model-detail"),

@@ -53,6 +53,14 @@ def run_training_job(self, job_id: str) -> None:
     train(job_id, worker=f"{self.request.hostname}:{os.getpid()}")
 
 
+@shared_task(name=celeryconfig.INGEST_VECTOR_STORE_FILE_TASK, ignore_result=True)
+def ingest_vector_store_file(entry_id: str, generation: int) -> None:
+    """Chunk one file of a vector store and have it embedded (apps/vectorstores/ingestion.py); no torch here."""
+    from apps.vectorstores.ingestion import vector_store_file_ingest
+
+    vector_store_file_ingest(entry_id, generation)
+
+
 @shared_task(name=celeryconfig.SWEEP_TASK, ignore_result=True)
 def sweep_stale_work(republish_after: float, give_up_after: float, batch: int) -> None:
     """Scheduled by beat (celeryconfig.beat_schedule), which passes its thresholds along."""

@@ -28,7 +28,7 @@ import celeryconfig
 from apps.accounts.models import Profile
 from apps.catalog.models import ModelEntry
 from apps.core.publishing import enqueue_on_commit
-from apps.embeddings.services import embeddings_compute_sync
+from apps.embeddings.services import embedding_floats, texts_embed
 
 from .models import SEARCHED_ROLES, Conversation, Message, MessageEmbedding
 
@@ -123,7 +123,8 @@ def message_embeddings_update(*, conversation_id) -> int:
             texts.append(content[start:end])
     for first in range(0, len(rows), BATCH_INPUTS):
         batch = rows[first:first + BATCH_INPUTS]
-        vectors = embeddings_compute_sync(entry=entry, texts=texts[first:first + BATCH_INPUTS], truncate=True)
+        vectors = [embedding_floats(vector) for vector in
+                   texts_embed(entry=entry, texts=texts[first:first + BATCH_INPUTS], truncate=True)[0]]
         for row, vector in zip(batch, vectors):
             row.embedding = vector
         if not user_embeddings_enabled(user_id=owner):

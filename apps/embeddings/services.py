@@ -89,18 +89,21 @@ def embeddings_submit(*, user, api_key, data: dict, truncate: bool = False) -> t
     return job, reservation, entry
 
 
-def embeddings_compute_sync(*, entry: ModelEntry, texts: list[str], truncate: bool = False) -> list[list[float]]:
-    """The vectors of `texts`, in order, for background work: no API key, so no key limits.
+def texts_embed(*, entry: ModelEntry, texts: list[str], truncate: bool = False) -> tuple[list[bytes], int]:
+    """Blocking: the vectors of `texts` (little-endian float32 bytes each, in order) and the tokens they took.
 
-    Blocks until the worker answers (AIHUB_REQUEST_TIMEOUT_SECONDS at most); the worker's error is raised
-    as an AppError. Callers keep their batches within AIHUB_EMBEDDING_MAX_INPUTS.
+    For work with no API key of its own to charge (so no key limits; counted in /metrics): vector store
+    ingestion and search (apps/vectorstores), message embeddings for conversation search
+    (apps/chat/message_embeddings.py). Waits AIHUB_REQUEST_TIMEOUT_SECONDS at most; errors are raised as
+    AppError (the worker's refusal, 503 queue_full, 504 timeout). Callers keep their batches within
+    AIHUB_EMBEDDING_MAX_INPUTS. `truncate` cuts a text longer than the model takes instead of refusing it.
     """
     job = EmbeddingJob(model=entry.id, inputs=texts, truncate=truncate,
                        expires_at=time.time() + settings.AIHUB_REQUEST_TIMEOUT_SECONDS)
     embedding_job_send(job, entry=entry)
     reply = reply_wait_sync(job.id, timeout=settings.AIHUB_REQUEST_TIMEOUT_SECONDS)
     usage_record(request_id=job.id, model_id=job.model, state="succeeded", prompt_tokens=reply["prompt_tokens"])
-    return [embedding_floats(vector) for vector in embedding_vectors(job=job, reply=reply)]
+    return embedding_vectors(job=job, reply=reply), reply["prompt_tokens"]
 
 
 async def embeddings_wait(job: EmbeddingJob, *, timeout: float | None = None) -> dict:

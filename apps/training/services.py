@@ -16,6 +16,7 @@ from apps.catalog.services import model_remove
 from apps.core import events
 from apps.core.errors import AppError
 from apps.core.publishing import enqueue_on_commit, send_task
+from apps.vectorstores.chunking import SUPPORTED_EXTENSIONS
 
 from .datasets import resolve_dataset_path
 from .models import TrainingEvent, TrainingFile, TrainingJob
@@ -31,15 +32,26 @@ DEFAULT_HYPERPARAMETERS = {
 }
 
 
+# Purposes of /files: fine-tune datasets (validated in the background), and documents for vector stores
+# (OpenAI's `assistants` and `user_data`: read when a store embeds them, apps/vectorstores/chunking.py).
+FILE_PURPOSES = ("fine-tune", "assistants", "user_data")
+
+
 def training_file_create(*, user, upload, purpose: str) -> TrainingFile:
+    if purpose not in FILE_PURPOSES:
+        raise AppError(f"purpose must be one of {', '.join(FILE_PURPOSES)}.", param="purpose", code="invalid_value")
+    suffix = ".jsonl"
     if purpose != "fine-tune":
-        raise AppError("purpose must be 'fine-tune'.", param="purpose", code="invalid_value")
+        suffix = Path(upload.name).suffix.lower()
+        if suffix not in SUPPORTED_EXTENSIONS:
+            raise AppError(f"The file type {suffix or '(none)'} is not supported for purpose '{purpose}'; "
+                           f"supported: {', '.join(SUPPORTED_EXTENSIONS)}.", param="file", code="unsupported_file")
     if upload.size > settings.AIHUB_MAX_FILE_BYTES:
         raise AppError(f"The file is {upload.size} bytes; the limit is {settings.AIHUB_MAX_FILE_BYTES}.",
                        status=413, param="file", code="file_too_large")
     file_id = uuid.uuid4()
     directory = Path(settings.AIHUB_FILES_DIR) / str(user.id)
-    path = directory / f"{file_id.hex}.jsonl"
+    path = directory / f"{file_id.hex}{suffix}"
     with transaction.atomic():
         # The user's row is locked while checking and storing, so two uploads cannot both take the last room.
         get_user_model().objects.select_for_update().get(pk=user.pk)
@@ -54,9 +66,13 @@ def training_file_create(*, user, upload, purpose: str) -> TrainingFile:
         except BaseException:
             path.unlink(missing_ok=True)
             raise
-        record = TrainingFile.objects.create(id=file_id, user=user, filename=Path(upload.name).name[:255],
-                                             purpose=purpose, bytes=upload.size, path=str(path))
-        enqueue_on_commit(celeryconfig.VALIDATE_FILE_TASK, args=[str(file_id)])
+        # A document has nothing to validate up front: a vector store reads it when it embeds it.
+        record = TrainingFile.objects.create(
+            id=file_id, user=user, filename=Path(upload.name).name[:255], purpose=purpose, bytes=upload.size,
+            path=str(path), status=TrainingFile.Status.UPLOADED if purpose == "fine-tune" else
+            TrainingFile.Status.PROCESSED)
+        if purpose == "fine-tune":
+            enqueue_on_commit(celeryconfig.VALIDATE_FILE_TASK, args=[str(file_id)])
     return record
 
 
@@ -88,6 +104,10 @@ def training_job_create(*, user, api_key, data: dict) -> TrainingJob:
                        code="invalid_value")
     if data.get("validation_file"):
         validation_file = training_file_get(user=user, file_id=data["validation_file"], param="validation_file")
+    for param, file in (("training_file", training_file), ("validation_file", validation_file)):
+        if file is not None and file.purpose != "fine-tune":
+            raise AppError(f"The file {file.public_id} was uploaded with purpose '{file.purpose}'; training takes "
+                           "files of purpose fine-tune.", param=param, code="invalid_value")
     limit = effective_limits(api_key).max_queued_training_jobs
     live = TrainingJob.objects.select_for_update().filter(
         user=user, status__in=[Status.VALIDATING_FILES, Status.QUEUED, Status.RUNNING])

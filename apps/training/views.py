@@ -10,6 +10,7 @@ from apps.core.parsers import BoundedJSONParser
 from .selectors import training_file_get, training_job_get
 from .serializers import CheckpointSerializer, FileSerializer, JobCreateSerializer, JobSerializer
 from .services import (
+    FILE_PURPOSES,
     event_body,
     training_file_create,
     training_file_delete,
@@ -28,8 +29,9 @@ def _list(items) -> dict:
 
 
 class FileUploadSerializer(serializers.Serializer):
-    file = serializers.FileField(help_text="A JSONL dataset (docs/training.md).")
-    purpose = serializers.ChoiceField(choices=["fine-tune"])
+    file = serializers.FileField(help_text="A JSONL dataset (docs/training.md), or a document for vector stores: "
+                                           ".txt, .md, .json, .jsonl, .pdf (docs/vector_stores.md).")
+    purpose = serializers.ChoiceField(choices=list(FILE_PURPOSES))
 
 
 class JobEventSerializer(serializers.Serializer):
@@ -47,7 +49,8 @@ class FileListView(TrainingView):
     def get(self, request):
         return Response(_list(FileSerializer(request.user.training_files.all(), many=True).data))
 
-    @operation(summary="Upload a JSONL dataset (multipart: file, purpose=fine-tune); validated in the background",
+    @operation(summary="Upload a file (multipart: file, purpose): a JSONL dataset (fine-tune), validated in the "
+                       "background, or a document for vector stores (assistants, user_data)",
                request=FileUploadSerializer, media_type="multipart/form-data", responses={201: FileSerializer},
                errors={413: "file_too_large or storage_quota_exceeded (docs/limits.md)"})
     def post(self, request, data):
