@@ -70,6 +70,7 @@ INSTALLED_APPS = [
     "apps.responses",
     "apps.training",
     "apps.embeddings",
+    "apps.audio",
 ]
 
 MIDDLEWARE = [
@@ -300,6 +301,23 @@ AIHUB_EMBEDDING_MAX_INPUT_TOKENS = env.int("AIHUB_EMBEDDING_MAX_INPUT_TOKENS", d
 AIHUB_EMBEDDING_MAX_BATCH_TOKENS = env.int("AIHUB_EMBEDDING_MAX_BATCH_TOKENS", default=8192)
 AIHUB_EMBEDDING_THREADS = env.int("AIHUB_EMBEDDING_THREADS", default=1)
 AIHUB_EMBEDDING_MAX_QUEUE = env.int("AIHUB_EMBEDDING_MAX_QUEUE", default=256)
+# Audio (docs/multimodal.md, docs/models.md "Audio models"): the models when a request names none (both are
+# registered on first start), the largest upload (OpenAI's is 25 MB) and the longest audio a transcription
+# takes, the characters /audio/speech synthesises at most (OpenAI's 4096), the audio threads of each
+# inference worker (beside the Celery threads, like the embedding threads: a transcription never waits behind
+# chat generations; with two, a long transcription does not hold up speech), and the jobs that may wait per worker.
+AIHUB_DEFAULT_TRANSCRIPTION_MODEL = env("AIHUB_DEFAULT_TRANSCRIPTION_MODEL", default="whisper:tiny.en")
+AIHUB_DEFAULT_SPEECH_MODEL = env("AIHUB_DEFAULT_SPEECH_MODEL", default="hibari:tts")
+AIHUB_AUDIO_MAX_BYTES = env.int("AIHUB_AUDIO_MAX_BYTES", default=25 * 2**20)
+AIHUB_AUDIO_MAX_SECONDS = env.float("AIHUB_AUDIO_MAX_SECONDS", default=3600.0)
+AIHUB_SPEECH_MAX_CHARS = env.int("AIHUB_SPEECH_MAX_CHARS", default=4096)
+AIHUB_AUDIO_THREADS = env.int("AIHUB_AUDIO_THREADS", default=2)
+AIHUB_AUDIO_MAX_QUEUE = env.int("AIHUB_AUDIO_MAX_QUEUE", default=64)
+# Whisper's CTranslate2 compute type on the CPU and on a GPU ("default" keeps what the model file holds).
+AIHUB_WHISPER_CPU_COMPUTE_TYPE = env("AIHUB_WHISPER_CPU_COMPUTE_TYPE", default="int8")
+AIHUB_WHISPER_GPU_COMPUTE_TYPE = env("AIHUB_WHISPER_GPU_COMPUTE_TYPE", default="float16")
+# Whisper's beam search width (1: greedy, faster; 5: Whisper's and faster-whisper's default, fewer errors).
+AIHUB_WHISPER_BEAM_SIZE = env.int("AIHUB_WHISPER_BEAM_SIZE", default=5)
 # Device for the worker: "auto" picks cuda when available.
 AIHUB_DEVICE = env("AIHUB_DEVICE", default="auto")
 # Models one worker keeps loaded; the least recently used is unloaded first.
