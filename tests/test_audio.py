@@ -3,7 +3,8 @@
 Sentences are spoken in the test, by espeak-ng and by the hub's own /audio/speech, and must come back as the
 same words. "The same words" allows a small word error rate (WORD_ERROR_RATE, after lower-casing and dropping
 punctuation): Whisper tiny.en is the smallest Whisper and espeak-ng's robotic voice is far from the speech it was
-trained on, so a word may come back misheard ("The weather is nice today" came back as "But when there is ice today" when this was written).
+trained on, so a word may come back misheard ("The weather is nice today" came back as "But when there is ice
+today" when this was written; the sentence below comes back exactly).
 """
 from __future__ import annotations
 
