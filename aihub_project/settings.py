@@ -159,6 +159,8 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "TrainingJobStatusEnum": "apps.training.models.TrainingJob.Status",
         "FunctionTypeEnum": ["function"],
+        "TranscriptFormatEnum": "apps.audio.serializers.TRANSCRIPT_FORMATS",
+        "SpeechFormatEnum": "apps.audio.serializers.SPEECH_FORMATS",
     },
     "TITLE": "AI Hub API",
     "DESCRIPTION": (

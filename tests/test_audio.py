@@ -19,22 +19,19 @@ import httpx
 import numpy as np
 import openai
 import pytest
-from django.core.management import call_command
 
-from tests.conftest import make_account
+from tests.conftest import SPEECH_MODEL, TRANSCRIPTION_MODEL, make_account
 
-WHISPER = "whisper:tiny.en"
-VOICE_MODEL = "hibari:tts"
+WHISPER = TRANSCRIPTION_MODEL
+VOICE_MODEL = SPEECH_MODEL
 SENTENCE = "Please close the door behind you. We will meet again next week."
 WORD_ERROR_RATE = 0.2
 
 
 @pytest.fixture(scope="module")
-def audio_models(hub):
-    """The default audio models, registered as the hub registers them on first start."""
-    call_command("importmodel", builtin=WHISPER, verbosity=0)
-    call_command("importmodel", builtin=VOICE_MODEL, verbosity=0)
-    return {"whisper": WHISPER, "voice": VOICE_MODEL}
+def audio_models(hub, models):
+    """The default audio models (tests/conftest.py registers them as `runhub` does on first start)."""
+    return {"whisper": models["transcription"], "voice": models["speech"]}
 
 
 @pytest.fixture(scope="module")

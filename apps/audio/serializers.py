@@ -28,6 +28,13 @@ class AudioFileField(serializers.FileField):
         return file
 
 
+class FormListField(serializers.ListField):
+    """A list in a form: `name[]` fields (apps/core/endpoints.py), or one plain `name` field as a list of one."""
+
+    def to_internal_value(self, data):
+        return super().to_internal_value([data] if isinstance(data, str) else data)
+
+
 class TranslationRequestSerializer(serializers.Serializer):
     # OpenAI's parameters the hub does not implement: refused by name (apps/core/parameters.py).
     openai_parameters = frozenset({"chunking_strategy", "include", "known_speaker_names",
@@ -47,7 +54,7 @@ class TranslationRequestSerializer(serializers.Serializer):
 class TranscriptionRequestSerializer(TranslationRequestSerializer):
     language = serializers.RegexField(r"^[a-z]{2,3}$", required=False,
                                       help_text="The spoken language, ISO-639-1 (e.g. en); detected when left out.")
-    timestamp_granularities = serializers.ListField(
+    timestamp_granularities = FormListField(
         child=serializers.ChoiceField(choices=GRANULARITIES), required=False, max_length=2,
         help_text="With verbose_json: `segment` (the default), `word`, or both. A form sends it as "
                   "`timestamp_granularities[]`.")

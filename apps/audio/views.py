@@ -22,6 +22,7 @@ from .services import audio_job_events, audio_job_settle, audio_job_submit, audi
 
 SPEECH_CONTENT_TYPES = {"mp3": "audio/mpeg", "opus": "audio/ogg", "aac": "audio/aac", "flac": "audio/flac",
                         "wav": "audio/wav", "pcm": "audio/pcm"}
+TRANSCRIPT_RESPONSES = {"text/plain": str, "application/x-subrip": str, "text/vtt": str, "text/event-stream": str}
 ERRORS = {403: None, 404: "model_not_found", 429: None, 500: None, 503: "queue_full", 504: None,
           507: "insufficient_memory"}
 
@@ -103,7 +104,9 @@ class _AudioToText(Endpoint):
 
 class TranscriptionsView(_AudioToText):
     @operation(operation_id="audio_transcriptions_create", request=TranscriptionRequestSerializer,
-               media_type="multipart/form-data", responses={200: TranscriptSerializer},
+               media_type="multipart/form-data",
+               responses={(200, "application/json"): TranscriptSerializer,
+                          **{(200, media): kind for media, kind in TRANSCRIPT_RESPONSES.items()}},
                summary="Transcribe audio (OpenAI-compatible; SSE when stream is true)",
                description="Audio that cannot be decoded, or lasts longer than AIHUB_AUDIO_MAX_SECONDS, is a 400 "
                            "(docs/multimodal.md).", errors=ERRORS)
@@ -115,7 +118,10 @@ class TranslationsView(_AudioToText):
     action = TRANSLATE
 
     @operation(operation_id="audio_translations_create", request=TranslationRequestSerializer,
-               media_type="multipart/form-data", responses={200: TranscriptSerializer},
+               media_type="multipart/form-data",
+               responses={(200, "application/json"): TranscriptSerializer,
+                          **{(200, media): kind for media, kind in TRANSCRIPT_RESPONSES.items()
+                             if media != "text/event-stream"}},
                summary="Translate audio into English text (OpenAI-compatible; needs a multilingual model)",
                errors=ERRORS)
     async def post(self, request, data):
@@ -126,7 +132,7 @@ class SpeechView(Endpoint):
     content_negotiation_class = JsonErrorsAnyAccept
 
     @operation(operation_id="audio_speech_create", request=SpeechRequestSerializer,
-               responses={(200, "application/octet-stream"): bytes},
+               responses={(200, media): bytes for media in SPEECH_CONTENT_TYPES.values()},
                summary="Synthesise speech (OpenAI-compatible), streamed as it is synthesised",
                description="The body is the audio in `response_format`, sent sentence by sentence (chunked). An "
                            "unknown voice is a 400 listing the available ones.", errors=ERRORS)

@@ -58,6 +58,12 @@ STATEFUL_REJECTIONS = {
     # dimensions only for models trained for truncation; an input longer than the model takes
     "POST /api/v1/embeddings": {"dimensions", "input"},
     "POST /api/v1/fine_tuning/jobs": {"training_file", "validation_file", "model"},  # on this server
+    # bytes that decode as audio; granularities only with verbose_json, streams only as json or text (another
+    # field); a language code Whisper knows; a model of the audio kind (or, translating, a multilingual one)
+    "POST /api/v1/audio/transcriptions": {"file", "timestamp_granularities", "stream", "language", "model"},
+    "POST /api/v1/audio/translations": {"file", "model"},
+    # a voice the model has; text that holds something to speak; a model of the speech kind
+    "POST /api/v1/audio/speech": {"voice", "input", "model"},
 }
 
 
