@@ -242,6 +242,8 @@ def test_every_bad_input_is_a_400_and_stores_nothing(hub, client, spoken, models
     careless = OpenAI(base_url=hub.api_url, api_key=account.raw_key, max_retries=0, timeout=180)
     refusals = {
         "corrupt": lambda: careless.audio.transcriptions.create(model=WHISPER, file=("a.mp3", b"ID3" + b"\0" * 999)),
+        "corrupt, streamed": lambda: careless.audio.transcriptions.create(
+            model=WHISPER, file=("a.mp3", b"ID3" + b"\0" * 999), stream=True),
         "not audio": lambda: careless.audio.transcriptions.create(model=WHISPER, file=("a.txt", b"hello " * 100)),
         "too long": lambda: careless.audio.transcriptions.create(model=WHISPER,
                                                                  file=("long.flac", _silent_flac(3700))),
@@ -269,7 +271,8 @@ def test_every_bad_input_is_a_400_and_stores_nothing(hub, client, spoken, models
         with pytest.raises(openai.BadRequestError) as refused:
             call()
         errors[what] = _error(refused)
-    assert errors["corrupt"]["code"] == "invalid_audio" and errors["not audio"]["code"] == "invalid_audio"
+    assert errors["corrupt"]["code"] == errors["corrupt, streamed"]["code"] == errors["not audio"]["code"] \
+        == "invalid_audio"
     assert errors["too long"]["code"] == "audio_too_long"
     assert errors["bad format"]["param"] == "response_format"
     assert "heart" in errors["unknown voice"]["message"] and errors["unknown voice"]["param"] == "voice"
@@ -298,3 +301,20 @@ def test_audio_models_are_catalog_entries_loaded_and_unloaded_like_text_models(h
     assert unloaded.status_code == 200, unloaded.text
     # Unloaded is not gone: the next request loads it again.
     assert_same_words(SENTENCE, client.audio.transcriptions.create(model=WHISPER, file=("a.wav", spoken)).text)
+
+
+def test_multilingual_whisper_base_is_an_opt_in_import_that_translates(hub, client, spoken):
+    from django.core.management import call_command
+
+    from apps.catalog.models import ModelEntry
+
+    call_command("importmodel", builtin="whisper:base", verbosity=0)  # joins the two packages' halves once
+    entry = ModelEntry.objects.get(id="whisper:base")
+    assert entry.kind == "audio" and "translation" in entry.capabilities
+    assert 70e6 < entry.parameter_count < 80e6  # Whisper base: 74 M parameters, counted from the joined file
+    english = client.audio.translations.create(model="whisper:base", file=("a.wav", spoken))
+    assert_same_words(SENTENCE, english.text)
+    detected = client.audio.transcriptions.create(model="whisper:base", file=("a.wav", spoken),
+                                                  response_format="verbose_json")
+    assert detected.language == "english"
+    assert_same_words(SENTENCE, detected.text)

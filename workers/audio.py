@@ -27,7 +27,6 @@ from apps.catalog.models import ModelEntry
 from apps.core import events
 from apps.core.errors import error_object
 from apps.core.redis import sync_client
-from apps.core.worker_commands import reply_error
 
 from .audio_runtime import AudioRefused, SpeechEncoder, decode_audio
 from .model_manager import InsufficientMemory, ModelSpec
@@ -103,6 +102,12 @@ def transcribe(manager, *, model_id: str, audio: bytes | np.ndarray, **options) 
         return transcribe_samples(loaded, samples, **options)
 
 
+def fail(job: AudioJob, error: dict) -> None:
+    """The job's final `error`, after whatever segments or audio it already wrote (a fresh writer would reuse
+    their sequence numbers, and the event would be lost)."""
+    events.EventWriter.continuing(job.id).append(events.ERROR, error=error)
+
+
 class AudioService:
     """The audio threads of one inference worker process."""
 
@@ -151,13 +156,13 @@ class AudioService:
                 else:
                     self.transcribe_job(job, loaded)
         except (AudioRefused, InsufficientMemory) as exc:
-            reply_error(job.id, exc.error)
+            fail(job, exc.error)
         except Stopped:
             logger.info("audio job %s stopped: its client went away", job.id)
         except Exception:  # noqa: BLE001 - every job must get an answer, not the web's timeout
             logger.exception("audio job %s (%s) failed", job.id, job.model)
-            reply_error(job.id, error_object("The audio job failed on the worker; see the worker log.",
-                                             type="server_error", code="audio_failed"))
+            fail(job, error_object("The audio job failed on the worker; see the worker log.", type="server_error",
+                                   code="audio_failed"))
         finally:
             sync_client().delete(audio_key(job.id))
         logger.info("%s job %s with %s in %.3fs", job.action, job.id, job.model, time.perf_counter() - tic)

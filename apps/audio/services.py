@@ -22,6 +22,7 @@ from apps.catalog.placement import choose_worker
 from apps.catalog.selectors import model_check_use, model_get
 from apps.catalog.worker_registry import live_workers
 from apps.core import events
+from apps.core.db import release_database_connection
 from apps.core.errors import AppError, app_error_from_event
 from apps.core.redis import sync_client
 from apps.monitoring.counters import usage_record
@@ -118,6 +119,7 @@ async def transcribe(*, user, api_key, audio: bytes, model: str | None = None, t
                                                              options=options, audio=audio)
     succeeded = False
     try:
+        await release_database_connection()  # no connection held while the worker works
         async for event in audio_job_events(job):
             if event["type"] == events.DONE:
                 succeeded = True

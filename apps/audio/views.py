@@ -64,11 +64,32 @@ async def _transcript(job: AudioJob, reservation: dict) -> dict:
         await sync_to_async(audio_job_settle)(job=job, reservation=reservation, succeeded=succeeded)
 
 
-async def _stream(job: AudioJob, reservation: dict):
+async def _opened(job: AudioJob, reservation: dict):
+    """(the job's first event, an iterator of the rest). The first event decides the status: a refusal (audio
+    that does not decode, an unknown voice) is raised here, still a 400, once the reservation is settled."""
+    await release_database_connection()
+    rest = audio_job_events(job)
+    try:
+        return await anext(rest), rest
+    except (AppError, StopAsyncIteration) as error:
+        await rest.aclose()
+        await sync_to_async(audio_job_settle)(job=job, reservation=reservation, succeeded=False)
+        if isinstance(error, AppError):
+            raise
+        raise AppError("The worker did not answer.", status=504, type="server_error", code="timeout") from None
+
+
+async def _all(first: dict, rest):
+    yield first
+    async for event in rest:
+        yield event
+
+
+async def _stream(first: dict, rest, job: AudioJob, reservation: dict):
     """transcript.text.delta per segment, then transcript.text.done; progress as SSE comments (clients skip them)."""
     succeeded = False
     try:
-        async for event in audio_job_events(job):
+        async for event in _all(first, rest):
             if event["type"] == SEGMENT:
                 yield sse({"type": "transcript.text.delta", "delta": event["text"]})
             elif event["type"] == PROGRESS:
@@ -79,6 +100,7 @@ async def _stream(job: AudioJob, reservation: dict):
     except AppError as error:  # the status line has left: the error goes as the stream's last event
         yield sse({"type": "error", "error": error.as_body()["error"]})
     finally:
+        await rest.aclose()
         await sync_to_async(audio_job_settle)(job=job, reservation=reservation, succeeded=succeeded)
 
 
@@ -89,12 +111,14 @@ class _AudioToText(Endpoint):
 
     async def _answer(self, request, data):
         job, reservation = await sync_to_async(_submit)(request, data, self.action)
-        if data.get("stream"):
-            response = StreamingHttpResponse(_stream(job, reservation), content_type="text/event-stream")
-            response["Cache-Control"] = "no-cache"
-            response["X-Accel-Buffering"] = "no"
-            return response
         try:
+            if data.get("stream"):
+                first, rest = await _opened(job, reservation)
+                response = StreamingHttpResponse(_stream(first, rest, job, reservation),
+                                                 content_type="text/event-stream")
+                response["Cache-Control"] = "no-cache"
+                response["X-Accel-Buffering"] = "no"
+                return response
             result = await _transcript(job, reservation)
         except AppError as error:
             return error_response(error)
@@ -143,37 +167,26 @@ class SpeechView(Endpoint):
                    "speed": data["speed"]}
         job, reservation = await sync_to_async(audio_job_submit)(api_key=request.auth, entry=entry, action=SPEECH,
                                                                  options=options)
-        await release_database_connection()
-        chunks = audio_job_events(job)
         try:
-            # The first event decides the status: a refusal (an unknown voice) is still a 400 here.
-            first = await anext(chunks)
-        except (AppError, StopAsyncIteration) as error:
-            await chunks.aclose()
-            await sync_to_async(audio_job_settle)(job=job, reservation=reservation, succeeded=False)
-            if isinstance(error, AppError):
-                return error_response(error)
-            return error_response(AppError("The worker did not answer.", status=504, type="server_error",
-                                           code="timeout"))
-        response = StreamingHttpResponse(_speech_bytes(first, chunks, job, reservation),
+            first, rest = await _opened(job, reservation)
+        except AppError as error:
+            return error_response(error)
+        response = StreamingHttpResponse(_speech_bytes(first, rest, job, reservation),
                                          content_type=SPEECH_CONTENT_TYPES[data["response_format"]])
         response["X-Accel-Buffering"] = "no"
         return response
 
 
-async def _speech_bytes(first: dict, chunks, job: AudioJob, reservation: dict):
+async def _speech_bytes(first: dict, rest, job: AudioJob, reservation: dict):
     succeeded = False
     try:
-        event = first
-        while True:
+        async for event in _all(first, rest):
             if event["type"] == AUDIO:
                 yield base64.b64decode(event["data"])
             elif event["type"] == events.DONE:
                 succeeded = True
-                return
-            event = await anext(chunks)
-    except (AppError, StopAsyncIteration):
-        return  # the status has left: the client sees the audio end early (a failed synthesis is logged)
+    except AppError:
+        return  # the status has left: the client sees the audio end early (the worker logged why)
     finally:
-        await chunks.aclose()
+        await rest.aclose()
         await sync_to_async(audio_job_settle)(job=job, reservation=reservation, succeeded=succeeded)
