@@ -210,6 +210,29 @@ def test_input_audio_in_chat_is_transcribed_into_the_prompt(hub, client, spoken,
     assert typed.usage.prompt_tokens == completion.usage.prompt_tokens
 
 
+def test_input_audio_over_the_websocket_is_transcribed_too(hub, spoken, models):
+    from websockets.sync.client import connect
+
+    from apps.chat.models import GenerationRequest
+
+    account = make_account("caller")
+    part = {"type": "input_audio", "input_audio": {"data": base64.b64encode(spoken).decode(), "format": "wav"}}
+    with connect(f"{hub.ws_url}/ws/v1/chat/", open_timeout=10, max_size=2**22) as ws:
+        ws.send(json.dumps({"type": "auth", "api_key": account.raw_key}))
+        assert json.loads(ws.recv(timeout=30))["type"] == "authenticated"
+        ws.send(json.dumps({"type": "chat.completion", "request": {
+            "model": models["tiny"], "max_tokens": 2, "messages": [{"role": "user", "content": [part]}]}}))
+        accepted = json.loads(ws.recv(timeout=180))
+        assert accepted["type"] == "accepted", accepted
+        while json.loads(ws.recv(timeout=60))["type"] not in ("done", "error"):
+            pass
+    conversation = GenerationRequest.objects.get(id=accepted["request_id"]).conversation
+    prompt = conversation.messages.order_by("created_at").first().content
+    match = re.fullmatch(r"\[audio transcript: (.*)\]", prompt)
+    assert match, prompt
+    assert_same_words(SENTENCE, match.group(1))
+
+
 def test_translation_with_an_english_only_model_is_refused_naming_it(client, spoken):
     with pytest.raises(openai.BadRequestError) as refused:
         client.audio.translations.create(model=WHISPER, file=("a.wav", spoken))
