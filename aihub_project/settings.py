@@ -75,6 +75,7 @@ INSTALLED_APPS = [
     "apps.training",
     "apps.embeddings",
     "apps.vectorstores",
+    "apps.audio",
 ]
 
 MIDDLEWARE = [
@@ -164,6 +165,8 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "TrainingJobStatusEnum": "apps.training.models.TrainingJob.Status",
         "FunctionTypeEnum": ["function"],
+        "TranscriptFormatEnum": "apps.audio.serializers.TRANSCRIPT_FORMATS",
+        "SpeechFormatEnum": "apps.audio.serializers.SPEECH_FORMATS",
     },
     "TITLE": "AI Hub API",
     "DESCRIPTION": (
@@ -325,6 +328,23 @@ AIHUB_VECTOR_STORE_EMBED_BATCH = env.int("AIHUB_VECTOR_STORE_EMBED_BATCH", defau
 AIHUB_VECTOR_STORE_EF_SEARCH = env.int("AIHUB_VECTOR_STORE_EF_SEARCH", default=100)
 AIHUB_VECTOR_STORE_MAX_CHUNKS_PER_FILE = env.int("AIHUB_VECTOR_STORE_MAX_CHUNKS_PER_FILE", default=100_000)
 AIHUB_VECTOR_STORE_INGEST_TIME_LIMIT_SECONDS = env.int("AIHUB_VECTOR_STORE_INGEST_TIME_LIMIT_SECONDS", default=3600)
+# Audio (docs/multimodal.md, docs/models.md "Audio models"): the models when a request names none (both are
+# registered on first start), the largest upload (OpenAI's is 25 MB) and the longest audio a transcription
+# takes, the characters /audio/speech synthesises at most (OpenAI's 4096), the audio threads of each
+# inference worker (beside the Celery threads, like the embedding threads: a transcription never waits behind
+# chat generations; with two, a long transcription does not hold up speech), and the jobs that may wait per worker.
+AIHUB_DEFAULT_TRANSCRIPTION_MODEL = env("AIHUB_DEFAULT_TRANSCRIPTION_MODEL", default="whisper:tiny.en")
+AIHUB_DEFAULT_SPEECH_MODEL = env("AIHUB_DEFAULT_SPEECH_MODEL", default="hibari:tts")
+AIHUB_AUDIO_MAX_BYTES = env.int("AIHUB_AUDIO_MAX_BYTES", default=25 * 2**20)
+AIHUB_AUDIO_MAX_SECONDS = env.float("AIHUB_AUDIO_MAX_SECONDS", default=3600.0)
+AIHUB_SPEECH_MAX_CHARS = env.int("AIHUB_SPEECH_MAX_CHARS", default=4096)
+AIHUB_AUDIO_THREADS = env.int("AIHUB_AUDIO_THREADS", default=2)
+AIHUB_AUDIO_MAX_QUEUE = env.int("AIHUB_AUDIO_MAX_QUEUE", default=64)
+# Whisper's CTranslate2 compute type on the CPU and on a GPU ("default" keeps what the model file holds).
+AIHUB_WHISPER_CPU_COMPUTE_TYPE = env("AIHUB_WHISPER_CPU_COMPUTE_TYPE", default="int8")
+AIHUB_WHISPER_GPU_COMPUTE_TYPE = env("AIHUB_WHISPER_GPU_COMPUTE_TYPE", default="float16")
+# Whisper's beam search width (1: greedy, faster; 5: Whisper's and faster-whisper's default, fewer errors).
+AIHUB_WHISPER_BEAM_SIZE = env.int("AIHUB_WHISPER_BEAM_SIZE", default=5)
 # Device for the worker: "auto" picks cuda when available.
 AIHUB_DEVICE = env("AIHUB_DEVICE", default="auto")
 # Models one worker keeps loaded; the least recently used is unloaded first.

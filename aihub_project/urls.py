@@ -6,6 +6,7 @@ from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from apps.accounts.views import ApiKeyDetailView, ApiKeyListView, MeView
+from apps.audio.views import SpeechView, TranscriptionsView, TranslationsView
 from apps.catalog.views import (
     ModelDetailView,
     ModelListView,
@@ -35,6 +36,9 @@ api_v1 = [
     path("chat/conversations/<uuid:conversation_id>", ConversationDetailView.as_view(),
          name="conversation-detail"),
     path("embeddings", EmbeddingsView.as_view(), name="embeddings"),
+    path("audio/transcriptions", TranscriptionsView.as_view(), name="audio-transcriptions"),
+    path("audio/translations", TranslationsView.as_view(), name="audio-translations"),
+    path("audio/speech", SpeechView.as_view(), name="audio-speech"),
     path("responses", ResponsesView.as_view(), name="responses"),
     path("responses/<str:response_id>", ResponseDetailView.as_view(), name="response-detail"),
     path("models", ModelListView.as_view(), name="model-list"),

@@ -59,6 +59,8 @@ from tests.support.tiny_models import build_tiny_chat_model  # noqa: E402
 TINY_MODEL = "tiny:chat"
 DEFAULT_MODEL = "smollm2:135m"
 EMBEDDING_MODEL = "all-minilm:l6-v2"
+TRANSCRIPTION_MODEL = "whisper:tiny.en"
+SPEECH_MODEL = "hibari:tts"
 
 
 @pytest.fixture(scope="session")
@@ -68,7 +70,11 @@ def models():
     model_register(model_id=TINY_MODEL, path=tiny_dir)
     call_command("importmodel", builtin=DEFAULT_MODEL, verbosity=0)
     call_command("importmodel", builtin=EMBEDDING_MODEL, verbosity=0)
-    return {"tiny": TINY_MODEL, "default": DEFAULT_MODEL, "embedding": EMBEDDING_MODEL}
+    # The audio defaults, registered as `runhub` does on first start (their files are used in place).
+    call_command("importmodel", builtin=TRANSCRIPTION_MODEL, verbosity=0)
+    call_command("importmodel", builtin=SPEECH_MODEL, verbosity=0)
+    return {"tiny": TINY_MODEL, "default": DEFAULT_MODEL, "embedding": EMBEDDING_MODEL,
+            "transcription": TRANSCRIPTION_MODEL, "speech": SPEECH_MODEL}
 
 
 class Hub:

@@ -33,6 +33,8 @@ class LoadedModel:
     prefixes: dict = field(default_factory=dict, repr=False)
     # Each token id's text and bytes, for logprobs (workers/logprobs.py), made when a request first asks.
     token_text: object = field(default=None, repr=False)
+    # Memory of a model that is not a torch module (CTranslate2, ONNX): the runtime says what it holds.
+    size_bytes: int | None = None
 
 
 def attach_adapter(loaded: LoadedModel, name: str, path: str) -> None:
@@ -67,8 +69,14 @@ def detach_adapter(loaded: LoadedModel, name: str) -> bool:
 
 
 def load_model(*, model_id: str, path: str, context_length: int, device: torch.device, dtype: str = "auto",
-               quantization: str = "none", kind: str = "chat") -> LoadedModel:
-    """A chat model as a causal LM; an embedding model as its bare encoder (workers/embeddings.py pools it)."""
+               quantization: str = "none", kind: str = "chat", parameter_count: int = 0) -> LoadedModel:
+    """A chat model as a causal LM; an embedding model as its bare encoder (workers/embeddings.py pools it);
+    an audio or speech model in its own runtime (workers/audio_runtime.py)."""
+    if kind in ("audio", "speech"):
+        from .audio_runtime import load_audio_model
+
+        return load_audio_model(model_id=model_id, path=path, kind=kind, device=device,
+                                parameter_count=parameter_count)
     started = time.perf_counter()
     if dtype == "auto":
         # Half precision on a GPU halves memory; the CPU computes float32 fastest.

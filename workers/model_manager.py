@@ -196,8 +196,10 @@ class ModelManager:
                                   dtype=spec.dtype, quantization=spec.quantization, device_type=self.device.type)
         self._make_room(spec.model_id, estimate)
         loaded = load_model(model_id=spec.model_id, path=spec.path, context_length=spec.context_length,
-                            device=self.device, dtype=spec.dtype, quantization=spec.quantization, kind=spec.kind)
-        slot = Slot(loaded, module_bytes(loaded.model), self._keep_alive(keep_alive))
+                            device=self.device, dtype=spec.dtype, quantization=spec.quantization, kind=spec.kind,
+                            parameter_count=spec.parameter_count)
+        size = loaded.size_bytes if loaded.size_bytes is not None else module_bytes(loaded.model)
+        slot = Slot(loaded, size, self._keep_alive(keep_alive))
         self._slots[spec.model_id] = slot
         self.on_change()
         logger.info("%s: %d bytes measured (estimate %d); %d of %d budget bytes used", spec.model_id,

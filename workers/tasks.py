@@ -115,6 +115,16 @@ def _start_embedding_threads(**kwargs):
 
 
 @worker_ready.connect
+def _start_audio_threads(**kwargs):
+    """Transcriptions and speech are served beside the Celery threads too (apps/audio/jobs.py)."""
+    if heartbeat.identity["nodename"]:
+        from . import audio
+        from .model_manager import get_manager
+
+        audio.start(get_manager(), heartbeat.identity["nodename"])
+
+
+@worker_ready.connect
 def _announce_presence(sender=None, **kwargs):
     """Every worker, whatever it consumes, tells /health so (workers/presence.py)."""
     queues = sender.app.amqp.queues

@@ -57,3 +57,38 @@ def estimate_bytes(*, parameter_count: int, quantisable_count: int, dtype: str, 
     weights = (quantisable_count * BYTES_PER_PARAMETER[precision]
                + (parameter_count - quantisable_count) * BYTES_PER_PARAMETER[compute])
     return int(weights * OVERHEAD)
+
+
+CT2_DTYPES = ("float32", "int8", "int16", "int32", "float16", "bfloat16")  # CTranslate2's DataType enum order
+
+
+def ctranslate2_variables(model_bin: Path) -> dict[str, tuple[tuple[int, ...], str, int]]:
+    """{name: (shape, dtype, byte offset of its data)} of a CTranslate2 `model.bin`, read from its header only.
+
+    The layout is the one ctranslate2/specs/model_spec.py writes (binary version 6): version, spec name, revision,
+    variable count, then per variable its name, rank, dims, dtype id, byte count and data.
+    """
+    def string(f) -> str:
+        (length,) = struct.unpack("<H", f.read(2))
+        return f.read(length)[:-1].decode("utf-8")
+
+    variables = {}
+    with open(model_bin, "rb") as f:
+        (version,) = struct.unpack("<I", f.read(4))
+        if version < 5:
+            raise ValueError(f"{model_bin}: CTranslate2 binary version {version} is too old to read")
+        string(f)  # the spec's name
+        f.read(4)  # its revision
+        (count,) = struct.unpack("<I", f.read(4))
+        for _ in range(count):
+            name = string(f)
+            (rank,) = struct.unpack("<B", f.read(1))
+            shape = struct.unpack(f"<{rank}I", f.read(4 * rank))
+            (dtype, size) = struct.unpack("<BI", f.read(5))
+            variables[name] = (shape, CT2_DTYPES[dtype], f.tell())
+            f.seek(size, 1)
+    return variables
+
+
+def ctranslate2_parameter_count(model_bin: Path) -> int:
+    return sum(prod(shape) for shape, _, _ in ctranslate2_variables(model_bin).values())

@@ -6,7 +6,8 @@ class ModelKind(models.TextChoices):
     CHAT = "chat"
     CODE = "code"
     VISION = "vision"
-    AUDIO = "audio"
+    AUDIO = "audio"  # speech to text (Whisper): /audio/transcriptions, /audio/translations
+    SPEECH = "speech"  # text to speech: /audio/speech
     EMBEDDING = "embedding"
 
 
@@ -53,7 +54,8 @@ KIND_CAPABILITIES = {
     ModelKind.CHAT: ["chat"],
     ModelKind.CODE: ["chat", "code"],
     ModelKind.VISION: ["chat", "vision"],
-    ModelKind.AUDIO: ["audio"],
+    ModelKind.AUDIO: ["audio", "transcription"],  # a multilingual Whisper adds "translation"
+    ModelKind.SPEECH: ["speech"],
     ModelKind.EMBEDDING: ["embedding"],
 }
 

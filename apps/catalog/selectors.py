@@ -39,15 +39,28 @@ def model_get(*, user, model_id: str, key=None) -> ModelEntry:
     return entry
 
 
+# The kind of model each use needs; chat takes any kind that generates text.
+USE_KINDS = {
+    "embeddings": ({ModelKind.EMBEDDING}, "/embeddings needs an embedding model"),
+    "transcription": ({ModelKind.AUDIO}, "/audio/transcriptions and /audio/translations need a speech-to-text "
+                                         "(audio) model"),
+    "speech": ({ModelKind.SPEECH}, "/audio/speech needs a text-to-speech (speech) model"),
+}
+NOT_CHAT_KINDS = {ModelKind.EMBEDDING, ModelKind.AUDIO, ModelKind.SPEECH}
+
+
 def model_check_use(*, entry: ModelEntry, use: str) -> None:
-    """A chat request may not name an embedding model, nor /embeddings a chat model: 400 naming `model`."""
-    is_embedding = entry.kind == ModelKind.EMBEDDING
-    if use == "embeddings" and not is_embedding:
-        raise AppError(f"The model '{entry.id}' is a {entry.kind} model; /embeddings needs an embedding model.",
-                       param="model", code="model_not_supported")
-    if use == "chat" and is_embedding:
-        raise AppError(f"The model '{entry.id}' is an embedding model; use it with /embeddings, not for chat.",
-                       param="model", code="model_not_supported")
+    """A request must name a model of the kind its endpoint serves (chat no embedding model, /embeddings no chat
+    model, /audio/* their audio kinds): 400 naming `model`."""
+    if use == "chat":
+        if entry.kind in NOT_CHAT_KINDS:
+            raise AppError(f"The model '{entry.id}' is a{'n' if entry.kind[0] in 'aeiou' else ''} {entry.kind} "
+                           "model; it does not chat.", param="model", code="model_not_supported")
+        return
+    kinds, needs = USE_KINDS[use]
+    if entry.kind not in kinds:
+        raise AppError(f"The model '{entry.id}' is a{'n' if entry.kind[0] in 'aeiou' else ''} {entry.kind} model; "
+                       f"{needs}.", param="model", code="model_not_supported")
 
 
 def model_may_manage(*, entry: ModelEntry, user, key=None) -> bool:

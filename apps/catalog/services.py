@@ -13,7 +13,7 @@ from django.db import transaction
 from apps.core.errors import AppError
 from apps.core.worker_commands import command_send
 
-from .footprint import safetensors_parameter_counts
+from .footprint import ctranslate2_parameter_count, safetensors_parameter_counts
 from .models import KIND_CAPABILITIES, ModelEntry, ModelKind, ModelSource, Pooling, Quantization, Visibility
 from .selectors import model_get_for_change
 from .tool_support import directory_chat_template, tool_support
@@ -65,6 +65,36 @@ def embedding_directory_facts(path: Path) -> dict:
     return facts
 
 
+# Whisper's vocabulary: 51864 tokens for the English-only models, 51865 (51866 for large-v3) for multilingual ones.
+WHISPER_MULTILINGUAL_VOCABULARY = 51865
+WHISPER_MAX_TEXT_TOKENS = 448  # its decoder's positions
+
+
+def audio_directory_facts(path: Path, kind: str) -> dict:
+    """What the catalog keeps of a Whisper (CTranslate2) or a hibari voice directory; no runtime is loaded.
+
+    Whisper: model.bin, config.json and vocabulary.txt as ct2-transformers-converter writes them; its parameters
+    are counted from model.bin's header, and a multilingual vocabulary adds the `translation` capability.
+    A speech model is a directory of ONNX voices (hibari's assets): one byte per parameter (int8).
+    """
+    if kind == ModelKind.AUDIO:
+        model_bin, vocabulary = path / "model.bin", path / "vocabulary.txt"
+        if not (model_bin.is_file() and vocabulary.is_file()):
+            raise AppError(f"{path} has no model.bin and vocabulary.txt; is it a CTranslate2 Whisper directory?",
+                           param="path")
+        with open(vocabulary, encoding="utf-8") as f:
+            multilingual = sum(1 for _ in f) >= WHISPER_MULTILINGUAL_VOCABULARY
+        capabilities = KIND_CAPABILITIES[ModelKind.AUDIO] + (["translation"] if multilingual else [])
+        return {"parameter_count": ctranslate2_parameter_count(model_bin), "size_bytes": model_bin.stat().st_size,
+                "context_length": WHISPER_MAX_TEXT_TOKENS, "capabilities": capabilities}
+    voices = list(path.glob("*.onnx"))
+    if not (path / "voices.json").is_file() or not voices:
+        raise AppError(f"{path} has no voices.json and ONNX voice; is it hibari's assets directory?", param="path")
+    size = sum(f.stat().st_size for f in voices)
+    return {"parameter_count": size, "size_bytes": size, "context_length": settings.AIHUB_SPEECH_MAX_CHARS,
+            "capabilities": KIND_CAPABILITIES[ModelKind.SPEECH]}
+
+
 def _json_or(file: Path, default):
     return json.loads(file.read_text()) if file.is_file() else default
 
@@ -80,9 +110,17 @@ def model_register(*, model_id: str, path: Path, kind: str = ModelKind.CHAT, sou
     a fine-tune must never be seen, even for a moment, as an ownerless (public) operator model.
     """
     path = Path(path).resolve()
-    detected_context, size = model_directory_facts(path)
-    parameters, quantisable = safetensors_parameter_counts(path)
     vectors = {"embedding_dimensions": None, "pooling": "", "normalize_embeddings": True}
+    if kind in (ModelKind.AUDIO, ModelKind.SPEECH):
+        audio = audio_directory_facts(path, kind)
+        detected_context, size, parameters, quantisable = (audio["context_length"], audio["size_bytes"],
+                                                           audio["parameter_count"], 0)
+        capabilities = capabilities or audio["capabilities"]
+        chat_template = None
+    else:
+        detected_context, size = model_directory_facts(path)
+        parameters, quantisable = safetensors_parameter_counts(path)
+        chat_template = directory_chat_template(path)
     if kind == ModelKind.EMBEDDING:
         vectors = embedding_directory_facts(path)
         detected_context = vectors.pop("context_length", detected_context)
@@ -106,7 +144,7 @@ def model_register(*, model_id: str, path: Path, kind: str = ModelKind.CHAT, sou
         "base_model": base_model,
         "adapter_path": adapter_path,
         # An adapter's `path` is its base's directory: it runs with the base's tokenizer and template.
-        **tool_support(directory_chat_template(path)),
+        **tool_support(chat_template),
     })
     return entry
 

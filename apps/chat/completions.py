@@ -16,6 +16,7 @@ from django.conf import settings
 from django.http import JsonResponse, StreamingHttpResponse
 from rest_framework.exceptions import ValidationError
 
+from apps.audio.chat_input import chat_audio_transcribed
 from apps.core import events
 from apps.core.db import release_database_connection
 from apps.core.endpoints import validated_input
@@ -48,14 +49,11 @@ def validate_chat_request(body: dict) -> dict:
 # Pure-Python loops (the depth walk, validation) release the GIL every few milliseconds.
 
 
-def _validate_and_create(*, key, body: dict) -> tuple[GenerationRequest, dict]:
-    data = validate_chat_request(body)
-    return chat_completion_create(user=key.user, api_key=key, data=data), data
-
-
 async def chat_completion_submit(*, key, body: dict) -> tuple[GenerationRequest, dict]:
     """Validate, store and enqueue a request that came over the websocket (its handshake checked the scope)."""
-    return await sync_to_async(_validate_and_create)(key=key, body=body)
+    data = await sync_to_async(validate_chat_request)(body)
+    data = await chat_audio_transcribed(user=key.user, api_key=key, data=data)  # waits for a worker: not on a thread
+    return await sync_to_async(chat_completion_create)(user=key.user, api_key=key, data=data), data
 
 
 async def chat_completion_answer(generation: GenerationRequest, data: dict):

@@ -3,6 +3,7 @@
 Every size a client controls is bounded here (docs/limits.md): messages, their
 characters, stop sequences, keep_alive. The body itself was bounded before parsing.
 """
+import base64
 import json
 
 from django.conf import settings
@@ -16,6 +17,7 @@ from .models import Conversation, Message, Role
 from .tools import MAX_TOOL_CALLS_PER_MESSAGE, MAX_TOOL_SCHEMA_CHARS, MAX_TOOLS, TOOL_NAME_PATTERN
 
 ACCEPTED_ROLES = {r.value for r in Role} | {"developer"}  # OpenAI's newer name for system
+AUDIO_PART_FORMATS = ("wav", "mp3")  # what OpenAI's input_audio parts take
 
 # Keys OpenAI's chat API defines: one the serializer does not declare is refused as "not supported"
 # rather than "unknown" (apps/core/parameters.py). Declaring a field is what makes it accepted.
@@ -37,19 +39,30 @@ OPENAI_MESSAGE_KEYS = frozenset({"role", "content", "name", "tool_calls", "tool_
             "type": {"type": "string", "enum": ["text"]}, "text": {"type": "string"}}},
         {"type": "object", "required": ["type", "image_url"], "properties": {
             "type": {"type": "string", "enum": ["image_url"]}, "image_url": {"type": "object"}}},
+        {"type": "object", "required": ["type", "input_audio"], "properties": {
+            "type": {"type": "string", "enum": ["input_audio"]}, "input_audio": {
+                "type": "object", "required": ["data", "format"], "properties": {
+                    "data": {"type": "string", "contentEncoding": "base64"},
+                    "format": {"type": "string", "enum": list(AUDIO_PART_FORMATS)}}}}},
     ]}},
 ]})
 class MessageContentField(serializers.Field):
-    """A string, or a list of content parts: returns {"text": joined text, "images": image part count}.
+    """A string, or a list of content parts: returns {"text": joined text, "images": image part count,
+    "audio": [{"at": offset in text, "data": base64, "format"}]}.
 
     Image parts are counted (they make `model: auto` pick a vision model) but not
     yet passed to a model: a request with images is refused after routing.
+    Audio parts are transcribed before the request is stored, and each transcript
+    is put into the text where its part was (apps/audio/chat_input.py).
     """
 
     default_error_messages = {
         "type": "must be a string or a list of content parts.",
-        "part": "content parts must be objects with type 'text' and a string 'text', or type 'image_url'.",
-        "unsupported": "content part type '{kind}' is not supported; send 'text' or 'image_url' parts.",
+        "part": "content parts must be objects with type 'text' and a string 'text', type 'image_url', or type "
+                "'input_audio' with an object 'input_audio'.",
+        "unsupported": "content part type '{kind}' is not supported; send 'text', 'image_url' or 'input_audio' "
+                       "parts.",
+        "audio": "an input_audio part needs base64 'data' and a 'format' of wav or mp3.",
     }
 
     def to_internal_value(self, data):
@@ -57,7 +70,7 @@ class MessageContentField(serializers.Field):
             return {"text": data, "images": 0}
         if not isinstance(data, list):
             self.fail("type")
-        texts, images = [], 0
+        texts, images, audio, length = [], 0, [], 0
         for part in data:
             if not isinstance(part, dict):
                 self.fail("part")
@@ -65,12 +78,27 @@ class MessageContentField(serializers.Field):
             if kind == "image_url":
                 images += 1
                 continue
+            if kind == "input_audio":
+                audio.append({"at": length, **self._audio(part.get("input_audio"))})
+                continue
             if kind != "text":
                 self.fail("unsupported", kind=kind)
             if not isinstance(part.get("text"), str):
                 self.fail("part")
             texts.append(part["text"])
-        return {"text": "".join(texts), "images": images}
+            length += len(part["text"])
+        content = {"text": "".join(texts), "images": images}
+        return {**content, "audio": audio} if audio else content
+
+    def _audio(self, value) -> dict:
+        if not isinstance(value, dict) or value.get("format") not in AUDIO_PART_FORMATS \
+                or not isinstance(value.get("data"), str) or set(value) - {"data", "format"}:
+            self.fail("audio")
+        try:
+            base64.b64decode(value["data"], validate=True)
+        except ValueError:
+            self.fail("audio")
+        return {"data": value["data"], "format": value["format"]}
 
     def to_representation(self, value):
         return value
@@ -119,7 +147,8 @@ class ChatMessageInputSerializer(serializers.Serializer):
         if content is None and not tool_calls:
             raise serializers.ValidationError({"content": "This field is required."})
         content = content or {"text": "", "images": 0}
-        return {**attrs, "content": content["text"], "images": content["images"]}
+        audio = {"audio": content["audio"]} if content.get("audio") else {}
+        return {**attrs, "content": content["text"], "images": content["images"], **audio}
 
     def validate_role(self, value):
         if value not in ACCEPTED_ROLES:

@@ -48,6 +48,10 @@ def chat_route(*, user, requested: str | None, messages: list[dict], workers: li
     longer shared with them is ignored, never honoured.
     """
     has_images = any(m.get("images") for m in messages)
+    if any(m.get("audio") for m in messages):
+        # /chat/completions transcribes them before this point (apps/audio/chat_input.py); other entries do not.
+        raise AppError("input_audio parts are taken by /chat/completions only.", param="messages",
+                       code="unsupported_content")
     if requested == AUTO:
         entries = {e.id: e for e in model_list(user=user, key=api_key).exclude(kind="embedding")}
         performance = {model_id: Performance(*figures)

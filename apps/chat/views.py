@@ -3,6 +3,7 @@ from django.http import JsonResponse
 from rest_framework import serializers
 from rest_framework.response import Response
 
+from apps.audio.chat_input import chat_audio_transcribed
 from apps.core.endpoints import Endpoint, operation
 
 from .completions import chat_completion_answer
@@ -37,6 +38,7 @@ class ChatCompletionsView(Endpoint):
                 503: "queue_full: too many requests wait for a GPU", 504: None, 507: None},
     )
     async def post(self, request, data):
+        data = await chat_audio_transcribed(user=request.user, api_key=request.auth, data=data)
         generation = await sync_to_async(chat_completion_create)(user=request.user, api_key=request.auth, data=data)
         return await chat_completion_answer(generation, data)
 

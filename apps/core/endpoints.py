@@ -86,6 +86,12 @@ def validated_input(request, serializer_class, data, *, what: str = "body") -> d
     return serializer.validated_data
 
 
+def _form_values(form) -> dict:
+    """A form's fields; `name[]` ones (how OpenAI's SDKs send an array in a form) as the list `name`."""
+    return {key[:-2] if key.endswith("[]") else key: form.getlist(key) if key.endswith("[]") else form[key]
+            for key in form.keys()}
+
+
 def _request_input(request, body_serializer, query_serializer) -> dict:
     values = {}
     if query_serializer is not None:
@@ -93,7 +99,7 @@ def _request_input(request, body_serializer, query_serializer) -> dict:
     if body_serializer is not None:
         body = request.data  # parsed here: bounded, and off the event loop for async handlers
         if hasattr(body, "dict"):  # a form (multipart): the serializer sees its plain values
-            body = {**body.dict(), **request.FILES.dict()}
+            body = {**_form_values(body), **request.FILES.dict()}
         values["data"] = validated_input(request, body_serializer, body)
     return values
 

@@ -53,7 +53,9 @@ def error_body(message: str, *, type: str = "invalid_request_error", param: str 
 WORKER_ERROR_STATUS = {"context_length_exceeded": 400, "invalid_prompt": 400, "invalid_logit_bias": 400,
                        "invalid_value": 400, "model_not_supported": 400, "invalid_response_format": 400,
                        "invalid_api_key": 401, "model_not_found": 404, "insufficient_memory": 507, "timeout": 504,
-                       "queue_timeout": 504, "time_limit_exceeded": 504}
+                       "queue_timeout": 504, "time_limit_exceeded": 504,
+                       # audio (workers/audio.py): a file that does not decode, lasts too long, a bad language/voice
+                       "invalid_audio": 400, "audio_too_long": 400}
 
 
 def app_error_from_event(error: dict) -> AppError:

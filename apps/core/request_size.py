@@ -32,6 +32,8 @@ def body_limit(path: str) -> int:
         return settings.AIHUB_MAX_CHAT_REQUEST_BYTES
     if name == "file-list":  # dataset uploads
         return settings.AIHUB_MAX_FILE_BYTES + MULTIPART_OVERHEAD_BYTES
+    if name in ("audio-transcriptions", "audio-translations"):
+        return settings.AIHUB_AUDIO_MAX_BYTES + MULTIPART_OVERHEAD_BYTES
     return settings.AIHUB_MAX_REQUEST_BYTES
 
 

@@ -80,7 +80,8 @@ class Command(BaseCommand):
     def _prepare(self):
         call_command("migrate", interactive=False, verbosity=0)
         self.stdout.write("Database migrated.")
-        for default in (settings.AIHUB_DEFAULT_MODEL, settings.AIHUB_DEFAULT_EMBEDDING_MODEL):
+        for default in (settings.AIHUB_DEFAULT_MODEL, settings.AIHUB_DEFAULT_EMBEDDING_MODEL,
+                        settings.AIHUB_DEFAULT_TRANSCRIPTION_MODEL, settings.AIHUB_DEFAULT_SPEECH_MODEL):
             self._ensure_default_model(default)
         self._ensure_admin()
 
