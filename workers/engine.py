@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,8 @@ class LoadedModel:
     prefixes: dict = field(default_factory=dict, repr=False)
     # Each token id's text and bytes, for logprobs (workers/logprobs.py), made when a request first asks.
     token_text: object = field(default=None, repr=False)
+    # A vision model's processor (images to pixel values and image tokens: workers/vision.py); None otherwise.
+    processor: object = field(default=None, repr=False)
 
 
 def attach_adapter(loaded: LoadedModel, name: str, path: str) -> None:
@@ -68,15 +70,23 @@ def detach_adapter(loaded: LoadedModel, name: str) -> bool:
 
 def load_model(*, model_id: str, path: str, context_length: int, device: torch.device, dtype: str = "auto",
                quantization: str = "none", kind: str = "chat") -> LoadedModel:
-    """A chat model as a causal LM; an embedding model as its bare encoder (workers/embeddings.py pools it)."""
+    """A chat model as a causal LM; an embedding model as its bare encoder (workers/embeddings.py pools it); a
+    vision model as an image-text-to-text model with its processor."""
     started = time.perf_counter()
     if dtype == "auto":
         # Half precision on a GPU halves memory; the CPU computes float32 fastest.
         torch_dtype = torch.float16 if device.type == "cuda" else torch.float32
     else:
         torch_dtype = getattr(torch, dtype)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model_class = AutoModel if kind == "embedding" else AutoModelForCausalLM
+    processor = None
+    if kind == "vision":
+        processor = AutoProcessor.from_pretrained(path)
+        tokenizer = processor.tokenizer
+        # The processor holds the template that renders image parts; the tokenizer's own may be missing.
+        tokenizer.chat_template = processor.chat_template or tokenizer.chat_template
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    model_class = {"embedding": AutoModel, "vision": AutoModelForImageTextToText}.get(kind, AutoModelForCausalLM)
     if quantization in ("bnb-4bit", "bnb-8bit"):
         from transformers import BitsAndBytesConfig
 
@@ -89,4 +99,4 @@ def load_model(*, model_id: str, path: str, context_length: int, device: torch.d
         model = model_class.from_pretrained(path, dtype=torch_dtype).to(device).eval()
     seconds = time.perf_counter() - started
     logger.info("loaded %s on %s in %.2fs", model_id, device, seconds)
-    return LoadedModel(model_id, model, tokenizer, device, context_length, seconds)
+    return LoadedModel(model_id, model, tokenizer, device, context_length, seconds, processor=processor)

@@ -19,6 +19,7 @@ from apps.core.errors import AppError
 from apps.core.events import DONE, ERROR, TOKEN, EventWriter, request_cancel_sync
 from apps.core.publishing import enqueue_on_commit, send_task
 from apps.monitoring.counters import request_metrics_record
+from apps.vision.services import message_parts_store
 
 from .cache import cache_get, cache_key, cache_wanted
 from .models import Conversation, GenerationRequest, Message
@@ -59,10 +60,9 @@ def chat_route(*, user, requested: str | None, messages: list[dict], workers: li
         entry = model_get(user=user, key=api_key, model_id=requested or settings.AIHUB_DEFAULT_MODEL)
         model_check_use(entry=entry, use="chat")
         reason = "requested" if requested else "default model"
-    if has_images:
-        # Routing knows vision models; the engine does not take images yet.
-        raise AppError(f"Image input is not supported yet (model '{entry.id}').", param="messages",
-                       code="image_input_unsupported")
+    if has_images and "vision" not in entry.capabilities:
+        raise AppError(f"The model '{entry.id}' does not take images or video; use a vision model, or "
+                       '"auto".', param="messages", code="model_not_supported")
     # An adapter runs on its base: follow the worker that holds the base.
     queue, worker, worker_reason = choose_worker(model_id=entry.base_model or entry.id,
                                                  bytes_by_device=entry.estimated_bytes_by_device(), workers=workers)
@@ -88,12 +88,15 @@ def chat_completion_create(*, user, api_key, data: dict, instructions: str | Non
                               api_key=api_key)
     max_tokens = max_tokens_for(model, requested=data.get("max_tokens"), default=settings.AIHUB_DEFAULT_MAX_TOKENS)
 
-    new_messages = [stored_message(m["role"], m["content"], m.get("tool_calls"), m.get("tool_call_id", ""))
-                    for m in data["messages"]]
+    vision_params_check(model=model, data=data)
+    # Images and videos are checked and stored now, before anything else: a bad one stores nothing.
+    messages = message_parts_store(user=user, messages=data["messages"])
+    new_messages = [stored_message(m["role"], m["content"], m.get("tool_calls"), m.get("tool_call_id", ""),
+                                   m.get("parts")) for m in messages]
     if data.get("conversation_id"):
         conversation = conversation_get(user=user, conversation_id=data["conversation_id"], for_update=True)
         history = [stored_message(*row) for row in
-                   conversation.messages.values_list("role", "content", "tool_calls", "tool_call_id")]
+                   conversation.messages.values_list("role", "content", "tool_calls", "tool_call_id", "parts")]
     else:
         conversation, history = None, []
     tool_messages_check(history + new_messages, first_new=len(history))
@@ -129,6 +132,13 @@ def chat_completion_create(*, user, api_key, data: dict, instructions: str | Non
     else:
         enqueue_on_commit(celeryconfig.GENERATE_TASK, args=[str(generation.id)], queue=route.queue)
     return generation
+
+
+def vision_params_check(*, model: ModelEntry, data: dict) -> None:
+    """A vision model answers through its processor's template, which renders no tools: refused by name."""
+    if model.kind == "vision" and data.get("tools"):
+        raise AppError(f"The vision model '{model.id}' does not take tools.", param="tools",
+                       code="model_not_supported")
 
 
 def max_tokens_for(model: ModelEntry, *, requested: int | None, default: int) -> int:

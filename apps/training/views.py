@@ -28,8 +28,9 @@ def _list(items) -> dict:
 
 
 class FileUploadSerializer(serializers.Serializer):
-    file = serializers.FileField(help_text="A JSONL dataset (docs/training.md).")
-    purpose = serializers.ChoiceField(choices=["fine-tune"])
+    file = serializers.FileField(help_text="A JSONL dataset (docs/training.md), or an image or video for chat "
+                                           "(purpose vision, docs/multimodal.md).")
+    purpose = serializers.ChoiceField(choices=["fine-tune", "vision"])
 
 
 class JobEventSerializer(serializers.Serializer):
@@ -47,7 +48,8 @@ class FileListView(TrainingView):
     def get(self, request):
         return Response(_list(FileSerializer(request.user.training_files.all(), many=True).data))
 
-    @operation(summary="Upload a JSONL dataset (multipart: file, purpose=fine-tune); validated in the background",
+    @operation(summary="Upload a JSONL dataset (purpose=fine-tune, validated in the background) or an image or "
+                       "video for chat (purpose=vision)",
                request=FileUploadSerializer, media_type="multipart/form-data", responses={201: FileSerializer},
                errors={413: "file_too_large or storage_quota_exceeded (docs/limits.md)"})
     def post(self, request, data):
