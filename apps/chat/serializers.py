@@ -66,7 +66,7 @@ class MessageContentField(serializers.Field):
         "unsupported": "content part type '{kind}' is not supported; send 'text', 'image_url', 'file' or "
                        "'video_url' parts.",
         "detail": "image_url.detail must be 'auto', 'low' or 'high'.",
-        "file_data": "file parts take a 'file_id' (upload the image with purpose 'vision'); '{key}' is not supported.",
+        "file_data": "file parts take a 'file_id' (upload the image with purpose 'vision'); '{name}' is not supported.",
         "url": "{kind} URLs must be data URLs, file ids (file-...) or http(s) URLs.",
     }
 
@@ -94,7 +94,7 @@ class MessageContentField(serializers.Field):
             elif kind == "file":
                 file = part.get("file")
                 if isinstance(file, dict) and set(file) - {"file_id"}:
-                    self.fail("file_data", key=sorted(set(file) - {"file_id"})[0])
+                    self.fail("file_data", name=sorted(set(file) - {"file_id"})[0])
                 if not (isinstance(file, dict) and isinstance(file.get("file_id"), str)):
                     self.fail("part")
                 parts.append({"type": "image", "source": {"file_id": file["file_id"]}, "detail": "auto"})

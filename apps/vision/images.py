@@ -16,6 +16,11 @@ from django.conf import settings
 from PIL import Image, UnidentifiedImageError
 
 
+# Pillow's own bomb guard, set to the hub's limit: it warns past it and refuses twice past it. image_check
+# refuses anything past the limit itself, from the header, before Pillow decodes a pixel.
+Image.MAX_IMAGE_PIXELS = settings.AIHUB_VISION_MAX_IMAGE_PIXELS
+
+
 class InvalidMedia(ValueError):
     """An image or video a request cannot use; `code` is the API's error code."""
 
@@ -63,10 +68,11 @@ def image_check(data: bytes) -> CheckedImage:
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise InvalidMedia(f"The image decodes to more than {max_pixels} pixels.", "image_too_large")
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
-            raise InvalidMedia(f"The image cannot be decoded ({_reason(exc)}); send a PNG, JPEG, WEBP or GIF file.")
+            raise InvalidMedia(f"The image cannot be decoded ({_reason(exc)}); send a "
+                               f"{', '.join(settings.AIHUB_VISION_IMAGE_FORMATS)} file.")
     return CheckedImage(data, kind, width, height)
 
 
 def _reason(exc: Exception) -> str:
-    text = str(exc).split("\n")[0][:200]
+    text = str(exc).split("\n")[0][:200].replace(" <_io.BytesIO", "").split(" object at ")[0]
     return text or type(exc).__name__

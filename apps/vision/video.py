@@ -12,6 +12,7 @@ the clip's words, which the prompt then carries as a text part after the frames.
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -66,9 +67,10 @@ def video_sample(data: bytes) -> SampledVideo:
 def sample_times(duration: float) -> list[float]:
     """When to take frames: every 1/rate seconds from 0, or AIHUB_VIDEO_MAX_FRAMES spread evenly if fewer."""
     rate, most = settings.AIHUB_VIDEO_FRAMES_PER_SECOND, max(1, settings.AIHUB_VIDEO_MAX_FRAMES)
-    count = max(1, min(most, int(duration * rate) + 1))
-    step = duration / count if count * (1 / rate) > duration + 1e-9 else 1 / rate
-    return [round(index * step, 6) for index in range(count)]
+    count = max(1, math.ceil(duration * rate - 1e-9))  # 0, 1/rate, 2/rate ... before the end
+    if count <= most:
+        return [round(index / rate, 6) for index in range(count)]
+    return [round(index * duration / most, 6) for index in range(most)]
 
 
 def video_transcript(*, user, data: bytes) -> str | None:

@@ -1,0 +1,75 @@
+"""Tiny random-weight vision-language models built on the fly from real configs (no downloads).
+
+Each reuses the tiny chat model's byte-level tokenizer (tests/support/tiny_models.py), adds the family's
+image tokens, and saves model, tokenizer and processor together, so `importmodel --directory` and the
+worker load them exactly as they would a real checkpoint (AutoModelForImageTextToText + AutoProcessor).
+The processors are the Pillow ones, which need nothing beyond Pillow and numpy.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.support.tiny_models import build_tiny_chat_model
+
+# ChatML over content parts: what SmolVLM's and Qwen2-VL's own templates do, in a few lines.
+PARTS_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for part in message['content'] %}{% if part['type'] == 'image' %}{{ image_marker }}"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+# Idefics3 with these sizes: a 32-pixel tile is 4x4 patches, merged 2x2 into 4 image tokens.
+IDEFICS3_TOKENS_PER_TILE = 4
+
+
+def _tokenizer(out_dir: Path, extra: list[str]):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(build_tiny_chat_model(out_dir.parent / "tiny-chat"))
+    tokenizer.add_special_tokens({"additional_special_tokens": extra})
+    return tokenizer
+
+
+def _quiet_eos(model, tokenizer) -> None:
+    """As the tiny chat model: greedy decoding never ends the turn, so answers run to max_tokens."""
+    import torch
+
+    with torch.no_grad():
+        head = model.get_output_embeddings().weight
+        head[tokenizer.eos_token_id].zero_()
+        head.mul_(20)
+
+
+def build_tiny_idefics3_model(out_dir: Path, *, seed: int = 0) -> Path:
+    """A tiny Idefics3 (the SmolVLM family): 1-layer SigLIP tower, 2-layer Llama, image splitting on."""
+    import torch
+    from transformers import GenerationConfig, Idefics3Config, Idefics3ForConditionalGeneration, Idefics3Processor
+    from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
+
+    out_dir = Path(out_dir)
+    if (out_dir / "config.json").is_file():
+        return out_dir
+    tokenizer = _tokenizer(out_dir, ["<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>"]
+                           + [f"<row_{row}_col_{col}>" for row in range(1, 7) for col in range(1, 7)])
+    images = Idefics3ImageProcessorPil(size={"longest_edge": 64}, max_image_size={"longest_edge": 32},
+                                       do_image_splitting=True)
+    processor = Idefics3Processor(images, tokenizer, image_seq_len=IDEFICS3_TOKENS_PER_TILE,
+                                  chat_template=PARTS_TEMPLATE.replace("{{ image_marker }}", "<image>"))
+    torch.manual_seed(seed)
+    config = Idefics3Config(
+        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+                       "image_size": 32, "patch_size": 8},
+        text_config={"model_type": "llama", "vocab_size": len(tokenizer), "hidden_size": 64, "intermediate_size": 128,
+                     "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                     "max_position_embeddings": 4096, "eos_token_id": tokenizer.eos_token_id,
+                     "pad_token_id": tokenizer.pad_token_id},
+        scale_factor=2, image_token_id=tokenizer.convert_tokens_to_ids("<image>"))
+    model = Idefics3ForConditionalGeneration(config)
+    _quiet_eos(model, tokenizer)
+    model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id,
+                                               pad_token_id=tokenizer.pad_token_id)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    processor.save_pretrained(out_dir)
+    return out_dir
