@@ -315,3 +315,28 @@ def test_an_uploaded_video_is_used_by_file_id(openai_client):
     row = GenerationRequest.objects.get(id=completion.id.removeprefix("chatcmpl-"))
     assert row.prompt_messages[0]["parts"][0]["times"] == [0.0, 1.0]
 
+
+
+# -- the catalog's machinery ----------------------------------------------------------------------------------
+
+def test_the_vision_model_loads_unloads_and_is_counted_like_any_model(hub, openai_client, vision_model):
+    import httpx
+
+    from tests.conftest import make_account
+
+    staff = make_account("ops", staff=True, scopes=["inference", "admin"])
+
+    def loaded_ids():
+        status = httpx.get(f"{hub.api_url}/models/status", headers=staff.auth, timeout=30).json()
+        return {model["id"] for worker in status["workers"] for model in worker["loaded_models"]}
+
+    assert httpx.post(f"{hub.api_url}/models/load", headers=staff.auth, json={"model_id": VISION_MODEL},
+                      timeout=120).status_code == 200
+    assert VISION_MODEL in loaded_ids()
+    ask(openai_client, [image_part(RED)])
+    scraped = httpx.get(f"{hub.base_url}/metrics", timeout=60).text
+    assert any(line.startswith("aihub_tokens_total{") and f'model="{VISION_MODEL}"' in line and 'kind="prompt"' in line
+               for line in scraped.splitlines())
+    assert httpx.post(f"{hub.api_url}/models/unload", headers=staff.auth, json={"model_id": VISION_MODEL},
+                      timeout=120).status_code == 200
+    assert VISION_MODEL not in loaded_ids()

@@ -19,10 +19,6 @@ PARTS_TEMPLATE = (
     "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-# Idefics3 with these sizes: a 32-pixel tile is 4x4 patches, merged 2x2 into 4 image tokens.
-IDEFICS3_TOKENS_PER_TILE = 4
-
-
 def _tokenizer(out_dir: Path, extra: list[str]):
     from transformers import AutoTokenizer
 
@@ -41,8 +37,14 @@ def _quiet_eos(model, tokenizer) -> None:
         head.mul_(20)
 
 
-def build_tiny_idefics3_model(out_dir: Path, *, seed: int = 0) -> Path:
-    """A tiny Idefics3 (the SmolVLM family): 1-layer SigLIP tower, 2-layer Llama, image splitting on."""
+def build_tiny_idefics3_model(out_dir: Path, *, seed: int = 0, image_size: int = 32, patch_size: int = 8,
+                              vision_hidden: int = 32, vision_layers: int = 1, text_hidden: int = 64,
+                              text_layers: int = 2) -> Path:
+    """A tiny Idefics3 (the SmolVLM family): 1-layer SigLIP tower, 2-layer Llama, image splitting on.
+
+    The sizes are the knobs a benchmark turns to get a model whose compute is not negligible (bench/vision.py);
+    images are split into tiles of `image_size` pixels, at most 2x2 of them plus the global view.
+    """
     import torch
     from transformers import GenerationConfig, Idefics3Config, Idefics3ForConditionalGeneration, Idefics3Processor
     from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
@@ -52,16 +54,18 @@ def build_tiny_idefics3_model(out_dir: Path, *, seed: int = 0) -> Path:
         return out_dir
     tokenizer = _tokenizer(out_dir, ["<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>"]
                            + [f"<row_{row}_col_{col}>" for row in range(1, 7) for col in range(1, 7)])
-    images = Idefics3ImageProcessorPil(size={"longest_edge": 64}, max_image_size={"longest_edge": 32},
-                                       do_image_splitting=True)
-    processor = Idefics3Processor(images, tokenizer, image_seq_len=IDEFICS3_TOKENS_PER_TILE,
+    images = Idefics3ImageProcessorPil(size={"longest_edge": 2 * image_size},
+                                       max_image_size={"longest_edge": image_size}, do_image_splitting=True)
+    processor = Idefics3Processor(images, tokenizer, image_seq_len=(image_size // patch_size) ** 2 // 4,
                                   chat_template=PARTS_TEMPLATE.replace("{{ image_marker }}", "<image>"))
     torch.manual_seed(seed)
     config = Idefics3Config(
-        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
-                       "image_size": 32, "patch_size": 8},
-        text_config={"model_type": "llama", "vocab_size": len(tokenizer), "hidden_size": 64, "intermediate_size": 128,
-                     "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        vision_config={"hidden_size": vision_hidden, "intermediate_size": 2 * vision_hidden,
+                       "num_hidden_layers": vision_layers, "num_attention_heads": 2, "image_size": image_size,
+                       "patch_size": patch_size},
+        text_config={"model_type": "llama", "vocab_size": len(tokenizer), "hidden_size": text_hidden,
+                     "intermediate_size": 2 * text_hidden, "num_hidden_layers": text_layers,
+                     "num_attention_heads": 4, "num_key_value_heads": 2,
                      "max_position_embeddings": 4096, "eos_token_id": tokenizer.eos_token_id,
                      "pad_token_id": tokenizer.pad_token_id},
         scale_factor=2, image_token_id=tokenizer.convert_tokens_to_ids("<image>"))
