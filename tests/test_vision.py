@@ -340,3 +340,19 @@ def test_the_vision_model_loads_unloads_and_is_counted_like_any_model(hub, opena
     assert httpx.post(f"{hub.api_url}/models/unload", headers=staff.auth, json={"model_id": VISION_MODEL},
                       timeout=120).status_code == 200
     assert VISION_MODEL not in loaded_ids()
+
+
+def test_deleting_a_conversation_deletes_the_images_only_it_showed(openai_client, alice, hub):
+    import hashlib
+
+    import httpx
+
+    only_here, shared = image_bytes((9, 9, 9)), image_bytes((8, 8, 8))
+    first = ask(openai_client, [image_part(only_here), image_part(shared)])
+    ask(openai_client, [image_part(shared)])  # another conversation shows the shared picture too
+    deleted = httpx.delete(f"{hub.api_url}/chat/conversations/{first.model_extra['conversation_id']}",
+                           headers=alice.auth, timeout=30)
+    assert deleted.status_code in (200, 204), deleted.text
+    kept = set(StoredImage.objects.filter(user=alice.user).values_list("sha256", flat=True))
+    assert hashlib.sha256(shared).hexdigest() in kept
+    assert hashlib.sha256(only_here).hexdigest() not in kept

@@ -19,7 +19,7 @@ from apps.core.errors import AppError
 from apps.core.events import DONE, ERROR, TOKEN, EventWriter, request_cancel_sync
 from apps.core.publishing import enqueue_on_commit, send_task
 from apps.monitoring.counters import request_metrics_record
-from apps.vision.services import message_parts_store
+from apps.vision.services import message_parts_store, part_image_ids, stored_images_release
 
 from .cache import cache_get, cache_key, cache_wanted
 from .models import Conversation, GenerationRequest, Message
@@ -235,7 +235,10 @@ def conversation_delete(*, user, conversation_id) -> None:
     for generation_id in live.values_list("id", flat=True):
         request_cancel_sync(generation_id)
     conversation.generations.update(prompt_messages=[], completion="")
+    image_ids = set().union(*(part_image_ids(parts) for parts in
+                              conversation.messages.exclude(parts=None).values_list("parts", flat=True)))
     conversation.delete()
+    stored_images_release(user=user, image_ids=image_ids)  # the ones no other conversation shows
 
 
 def generation_fail(*, generation_id, error: dict, from_states: list[str], worker: str | None = None) -> bool:

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from django.conf import settings
 from PIL import Image, UnidentifiedImageError
 
-
 # Pillow's own bomb guard, set to the hub's limit: it warns past it and refuses twice past it. image_check
 # refuses anything past the limit itself, from the header, before Pillow decodes a pixel.
 Image.MAX_IMAGE_PIXELS = settings.AIHUB_VISION_MAX_IMAGE_PIXELS

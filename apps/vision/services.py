@@ -91,3 +91,27 @@ def vision_file_check(data: bytes) -> str:
         except InvalidMedia:
             raise image_error
         return "video"
+
+
+def part_image_ids(parts) -> set[str]:
+    """The stored images a message's parts reference (its images and its videos' frames)."""
+    ids = set()
+    for part in parts or []:
+        if part.get("type") == "image":
+            ids.add(part["image_id"])
+        elif part.get("type") == "video":
+            ids.update(part["image_ids"])
+    return ids
+
+
+def stored_images_release(*, user, image_ids: set[str]) -> int:
+    """Delete those of `image_ids` no message of the user references any more (after a conversation was
+    deleted); returns how many went. An image is stored once per user, so another conversation may still
+    show it: jsonb containment finds a reference in a message's parts, image or video frame alike."""
+    from apps.chat.models import Message
+
+    unused = [image_id for image_id in image_ids
+              if not Message.objects.filter(conversation__user=user, parts__contains=[{"image_id": image_id}]).exists()
+              and not Message.objects.filter(conversation__user=user,
+                                             parts__contains=[{"image_ids": [image_id]}]).exists()]
+    return StoredImage.objects.filter(user=user, id__in=unused).delete()[0]
