@@ -17,7 +17,7 @@ from apps.training.models import TrainingFile
 from apps.vision.models import StoredImage
 from tests.support.media import data_url, decompression_bomb, image_bytes, video_bytes
 from tests.support.processes import MODEL_CACHE
-from tests.support.tiny_vision import build_tiny_idefics3_model
+from tests.support.tiny_vision import build_tiny_idefics3_model, build_tiny_llava_model
 
 VISION_MODEL = "tiny:vision"
 RED, GREEN = image_bytes((220, 30, 30)), image_bytes((30, 200, 60), size=(40, 90))
@@ -142,8 +142,27 @@ def test_another_users_file_is_not_found(openai_client, hub, bob):
 
 
 def test_auto_sends_an_image_request_to_a_vision_model(openai_client, vision_model):
+    from apps.catalog.models import ModelEntry
+
     completion = ask(openai_client, [{"type": "text", "text": "Hello"}, image_part(RED)], model="auto")
-    assert completion.model == vision_model
+    assert ModelEntry.objects.get(id=completion.model).kind == "vision"
+    assert "task=vision" in GenerationRequest.objects.get(id=completion.id.removeprefix("chatcmpl-")).route
+
+
+
+def test_a_llava_model_sees_each_image_as_its_patches(openai_client, hub):
+    from transformers import AutoProcessor
+
+    directory = build_tiny_llava_model(MODEL_CACHE / "tiny-llava")
+    call_command("importmodel", "tiny:llava", directory=directory, verbosity=0)
+    content = [{"type": "text", "text": "Compare"}, image_part(RED), image_part(GREEN, "low")]
+    completion = ask(openai_client, content, model="tiny:llava")
+    llava = AutoProcessor.from_pretrained(directory)
+    parts = [{"type": "text", "text": "Compare"}, {"type": "image"}, {"type": "image"}]
+    expected = expected_prompt_tokens(llava, parts, [RED, GREEN])
+    assert completion.usage.prompt_tokens == expected
+    assert expected - expected_prompt_tokens(llava, [{"type": "text", "text": "Compare"}], []) == 2 * 16
+    assert completion.usage.completion_tokens == 4
 
 
 def test_a_text_model_refuses_images(openai_client, models):
