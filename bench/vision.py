@@ -130,7 +130,8 @@ def joined_or_separate(path, *, rounds: int, max_tokens: int, text_requests: int
 
     timings = {mode: {"image": [], "text": []} for mode in ("joined", "separate")}
     for round_ in range(rounds + 1):
-        for mode in ("joined", "separate"):
+        # Alternating which goes first, so a machine getting busier or quieter does not favour one of them.
+        for mode in ("joined", "separate") if round_ % 2 else ("separate", "joined"):
             texts = [sequence(f"t{index}", encoded(f"Tell me story {index}.", [])["input_ids"][0].tolist(), {})
                      for index in range(text_requests)]
             started = time.perf_counter()

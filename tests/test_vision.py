@@ -375,3 +375,44 @@ def test_deleting_a_conversation_deletes_the_images_only_it_showed(openai_client
     kept = set(StoredImage.objects.filter(user=alice.user).values_list("sha256", flat=True))
     assert hashlib.sha256(shared).hexdigest() in kept
     assert hashlib.sha256(only_here).hexdigest() not in kept
+
+
+def test_an_image_row_decoded_in_the_batch_answers_as_transformers_generate_does(processor):
+    """The engine's way (prefill with pixel values, then decode among text rows) against model.generate."""
+    import io
+
+    import torch
+    from PIL import Image
+
+    from workers.batching import DONE, BatchEngine, Sequence
+    from workers.engine import load_model
+    from workers.vision import VisionPrompt
+
+    loaded = load_model(model_id=VISION_MODEL, path=str(MODEL_CACHE / "tiny-idefics3"), context_length=4096,
+                        device=torch.device("cpu"), kind="vision")
+    picture = Image.open(io.BytesIO(RED)).convert("RGB")
+
+    def encoded(content, images):
+        text = loaded.processor.apply_chat_template([{"role": "user", "content": content}],
+                                                    add_generation_prompt=True, tokenize=False)
+        return loaded.processor(text=[text], images=images or None, return_tensors="pt")
+
+    image = encoded([{"type": "image"}, {"type": "text", "text": "What is this?"}], [picture])
+    with torch.inference_mode():
+        expected = loaded.model.generate(**image, max_new_tokens=16, do_sample=False)[0, image["input_ids"].shape[1]:]
+
+    def row(request_id, inputs, tokens):
+        sequence = Sequence(request_id=request_id, messages=[], params={"max_tokens": tokens, "temperature": 0})
+        sequence.vision = VisionPrompt(inputs["input_ids"][0].tolist(),
+                                       {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}, 0)
+        return sequence
+
+    engine = BatchEngine(max_batch_size=8, max_batch_tokens=4096, cache_budget=lambda: 2**30)
+    texts = [row(f"text{index}", encoded([{"type": "text", "text": f"Story {index}"}], []), 40) for index in range(2)]
+    pictured = row("image", image, 16)
+    for sequence in texts + [pictured]:
+        engine.submit(loaded, sequence)
+    while (item := pictured.outbox.get(timeout=120))[0] != DONE:
+        assert item[0] != "failed", item
+    assert item[2].text == loaded.tokenizer.decode(expected, skip_special_tokens=True)
+    assert item[2].prompt_tokens == image["input_ids"].shape[1]
