@@ -76,6 +76,7 @@ INSTALLED_APPS = [
     "apps.embeddings",
     "apps.vectorstores",
     "apps.audio",
+    "apps.vision",
 ]
 
 MIDDLEWARE = [
@@ -257,6 +258,25 @@ AIHUB_MAX_N = env.int("AIHUB_MAX_N", default=8)
 AIHUB_KEEP_ALIVE_MAX_SECONDS = env.float("AIHUB_KEEP_ALIVE_MAX_SECONDS", default=3600.0)
 # `model: "auto"` reads at most this many characters of user text to tell code from chat.
 AIHUB_ROUTING_SAMPLE_CHARS = env.int("AIHUB_ROUTING_SAMPLE_CHARS", default=16384)
+
+# Images and video in chat (docs/multimodal.md). Every image is checked in the web process before anything
+# is stored: its bytes, its pixels (read from the header, before decoding: a decompression bomb is refused
+# without being decompressed) and its format; each request holds at most so many images (video frames count).
+AIHUB_VISION_MAX_IMAGE_BYTES = env.int("AIHUB_VISION_MAX_IMAGE_BYTES", default=10 * 2**20)
+AIHUB_VISION_MAX_IMAGE_PIXELS = env.int("AIHUB_VISION_MAX_IMAGE_PIXELS", default=40_000_000)
+AIHUB_VISION_MAX_IMAGES = env.int("AIHUB_VISION_MAX_IMAGES", default=16)
+AIHUB_VISION_IMAGE_FORMATS = env.list("AIHUB_VISION_IMAGE_FORMATS", default=["PNG", "JPEG", "WEBP", "GIF"])
+# Remote image URLs: refused unless their host (or host:port) is listed here; then fetched by the web with
+# these limits, no redirect to another host, and no private address unless the entry is that IP literal.
+AIHUB_VISION_URL_HOSTS = env.list("AIHUB_VISION_URL_HOSTS", default=[])
+AIHUB_VISION_URL_TIMEOUT_SECONDS = env.float("AIHUB_VISION_URL_TIMEOUT_SECONDS", default=10.0)
+# Video parts: decoded with PyAV in the web process, sampled to frames stored as images.
+AIHUB_VIDEO_MAX_BYTES = env.int("AIHUB_VIDEO_MAX_BYTES", default=50 * 2**20)
+AIHUB_VIDEO_MAX_SECONDS = env.float("AIHUB_VIDEO_MAX_SECONDS", default=120.0)
+AIHUB_VIDEO_FRAMES_PER_SECOND = env.float("AIHUB_VIDEO_FRAMES_PER_SECOND", default=1.0)
+AIHUB_VIDEO_MAX_FRAMES = env.int("AIHUB_VIDEO_MAX_FRAMES", default=8)
+# Frames are scaled down to this longest side before they are stored (the models resize them anyway).
+AIHUB_VIDEO_FRAME_MAX_SIDE = env.int("AIHUB_VIDEO_FRAME_MAX_SIDE", default=768)
 
 # Generation knobs.
 AIHUB_DEFAULT_MODEL = env("AIHUB_DEFAULT_MODEL", default="smollm2:135m")

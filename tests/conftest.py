@@ -28,6 +28,9 @@ def _start_services() -> list:
     started, env = start_services(RUN_DIR)
     os.environ.update(env)
     os.environ["AIHUB_REQUEST_TIMEOUT_SECONDS"] = "60"
+    # Image URLs the hub may fetch (tests/test_vision.py serves images on 127.0.0.1; "localhost" is listed to
+    # show that a listed name resolving to a private address is still refused).
+    os.environ["AIHUB_VISION_URL_HOSTS"] = "127.0.0.1,localhost"
     return started
 
 

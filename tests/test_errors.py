@@ -73,10 +73,10 @@ def test_invalid_requests_are_400_with_the_offending_param(hub, alice, body, par
     _nothing_stored(alice.user)
 
 
-def test_image_input_is_refused_clearly_until_a_vision_engine_exists(hub, alice, models):
+def test_image_input_to_a_text_model_is_refused_clearly(hub, alice, models):
     content = [{"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": "data:,"}}]
     _assert_error(_post(hub, alice, {"model": models["tiny"], "messages": [{"role": "user", "content": content}]}),
-                  400, code="image_input_unsupported", param="messages")
+                  400, code="model_not_supported", param="messages")
     _nothing_stored(alice.user)
 
 

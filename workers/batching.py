@@ -52,6 +52,7 @@ from .logprobs import token_text
 from .sampling import choose_tokens, seeded_generator
 from .text_stream import TextStream
 from .tool_prompt import prompt_ids
+from .vision import rope_positions
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +103,9 @@ class Sequence:
         self.tools: list[dict] = params.get("tools") or []
         self.tool_choice = params.get("tool_choice") or "auto"
         self.parallel_tool_calls: bool = params.get("parallel_tool_calls", True)
+        # A vision model's prompt, made by the task thread (workers/vision.py): its token ids (image tokens
+        # included) and the pixel inputs its prefill takes; None for a text model.
+        self.vision = None
         self.deadline = time.monotonic() + time_limit if time_limit else None
         self.outbox: queue.SimpleQueue = outbox if outbox is not None else queue.SimpleQueue()
         self._cancelled = threading.Event()
@@ -213,11 +217,25 @@ class RunningBatch:
         """Compute the prompts' cache and first tokens, and add the rows; returns the prompt tokens reused.
 
         The choices of one request (`n` > 1) have the same prompt: each distinct prompt is computed once
-        and its row of the cache copied for the others.
+        and its row of the cache copied for the others. A prompt with images is prefilled on its own, with its
+        pixel inputs (their shapes differ per request), and then decodes in the batch like any other row.
         """
+        plain = [sequence for sequence in group if not (sequence.vision and sequence.vision.inputs)]
+        reused = self._prefill(plain) if plain else 0
+        pictured: dict[str, list[Sequence]] = {}
+        for sequence in group:
+            if sequence.vision and sequence.vision.inputs:
+                pictured.setdefault(sequence.request_id, []).append(sequence)
+        for request in pictured.values():
+            self._prefill(request, vision=request[0].vision.inputs)
+        return reused
+
+    def _prefill(self, group: list[Sequence], vision: dict | None = None) -> int:
         device = self.loaded.device
         distinct, source = _distinct_prompts(group)
-        prefix, reused = self._shared_prefix(distinct)
+        # Image tokens are placeholders: the same ids stand for different pictures, so a prompt with images
+        # neither reuses a remembered prefix nor becomes one.
+        prefix, reused = self._shared_prefix(distinct) if vision is None else (None, 0)
         suffixes = [sequence.prompt_ids[reused:] for sequence in distinct]
         width = max(len(suffix) for suffix in suffixes)
         ids = torch.zeros((len(distinct), width), dtype=torch.long)
@@ -234,9 +252,15 @@ class RunningBatch:
             for index, (keys, values) in enumerate(prefix.states):
                 cache.update(keys[:, :, :reused].expand(len(distinct), -1, -1, -1).contiguous(),
                              values[:, :, :reused].expand(len(distinct), -1, -1, -1).contiguous(), index)
-        logits = self._forward(distinct, input_ids=ids, attention_mask=mask, position_ids=positions,
-                               past_key_values=cache)
-        if prefix is None:
+        extra = {}
+        if vision is not None:
+            extra = dict(vision)
+            rope = rope_positions(self.loaded.model, ids, mask, vision)
+            if rope is not None:  # Qwen2-VL: 3-D positions for the prefill, the text position after it
+                extra["position_ids"], positions = rope, rope[0]
+        logits = self._forward(distinct, **{"input_ids": ids, "attention_mask": mask, "position_ids": positions,
+                                            "past_key_values": cache, **extra})
+        if prefix is None and vision is None:
             self._remember_prefix(distinct[0], cache)
         if len(distinct) < len(group):
             rows = torch.tensor(source, device=device)
@@ -707,6 +731,8 @@ def prompt_token_ids(loaded: LoadedModel, sequence: Sequence) -> list[int]:
     beyond the embedding table would fail the whole batch's step, not just this row).
     """
     tokenizer = loaded.tokenizer
+    if sequence.vision is not None:
+        return sequence.vision.ids
     if sequence.prompt is None:
         return prompt_ids(tokenizer, sequence.messages, tools=sequence.tools, tool_choice=sequence.tool_choice,
                           parallel=sequence.parallel_tool_calls)

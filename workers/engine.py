@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +35,8 @@ class LoadedModel:
     token_text: object = field(default=None, repr=False)
     # Memory of a model that is not a torch module (CTranslate2, ONNX): the runtime says what it holds.
     size_bytes: int | None = None
+    # A vision model's processor (images to pixel values and image tokens: workers/vision.py); None otherwise.
+    processor: object = field(default=None, repr=False)
 
 
 def attach_adapter(loaded: LoadedModel, name: str, path: str) -> None:
@@ -71,7 +73,8 @@ def detach_adapter(loaded: LoadedModel, name: str) -> bool:
 def load_model(*, model_id: str, path: str, context_length: int, device: torch.device, dtype: str = "auto",
                quantization: str = "none", kind: str = "chat", parameter_count: int = 0) -> LoadedModel:
     """A chat model as a causal LM; an embedding model as its bare encoder (workers/embeddings.py pools it);
-    an audio or speech model in its own runtime (workers/audio_runtime.py)."""
+    a vision model as an image-text-to-text model with its processor; an audio or speech model in its own
+    runtime (workers/audio_runtime.py)."""
     if kind in ("audio", "speech"):
         from .audio_runtime import load_audio_model
 
@@ -83,8 +86,15 @@ def load_model(*, model_id: str, path: str, context_length: int, device: torch.d
         torch_dtype = torch.float16 if device.type == "cuda" else torch.float32
     else:
         torch_dtype = getattr(torch, dtype)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model_class = AutoModel if kind == "embedding" else AutoModelForCausalLM
+    processor = None
+    if kind == "vision":
+        processor = AutoProcessor.from_pretrained(path)
+        tokenizer = processor.tokenizer
+        # The processor holds the template that renders image parts; the tokenizer's own may be missing.
+        tokenizer.chat_template = processor.chat_template or tokenizer.chat_template
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    model_class = {"embedding": AutoModel, "vision": AutoModelForImageTextToText}.get(kind, AutoModelForCausalLM)
     if quantization in ("bnb-4bit", "bnb-8bit"):
         from transformers import BitsAndBytesConfig
 
@@ -97,4 +107,4 @@ def load_model(*, model_id: str, path: str, context_length: int, device: torch.d
         model = model_class.from_pretrained(path, dtype=torch_dtype).to(device).eval()
     seconds = time.perf_counter() - started
     logger.info("loaded %s on %s in %.2fs", model_id, device, seconds)
-    return LoadedModel(model_id, model, tokenizer, device, context_length, seconds)
+    return LoadedModel(model_id, model, tokenizer, device, context_length, seconds, processor=processor)

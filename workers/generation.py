@@ -197,6 +197,10 @@ def _run_generation(generation_id: str, *, started_at, worker: str) -> None:
         with manager.use(ModelSpec.from_entry(base), keep_alive=generation.params.get("keep_alive")) as loaded:
             if entry.adapter_path:
                 attach_adapter(loaded, entry.id, entry.adapter_path)
+            vision, refusal = _vision_prompt(loaded, generation.prompt_messages)
+            if refusal is not None:
+                _fail(generation_id, refusal, worker=worker)
+                return
             # One sequence per choice (`n`), sharing one outbox; the engine prefills their prompt once.
             outbox = queue.SimpleQueue()
             sequences = [Sequence(request_id=str(generation_id), messages=generation.prompt_messages,
@@ -204,6 +208,8 @@ def _run_generation(generation_id: str, *, started_at, worker: str) -> None:
                                   time_limit=settings.AIHUB_GENERATION_TIME_LIMIT_SECONDS or None, index=index,
                                   outbox=outbox)
                          for index in range(generation.params.get("n") or 1)]
+            for sequence in sequences:
+                sequence.vision = vision
             # Each choice reads its own tool calls out of its text (None without tools).
             parsers = [parser_for(generation.params, loaded.tokenizer.chat_template) for _ in sequences]
             tic = time.perf_counter()
@@ -242,6 +248,24 @@ def _run_generation(generation_id: str, *, started_at, worker: str) -> None:
         writer.append(events.DONE, finish_reason=result.finish_reason, usage={
             "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
             "total_tokens": result.prompt_tokens + result.completion_tokens}, **extra)
+
+
+def _vision_prompt(loaded, messages: list[dict]):
+    """(VisionPrompt, None) for a vision model, (None, None) for a text model, (None, error) if the prompt
+    cannot be made (its images were deleted meanwhile, a template that cannot render them)."""
+    if loaded.processor is None:
+        if any(message.get("parts") for message in messages):
+            return None, _error(f"The model '{loaded.model_id}' does not take images or video.",
+                                "model_not_supported", type="invalid_request_error", param="messages")
+        return None, None
+    from .vision import vision_prompt
+
+    try:
+        return vision_prompt(loaded, messages), None
+    except Exception as exc:  # noqa: BLE001 - this request's images or template, not the worker
+        logger.warning("vision prompt of %s failed: %s", loaded.model_id, exc)
+        return None, _error(f"The model '{loaded.model_id}' cannot take these messages: {exc}", "invalid_messages",
+                            type="invalid_request_error", param="messages")
 
 
 def _follow(sequences, outbox, engine, writer, stop_signal, *, params: dict, parsers: list):

@@ -161,6 +161,14 @@ def limits_settle(reservation: dict | None, *, used_tokens: int) -> None:
         pipe.execute()
 
 
+# What an image (or a video frame) is guessed to cost before the worker's processor counts it: SmolVLM's tiles
+# are 64 tokens, a Qwen2-VL picture up to a few hundred (docs/multimodal.md).
+ESTIMATED_TOKENS_PER_IMAGE = 256
+
+
 def estimate_prompt_tokens(messages: list[dict]) -> int:
     # About four characters per token; the reservation is settled against real counts afterwards.
-    return math.ceil(sum(len(m["content"]) for m in messages) / 4) + 4 * len(messages)
+    images = sum(1 if part["type"] == "image" else len(part.get("image_ids") or [])
+                 for m in messages for part in m.get("parts") or [] if part["type"] != "text")
+    return (math.ceil(sum(len(m["content"]) for m in messages) / 4) + 4 * len(messages)
+            + ESTIMATED_TOKENS_PER_IMAGE * images)

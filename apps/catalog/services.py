@@ -28,10 +28,20 @@ def model_directory_facts(path: Path) -> tuple[int, int]:
     if not config_file.is_file():
         raise AppError(f"{path} has no config.json; is it a transformers model directory?", param="path")
     config = json.loads(config_file.read_text())
-    context = config.get("max_position_embeddings") or config.get("n_positions") or 2048
+    text_config = config.get("text_config") or {}  # a vision-language model's language half
+    context = (config.get("max_position_embeddings") or config.get("n_positions")
+               or text_config.get("max_position_embeddings") or 2048)
     size = sum(f.stat().st_size for f in path.glob("*.safetensors")) or sum(
         f.stat().st_size for f in path.glob("*.bin"))
     return int(context), int(size)
+
+
+def is_vision_directory(path: Path) -> bool:
+    """A vision-language model directory: its config has a vision tower and a processor config sits beside it
+    (what AutoModelForImageTextToText and AutoProcessor load)."""
+    config = _json_or(path / "config.json", {})
+    return "vision_config" in config and any(
+        (path / name).is_file() for name in ("processor_config.json", "preprocessor_config.json"))
 
 
 def embedding_directory_facts(path: Path) -> dict:
@@ -121,6 +131,8 @@ def model_register(*, model_id: str, path: Path, kind: str = ModelKind.CHAT, sou
         detected_context, size = model_directory_facts(path)
         parameters, quantisable = safetensors_parameter_counts(path)
         chat_template = directory_chat_template(path)
+        if kind == ModelKind.CHAT and is_vision_directory(path):
+            kind = ModelKind.VISION  # a vision-language model also chats; its kind says it takes images
     if kind == ModelKind.EMBEDDING:
         vectors = embedding_directory_facts(path)
         detected_context = vectors.pop("context_length", detected_context)

@@ -54,6 +54,8 @@ class Message(models.Model):
     # and a `tool` message carries one call's result back.
     tool_calls = models.JSONField(null=True, blank=True, help_text="The assistant's tool calls, OpenAI's shape.")
     tool_call_id = models.CharField(max_length=64, blank=True, help_text="The call a tool message answers.")
+    # A message with images or video: its content parts in order, media as stored image ids (apps/vision).
+    parts = models.JSONField(null=True, blank=True, help_text="Text, image and video parts; null for text only.")
     generation = models.OneToOneField(
         "GenerationRequest", null=True, blank=True, on_delete=models.SET_NULL, related_name="answer",
         help_text="The request that produced this message (assistant answers only).",

@@ -32,13 +32,24 @@ OPENAI_MESSAGE_KEYS = frozenset({"role", "content", "name", "tool_calls", "tool_
                                  "function_call", "annotations"})
 
 
+_URL_OBJECT = {"type": "object", "required": ["url"], "properties": {"url": {"type": "string"}}}
+
+
 @extend_schema_field({"oneOf": [
     {"type": "string"},
     {"type": "array", "items": {"oneOf": [
         {"type": "object", "required": ["type", "text"], "properties": {
             "type": {"type": "string", "enum": ["text"]}, "text": {"type": "string"}}},
         {"type": "object", "required": ["type", "image_url"], "properties": {
-            "type": {"type": "string", "enum": ["image_url"]}, "image_url": {"type": "object"}}},
+            "type": {"type": "string", "enum": ["image_url"]}, "image_url": {
+                "type": "object", "required": ["url"], "properties": {
+                    "url": {"type": "string", "description": "data:image/...;base64,..., file-..., or an allowed URL"},
+                    "detail": {"type": "string", "enum": ["auto", "low", "high"]}}}}},
+        {"type": "object", "required": ["type", "file"], "properties": {
+            "type": {"type": "string", "enum": ["file"]}, "file": {
+                "type": "object", "required": ["file_id"], "properties": {"file_id": {"type": "string"}}}}},
+        {"type": "object", "required": ["type", "video_url"], "properties": {
+            "type": {"type": "string", "enum": ["video_url"]}, "video_url": _URL_OBJECT}},
         {"type": "object", "required": ["type", "input_audio"], "properties": {
             "type": {"type": "string", "enum": ["input_audio"]}, "input_audio": {
                 "type": "object", "required": ["data", "format"], "properties": {
@@ -47,47 +58,68 @@ OPENAI_MESSAGE_KEYS = frozenset({"role", "content", "name", "tool_calls", "tool_
     ]}},
 ]})
 class MessageContentField(serializers.Field):
-    """A string, or a list of content parts: returns {"text": joined text, "images": image part count,
-    "audio": [{"at": offset in text, "data": base64, "format"}]}.
+    """A string, or a list of content parts: returns {"text": joined text, "images": media part count,
+    "parts": the parts in order (None for text only)}, and "audio": [{"at": offset in text, "data": base64,
+    "format"}] when there are audio parts.
 
-    Image parts are counted (they make `model: auto` pick a vision model) but not
-    yet passed to a model: a request with images is refused after routing.
-    Audio parts are transcribed before the request is stored, and each transcript
-    is put into the text where its part was (apps/audio/chat_input.py).
+    Only the shape is checked here; the images and videos themselves are checked and stored by the chat
+    service (apps/vision/services.py), which turns each media part's `source` into a stored image id.
+    Audio parts are transcribed before the request is stored, and each transcript is put into the text where
+    its part was (apps/audio/chat_input.py).
     """
 
     default_error_messages = {
         "type": "must be a string or a list of content parts.",
-        "part": "content parts must be objects with type 'text' and a string 'text', type 'image_url', or type "
+        "part": "content parts must be objects with type 'text' and a string 'text', type 'image_url' with an "
+                "object 'image_url' holding a string 'url', type 'file' with an object 'file' holding a string "
+                "'file_id', type 'video_url' with an object 'video_url' holding a string 'url', or type "
                 "'input_audio' with an object 'input_audio'.",
-        "unsupported": "content part type '{kind}' is not supported; send 'text', 'image_url' or 'input_audio' "
-                       "parts.",
+        "unsupported": "content part type '{kind}' is not supported; send 'text', 'image_url', 'file', "
+                       "'video_url' or 'input_audio' parts.",
+        "detail": "image_url.detail must be 'auto', 'low' or 'high'.",
+        "file_data": "file parts take a 'file_id' (upload the image with purpose 'vision'); '{name}' is not supported.",
+        "url": "{kind} URLs must be data URLs, file ids (file-...) or http(s) URLs.",
         "audio": "an input_audio part needs base64 'data' and a 'format' of wav or mp3.",
     }
 
     def to_internal_value(self, data):
         if isinstance(data, str):
-            return {"text": data, "images": 0}
+            return {"text": data, "images": 0, "parts": None}
         if not isinstance(data, list):
             self.fail("type")
-        texts, images, audio, length = [], 0, [], 0
+        texts, parts, audio, length = [], [], [], 0
         for part in data:
             if not isinstance(part, dict):
                 self.fail("part")
             kind = part.get("type")
-            if kind == "image_url":
-                images += 1
-                continue
-            if kind == "input_audio":
+            if kind == "text":
+                if not isinstance(part.get("text"), str):
+                    self.fail("part")
+                texts.append(part["text"])
+                length += len(part["text"])
+                parts.append({"type": "text", "text": part["text"]})
+            elif kind == "input_audio":
                 audio.append({"at": length, **self._audio(part.get("input_audio"))})
-                continue
-            if kind != "text":
+            elif kind == "image_url":
+                image = self._object(part, "image_url")
+                detail = image.get("detail") or "auto"
+                if detail not in ("auto", "low", "high"):
+                    self.fail("detail")
+                parts.append({"type": "image", "source": self._source(image["url"], "image"), "detail": detail})
+            elif kind == "file":
+                file = part.get("file")
+                if isinstance(file, dict) and set(file) - {"file_id"}:
+                    self.fail("file_data", name=sorted(set(file) - {"file_id"})[0])
+                if not (isinstance(file, dict) and isinstance(file.get("file_id"), str)):
+                    self.fail("part")
+                parts.append({"type": "image", "source": {"file_id": file["file_id"]}, "detail": "auto"})
+            elif kind == "video_url":
+                video = self._object(part, "video_url")
+                parts.append({"type": "video", "source": self._source(video["url"], "video")})
+            else:
                 self.fail("unsupported", kind=kind)
-            if not isinstance(part.get("text"), str):
-                self.fail("part")
-            texts.append(part["text"])
-            length += len(part["text"])
-        content = {"text": "".join(texts), "images": images}
+        media = sum(1 for part in parts if part["type"] != "text")
+        content = {"text": "".join(texts), "images": media, "parts": parts if media else None}
         return {**content, "audio": audio} if audio else content
 
     def _audio(self, value) -> dict:
@@ -99,6 +131,19 @@ class MessageContentField(serializers.Field):
         except ValueError:
             self.fail("audio")
         return {"data": value["data"], "format": value["format"]}
+
+    def _object(self, part: dict, key: str) -> dict:
+        value = part.get(key)
+        if not (isinstance(value, dict) and isinstance(value.get("url"), str)):
+            self.fail("part")
+        return value
+
+    def _source(self, url: str, kind: str) -> dict:
+        if url.startswith("file-"):
+            return {"file_id": url}
+        if not url.startswith(("data:", "http://", "https://")):
+            self.fail("url", kind=kind.capitalize())
+        return {"url": url}
 
     def to_representation(self, value):
         return value
@@ -146,9 +191,9 @@ class ChatMessageInputSerializer(serializers.Serializer):
             raise serializers.ValidationError({"tool_call_id": "only tool messages have a tool_call_id."})
         if content is None and not tool_calls:
             raise serializers.ValidationError({"content": "This field is required."})
-        content = content or {"text": "", "images": 0}
+        content = content or {"text": "", "images": 0, "parts": None}
         audio = {"audio": content["audio"]} if content.get("audio") else {}
-        return {**attrs, "content": content["text"], "images": content["images"], **audio}
+        return {**attrs, "content": content["text"], "images": content["images"], "parts": content["parts"], **audio}
 
     def validate_role(self, value):
         if value not in ACCEPTED_ROLES:
@@ -395,6 +440,11 @@ class ChatCompletionRequestSerializer(serializers.Serializer):
         if chars > settings.AIHUB_MAX_PROMPT_CHARS:
             raise serializers.ValidationError(
                 f"the messages hold {chars} characters; at most {settings.AIHUB_MAX_PROMPT_CHARS} are accepted.")
+        media = sum(m["images"] for m in value)
+        if media > settings.AIHUB_VISION_MAX_IMAGES:
+            raise serializers.ValidationError(
+                f"the messages hold {media} images and videos; at most {settings.AIHUB_VISION_MAX_IMAGES} are "
+                "accepted (AIHUB_VISION_MAX_IMAGES).")
         return value
 
     def validate_keep_alive(self, value):

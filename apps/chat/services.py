@@ -19,6 +19,7 @@ from apps.core.errors import AppError
 from apps.core.events import DONE, ERROR, TOKEN, EventWriter, request_cancel_sync
 from apps.core.publishing import enqueue_on_commit, send_task
 from apps.monitoring.counters import request_metrics_record
+from apps.vision.services import message_parts_store, part_image_ids, stored_images_release
 
 from .cache import cache_get, cache_key, cache_wanted
 from .message_embeddings import message_embeddings_schedule
@@ -64,10 +65,9 @@ def chat_route(*, user, requested: str | None, messages: list[dict], workers: li
         entry = model_get(user=user, key=api_key, model_id=requested or settings.AIHUB_DEFAULT_MODEL)
         model_check_use(entry=entry, use="chat")
         reason = "requested" if requested else "default model"
-    if has_images:
-        # Routing knows vision models; the engine does not take images yet.
-        raise AppError(f"Image input is not supported yet (model '{entry.id}').", param="messages",
-                       code="image_input_unsupported")
+    if has_images and "vision" not in entry.capabilities:
+        raise AppError(f"The model '{entry.id}' does not take images or video; use a vision model, or "
+                       '"auto".', param="messages", code="model_not_supported")
     # An adapter runs on its base: follow the worker that holds the base.
     queue, worker, worker_reason = choose_worker(model_id=entry.base_model or entry.id,
                                                  bytes_by_device=entry.estimated_bytes_by_device(), workers=workers)
@@ -93,12 +93,15 @@ def chat_completion_create(*, user, api_key, data: dict, instructions: str | Non
                               api_key=api_key)
     max_tokens = max_tokens_for(model, requested=data.get("max_tokens"), default=settings.AIHUB_DEFAULT_MAX_TOKENS)
 
-    new_messages = [stored_message(m["role"], m["content"], m.get("tool_calls"), m.get("tool_call_id", ""))
-                    for m in data["messages"]]
+    vision_params_check(model=model, data=data)
+    # Images and videos are checked and stored now, before anything else: a bad one stores nothing.
+    messages = message_parts_store(user=user, messages=data["messages"])
+    new_messages = [stored_message(m["role"], m["content"], m.get("tool_calls"), m.get("tool_call_id", ""),
+                                   m.get("parts")) for m in messages]
     if data.get("conversation_id"):
         conversation = conversation_get(user=user, conversation_id=data["conversation_id"], for_update=True)
         history = [stored_message(*row) for row in
-                   conversation.messages.values_list("role", "content", "tool_calls", "tool_call_id")]
+                   conversation.messages.values_list("role", "content", "tool_calls", "tool_call_id", "parts")]
     else:
         conversation, history = None, []
     tool_messages_check(history + new_messages, first_new=len(history))
@@ -134,6 +137,13 @@ def chat_completion_create(*, user, api_key, data: dict, instructions: str | Non
     else:
         enqueue_on_commit(celeryconfig.GENERATE_TASK, args=[str(generation.id)], queue=route.queue)
     return generation
+
+
+def vision_params_check(*, model: ModelEntry, data: dict) -> None:
+    """A vision model answers through its processor's template, which renders no tools: refused by name."""
+    if model.kind == "vision" and data.get("tools"):
+        raise AppError(f"The vision model '{model.id}' does not take tools.", param="tools",
+                       code="model_not_supported")
 
 
 def max_tokens_for(model: ModelEntry, *, requested: int | None, default: int) -> int:
@@ -232,7 +242,10 @@ def conversation_delete(*, user, conversation_id) -> None:
     for generation_id in live.values_list("id", flat=True):
         request_cancel_sync(generation_id)
     conversation.generations.update(prompt_messages=[], completion="")
+    image_ids = set().union(*(part_image_ids(parts) for parts in
+                              conversation.messages.exclude(parts=None).values_list("parts", flat=True)))
     conversation.delete()
+    stored_images_release(user=user, image_ids=image_ids)  # the ones no other conversation shows
 
 
 def generation_fail(*, generation_id, error: dict, from_states: list[str], worker: str | None = None) -> bool:

@@ -84,10 +84,14 @@ def tool_messages_check(messages: list[dict], *, first_new: int) -> None:
                            param=f"messages.{index}.tool_call_id", code="invalid_value")
 
 
-def stored_message(role: str, content: str, tool_calls=None, tool_call_id: str = "") -> dict:
+def stored_message(role: str, content: str, tool_calls=None, tool_call_id: str = "", parts=None) -> dict:
     """A message as the prompt and the Message row hold it: tool keys only where they mean something, so a
-    plain conversation reads (and caches, and reuses its prompt prefix) exactly as before tools existed."""
+    plain conversation reads (and caches, and reuses its prompt prefix) exactly as before tools existed.
+    `parts`: the content parts in order when the message holds images or video (apps/vision/services.py);
+    `content` stays its text alone, for everything that reads text."""
     message = {"role": role, "content": content}
+    if parts:
+        message["parts"] = parts
     if tool_calls:
         message["tool_calls"] = tool_calls
     if tool_call_id:

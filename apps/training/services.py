@@ -32,14 +32,17 @@ DEFAULT_HYPERPARAMETERS = {
 }
 
 
-# Purposes of /files: fine-tune datasets (validated in the background), and documents for vector stores
-# (OpenAI's `assistants` and `user_data`: read when a store embeds them, apps/vectorstores/chunking.py).
-FILE_PURPOSES = ("fine-tune", "assistants", "user_data")
+# Purposes of /files: fine-tune datasets (validated in the background), documents for vector stores
+# (OpenAI's `assistants` and `user_data`: read when a store embeds them, apps/vectorstores/chunking.py), and
+# images and videos for chat (`vision`: checked whole at upload, apps/vision).
+FILE_PURPOSES = ("fine-tune", "assistants", "user_data", "vision")
 
 
 def training_file_create(*, user, upload, purpose: str) -> TrainingFile:
     if purpose not in FILE_PURPOSES:
         raise AppError(f"purpose must be one of {', '.join(FILE_PURPOSES)}.", param="purpose", code="invalid_value")
+    if purpose == "vision":
+        return _vision_file_create(user=user, upload=upload)
     suffix = ".jsonl"
     if purpose != "fine-tune":
         suffix = Path(upload.name).suffix.lower()
@@ -76,6 +79,39 @@ def training_file_create(*, user, upload, purpose: str) -> TrainingFile:
     return record
 
 
+def _vision_file_create(*, user, upload) -> TrainingFile:
+    """An image or video for chat (apps/vision): checked whole now, so a file id in a request is usable."""
+    from apps.vision.images import InvalidMedia
+    from apps.vision.services import vision_file_check
+
+    limit = max(settings.AIHUB_VISION_MAX_IMAGE_BYTES, settings.AIHUB_VIDEO_MAX_BYTES)
+    if upload.size > limit:
+        raise AppError(f"The file is {upload.size} bytes; images and videos may have {limit}.", status=413,
+                       param="file", code="file_too_large")
+    data = upload.read()
+    try:
+        kind = vision_file_check(data)
+    except InvalidMedia as exc:
+        raise AppError(str(exc), param="file", code=exc.code)
+    file_id = uuid.uuid4()
+    directory = Path(settings.AIHUB_FILES_DIR) / str(user.id)
+    path = directory / f"{file_id.hex}.{kind}"
+    with transaction.atomic():
+        get_user_model().objects.select_for_update().get(pk=user.pk)
+        refusal = storage_quota_refusal(user=user, adding=len(data))
+        if refusal:
+            raise AppError(refusal, status=413, param="file", code="storage_quota_exceeded")
+        directory.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        try:
+            return TrainingFile.objects.create(id=file_id, user=user, filename=Path(upload.name).name[:255],
+                                               purpose="vision", bytes=len(data), path=str(path),
+                                               status=TrainingFile.Status.PROCESSED, format=kind)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+
+
 def training_file_delete(*, user, file_id: str) -> None:
     record = training_file_get(user=user, file_id=file_id)
     Path(record.path).unlink(missing_ok=True)
@@ -93,6 +129,9 @@ def training_job_create(*, user, api_key, data: dict) -> TrainingJob:
     base = model_get(user=user, key=api_key, model_id=data["base_model"])
     if base.adapter_path:
         raise AppError("Fine-tune a base model, not an adapter.", param="base_model", code="invalid_value")
+    if base.kind == "vision":
+        raise AppError(f"The model '{base.id}' is a vision model; fine-tuning takes text models.",
+                       param="base_model", code="model_not_supported")
     training_file = validation_file = None
     dataset_path = ""
     if data.get("training_file"):

@@ -29,8 +29,9 @@ def _list(items) -> dict:
 
 
 class FileUploadSerializer(serializers.Serializer):
-    file = serializers.FileField(help_text="A JSONL dataset (docs/training.md), or a document for vector stores: "
-                                           ".txt, .md, .json, .jsonl, .pdf (docs/vector_stores.md).")
+    file = serializers.FileField(help_text="A JSONL dataset (docs/training.md), a document for vector stores: "
+                                           ".txt, .md, .json, .jsonl, .pdf (docs/vector_stores.md), or an image or "
+                                           "video for chat (purpose vision, docs/multimodal.md).")
     purpose = serializers.ChoiceField(choices=list(FILE_PURPOSES))
 
 
@@ -50,7 +51,8 @@ class FileListView(TrainingView):
         return Response(_list(FileSerializer(request.user.training_files.all(), many=True).data))
 
     @operation(summary="Upload a file (multipart: file, purpose): a JSONL dataset (fine-tune), validated in the "
-                       "background, or a document for vector stores (assistants, user_data)",
+                       "background, a document for vector stores (assistants, user_data), or an image or video "
+                       "for chat (vision)",
                request=FileUploadSerializer, media_type="multipart/form-data", responses={201: FileSerializer},
                errors={413: "file_too_large or storage_quota_exceeded (docs/limits.md)"})
     def post(self, request, data):
