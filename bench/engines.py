@@ -33,7 +33,8 @@ def messages(index: int) -> list[dict]:
 
 
 def ours(loaded, clients: int, tokens: int) -> tuple[float, list[float]]:
-    from workers.batching import DONE, FAILED, TEXT, BatchEngine, Sequence
+    from workers.batching import BatchEngine
+    from workers.sequence import DONE, FAILED, TEXT, Sequence
 
     engine = ours.engine = getattr(ours, "engine", None) or BatchEngine(
         max_batch_size=64, max_batch_tokens=4096, cache_budget=lambda: 8 * 2**30)

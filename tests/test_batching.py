@@ -106,6 +106,65 @@ def _events(ws, until=("done", "error")) -> list[dict]:
     return events
 
 
+def _engine_counters(api_url, operator) -> dict:
+    """The inference workers' engine counters (steps, prefills, ...), summed, as their last heartbeat says."""
+    workers = httpx.get(f"{api_url}/models/status", headers=operator.auth).json()["workers"]
+    batches = [worker["batch"] for worker in workers if worker.get("batch")]
+    return {name: sum(batch[name] for batch in batches)
+            for name in ("running", "waiting", "steps", "tokens", "prefills", "prefill_tokens", "mixed_steps")}
+
+
+def _settled_counters(api_url, operator, *, steps_at_least: int) -> dict:
+    """Counters once a heartbeat shows the batch empty and at least `steps_at_least` steps (heartbeats lag)."""
+    deadline = time.monotonic() + 30
+    while True:
+        counters = _engine_counters(api_url, operator)
+        if (counters["running"] == counters["waiting"] == 0 and counters["steps"] >= steps_at_least) \
+                or time.monotonic() > deadline:
+            return counters
+        time.sleep(0.5)
+
+
+def test_prompts_of_very_different_lengths_joining_a_running_batch_ride_its_steps_and_get_their_own_answers(
+        hub, models):
+    """Prompts admitted while a request decodes are computed inside its decoding steps (one forward pass
+    each step, no pass of their own), together when they arrive together, and each answer is still the one
+    the request gets alone."""
+    account = make_account("batch-join")
+    operator = make_account("batch-join-operator", staff=True, scopes=["inference", "admin"])
+    model = models["default"]
+    long_prompt = "Here are my notes. " + " ".join(
+        f"Note {i}: the {word} is on the shelf next to the {other}." for i, (word, other) in enumerate(
+            zip(["book", "lamp", "cup", "plant", "clock", "radio"] * 8, ["door", "window", "bed", "desk"] * 12)))
+    joining = [{"model": model, "messages": _message(prompt), "max_tokens": tokens, "temperature": 0}
+               for prompt, tokens in (("Hi", 6), (long_prompt + " Which note mentions a radio?", 12),
+                                      (PROMPTS[1], 9))]
+    alone = [_answer(_chat(hub.api_url, account, **body)) for body in joining]
+    running = {"model": model, "messages": _message(PROMPTS[0]), "max_tokens": 120, "temperature": 0,
+               "ignore_eos": True}
+
+    before = _settled_counters(hub.api_url, operator, steps_at_least=0)
+    since = timezone.now()
+    with ExitStack() as opened:
+        ws, _ = _ws_request(opened, hub, account, running)
+        assert _events(ws, until=("token",))[-1]["type"] == "token"
+        together = [_answer(reply) for reply in _all_at_once(hub.api_url, account, joining)]
+        assert _events(ws)[-1]["usage"]["completion_tokens"] == 120
+    assert together == alone
+    rows = {row.params["max_tokens"]: row for row in GenerationRequest.objects.filter(user=account.user,
+                                                                                     created_at__gte=since)}
+    assert all(rows[120].first_token_at < row.first_token_at and row.finished_at < rows[120].finished_at
+               for tokens, row in rows.items() if tokens != 120), "the prompts did not join the running request"
+
+    after = _settled_counters(hub.api_url, operator, steps_at_least=before["steps"] + 120)
+    # 120 forward passes made the running request's 120 tokens; the three prompts and their answers were
+    # computed inside them (the first pass, before them, was the running request's own prompt).
+    assert after["steps"] - before["steps"] == 120
+    assert after["prefills"] - before["prefills"] == 4
+    assert after["mixed_steps"] - before["mixed_steps"] >= 1
+    assert len(long_prompt) > 2000  # several hundred tokens beside a 1-token step and a few-token prompt
+
+
 def test_a_cancel_mid_batch_ends_only_that_request(hub, models):
     account = make_account("batch-cancel")
     body = {"model": models["default"], "max_tokens": 40, "temperature": 0, "ignore_eos": True}
@@ -174,8 +233,8 @@ def small_cache(hub, models):
 
 def _small_cache_hub():
     from aihub_project.embedded import free_port
-    from workers.batching import kv_bytes_per_token
     from workers.engine import load_model, pick_device
+    from workers.kv_cache import kv_bytes_per_token
     from workers.memory import module_bytes
 
     path = build_tiny_chat_model(MODEL_CACHE / "tiny-cache", hidden_size=128, layers=4, seed=5)
