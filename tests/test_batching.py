@@ -5,6 +5,7 @@ not near-ties as a random model's are. Requests "ran together" when each started
 """
 import json
 import os
+import queue
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -14,6 +15,7 @@ import pytest
 from django.utils import timezone
 from websockets.sync.client import connect
 
+from apps.catalog.models import ModelEntry
 from apps.catalog.services import model_register
 from apps.chat.models import GenerationRequest
 from tests.conftest import RUN_DIR, make_account
@@ -163,6 +165,71 @@ def test_prompts_of_very_different_lengths_joining_a_running_batch_ride_its_step
     assert after["prefills"] - before["prefills"] == 4
     assert after["mixed_steps"] - before["mixed_steps"] >= 1
     assert len(long_prompt) > 2000  # several hundred tokens beside a 1-token step and a few-token prompt
+
+
+def _engine_answers(engine, loaded, requests: list[dict]) -> list[list[tuple]]:
+    """Submit the requests (their choices: `n`) at once and wait: each one's (text, finish_reason, tokens)."""
+    from workers.sequence import DONE, FAILED, Sequence
+
+    submitted = []
+    for number, params in enumerate(requests):
+        outbox = queue.SimpleQueue()
+        choices = [Sequence(request_id=str(number), messages=params["messages"], params=params, index=index,
+                            outbox=outbox) for index in range(params.get("n", 1))]
+        for sequence in choices:
+            engine.submit(loaded, sequence)
+        submitted.append((outbox, len(choices)))
+    answers = []
+    for outbox, count in submitted:
+        results = [None] * count
+        while None in results:
+            kind, index, value = outbox.get(timeout=240)
+            assert kind != FAILED, value
+            if kind == DONE:
+                results[index] = (value.text, value.finish_reason, value.completion_tokens)
+        answers.append(results)
+    return answers
+
+
+def test_a_prompt_longer_than_a_steps_allowance_is_computed_in_chunks_beside_the_running_rows(models):
+    """With 16 prompt tokens a step, a 400-token prompt takes many steps; it and two others joining a running
+    request get the answers they get alone, in no forward pass of their own (the engine in process, on the
+    real default model)."""
+    from workers.batching import BatchEngine
+    from workers.engine import load_model, pick_device
+
+    entry = ModelEntry.objects.get(id=models["default"])
+    loaded = load_model(model_id=entry.id, path=entry.path, context_length=entry.context_length,
+                        device=pick_device("cpu"))
+    notes = " ".join(f"Note {i}: the key is in box {i * 7 % 13}." for i in range(40))
+    joining = [
+        {"messages": _message(notes + " Which box holds the key of note 3?"), "max_tokens": 8, "temperature": 0},
+        {"messages": _message("Hi"), "max_tokens": 5, "temperature": 0},
+        {"messages": _message(PROMPTS[2]), "max_tokens": 6, "temperature": 0.8, "seed": 3, "n": 2},
+    ]
+    running = {"messages": _message(PROMPTS[0]), "max_tokens": 80, "temperature": 0, "ignore_eos": True}
+    whole = BatchEngine(max_batch_size=8, max_batch_tokens=2048, cache_budget=lambda: 2**30)
+    # The first prompt a model sees is remembered as its reusable prefix: not the long one, which must be computed.
+    _engine_answers(whole, loaded, [running])
+    alone = [_engine_answers(whole, loaded, [request])[0] for request in joining]
+    chunked = BatchEngine(max_batch_size=8, max_batch_tokens=16, cache_budget=lambda: 2**30)
+    _engine_answers(chunked, loaded, [running])
+    steps_alone = chunked.stats()["steps"]
+
+    from workers.sequence import TEXT, Sequence
+
+    outbox = queue.SimpleQueue()
+    chunked.submit(loaded, Sequence(request_id="running", messages=running["messages"], params=running,
+                                    outbox=outbox))
+    assert outbox.get(timeout=240)[0] == TEXT  # its first token: it decodes now
+    together = _engine_answers(chunked, loaded, joining)
+    while outbox.get(timeout=240)[0] == TEXT:
+        pass
+    stats = chunked.stats()
+    assert together == alone
+    assert stats["steps"] - steps_alone == steps_alone, "the joining prompts took forward passes of their own"
+    assert stats["mixed_steps"] >= 400 // 16
+    assert len(loaded.tokenizer(notes)["input_ids"]) > 400
 
 
 def test_a_cancel_mid_batch_ends_only_that_request(hub, models):

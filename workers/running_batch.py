@@ -56,6 +56,15 @@ class Prompt:
 
 
 @dataclass
+class _Plan:
+    """A step's input, one entry per token: the running rows' last tokens first, then prompt chunks."""
+    ids: list[int]
+    positions: list[int]  # each token's position in its own sequence
+    adapters: list[str | None]
+    keep: list[int]  # the tokens whose logits are sampled: every row's, and each finished prompt's last
+
+
+@dataclass
 class StepCounts:
     rows: int  # running rows that decoded a token
     prompt_tokens: int  # prompt tokens computed
@@ -116,33 +125,19 @@ class RunningBatch:
 
     def step(self, prompt_allowance: int) -> StepCounts:
         """One forward pass: a token for every row, and up to `prompt_allowance` prompt tokens."""
-        device = self.loaded.device
         # Under the model's lock: attaching an adapter (which may wrap the model in peft) waits for the step.
         with self.loaded.lock, torch.inference_mode():
             self._end_removed_adapters()
-            rows, chunks, prompts = list(self.rows), [], []
-            ids = [sequence.generated[-1] for sequence in rows]
-            positions = list(self.cache.lengths)
-            adapters = [sequence.adapter for sequence in rows]
-            keep = list(range(len(rows)))  # the input tokens whose logits are sampled
-            for prompt in self.prefilling:
-                if prompt_allowance <= 0:
-                    break
-                end = min(len(prompt.token_ids), prompt.done + prompt_allowance)
-                chunks.append(Chunk(len(ids), prompt.done, end, list(prompt.keys), list(prompt.values)))
-                prompts.append(prompt)
-                ids += prompt.token_ids[prompt.done:end]
-                positions += range(prompt.done, end)
-                adapters += [prompt.adapter] * (end - prompt.done)
-                if end == len(prompt.token_ids):
-                    keep.append(len(ids) - 1)
-                prompt_allowance -= end - prompt.done
-            if not ids:
+            rows = list(self.rows)
+            plan = _Plan([sequence.generated[-1] for sequence in rows], list(self.cache.lengths),
+                         [sequence.adapter for sequence in rows], list(range(len(rows))))
+            prompts, chunks = self._plan_prompts(plan, prompt_allowance)
+            if not plan.ids:
                 return StepCounts(0, 0, 0)
             if rows:
                 self.cache.reserve_column()
             self._uncommitted = prompts
-            logits = self._forward(ids, positions, adapters, keep, PackedStep(self.cache, len(rows), chunks))
+            logits = self._forward(plan, PackedStep(self.cache, len(rows), chunks))
             if rows:
                 self.cache.commit_column()
             self._uncommitted = None
@@ -150,8 +145,8 @@ class RunningBatch:
             # One logits row per running row and per finished prompt; a prompt's copies get a row each.
             source = list(range(len(rows))) + [len(rows) + index for index, (_, copies) in enumerate(joined)
                                                for _ in copies]
-            if len(source) != logits.shape[0]:
-                logits = logits[torch.tensor(source, device=device)]
+            if source != list(range(logits.shape[0])):
+                logits = logits[torch.tensor(source, dtype=torch.long, device=self.loaded.device)]
             new_rows = [sequence for _, copies in joined for sequence in copies]
             self.rows += new_rows
             sampled = rows + new_rows
@@ -159,7 +154,25 @@ class RunningBatch:
                 tokens, logprobs = choose_tokens(logits, sampled)
                 for sequence, token, logprob in zip(sampled, tokens, logprobs):
                     sequence.accept(token, logprob)
-        return StepCounts(len(rows), len(ids) - len(rows), len(joined))
+        return StepCounts(len(rows), len(plan.ids) - len(rows), len(joined))
+
+    def _plan_prompts(self, plan: _Plan, allowance: int) -> tuple[list[Prompt], list[Chunk]]:
+        """Add the next chunks of the prompts being prefilled to the step, first come first served, up to
+        `allowance` tokens; a prompt whose chunk ends it has its last token's logits kept."""
+        prompts, chunks = [], []
+        for prompt in self.prefilling:
+            if allowance <= 0:
+                break
+            end = min(len(prompt.token_ids), prompt.done + allowance)
+            chunks.append(Chunk(len(plan.ids), prompt.done, end, list(prompt.keys), list(prompt.values)))
+            prompts.append(prompt)
+            plan.ids += prompt.token_ids[prompt.done:end]
+            plan.positions += range(prompt.done, end)
+            plan.adapters += [prompt.adapter] * (end - prompt.done)
+            if end == len(prompt.token_ids):
+                plan.keep.append(len(plan.ids) - 1)
+            allowance -= end - prompt.done
+        return prompts, chunks
 
     def abandon_step(self) -> list[Sequence]:
         """After a step that raised: the sequences it ends. A forward that failed with prompt chunks in it ends
@@ -190,19 +203,18 @@ class RunningBatch:
 
     # -- internals -------------------------------------------------------------------
 
-    def _forward(self, ids: list[int], positions: list[int], adapters: list[str | None], keep: list[int],
-                 step: PackedStep) -> torch.Tensor:
-        """Logits [len(keep), vocab] of the input tokens `keep`, from one packed forward pass."""
+    def _forward(self, plan: _Plan, step: PackedStep) -> torch.Tensor:
+        """Logits [len(plan.keep), vocab] of the step's input tokens `plan.keep`, from one packed forward pass."""
         device = self.loaded.device
         model = self.loaded.model
         use_packed_attention(model)
-        inputs = {"input_ids": torch.tensor(ids, device=device).unsqueeze(1),
-                  "position_ids": torch.tensor(positions, device=device).unsqueeze(1),
+        inputs = {"input_ids": torch.tensor(plan.ids, device=device).unsqueeze(1),
+                  "position_ids": torch.tensor(plan.positions, device=device).unsqueeze(1),
                   "packed_step": step, "use_cache": False}
         if self.loaded.adapters:
-            inputs["adapter_names"] = [adapter or BASE_ADAPTER for adapter in adapters]
+            inputs["adapter_names"] = [adapter or BASE_ADAPTER for adapter in plan.adapters]
         # The output layer (a vocabulary-wide matmul) runs only for the tokens whose next token is drawn.
-        selected = torch.tensor(keep, dtype=torch.long, device=device)
+        selected = torch.tensor(plan.keep, dtype=torch.long, device=device)
         hook = model.get_output_embeddings().register_forward_pre_hook(
             lambda module, args: (args[0].index_select(0, selected), *args[1:]))
         try:
