@@ -54,7 +54,7 @@ def load_default_model():
 def run(engine, loaded, tokens: list[int], constraint: dict | None) -> tuple[float, int, list]:
     """One request per entry of `tokens` (its max_tokens), all at once: seconds from submit to the last
     answer, tokens generated, and the results."""
-    from workers.batching import DONE, FAILED, Sequence
+    from workers.sequence import DONE, FAILED, Sequence
 
     sequences = [Sequence(request_id=str(i), messages=[{"role": "user", "content": f"{PROMPTS[i % 4]} ({i})"}],
                           params={"max_tokens": count, "temperature": 0, "ignore_eos": True, "constraint": constraint})

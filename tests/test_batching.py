@@ -5,6 +5,7 @@ not near-ties as a random model's are. Requests "ran together" when each started
 """
 import json
 import os
+import queue
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -14,6 +15,7 @@ import pytest
 from django.utils import timezone
 from websockets.sync.client import connect
 
+from apps.catalog.models import ModelEntry
 from apps.catalog.services import model_register
 from apps.chat.models import GenerationRequest
 from tests.conftest import RUN_DIR, make_account
@@ -106,6 +108,141 @@ def _events(ws, until=("done", "error")) -> list[dict]:
     return events
 
 
+def _engine_counters(api_url, operator) -> dict:
+    """The inference workers' engine counters (steps, prefills, ...), summed, as their last heartbeat says."""
+    workers = httpx.get(f"{api_url}/models/status", headers=operator.auth).json()["workers"]
+    batches = [worker["batch"] for worker in workers if worker.get("batch")]
+    return {name: sum(batch[name] for batch in batches)
+            for name in ("running", "waiting", "steps", "tokens", "prefills", "prefill_tokens", "mixed_steps")}
+
+
+def _settled_counters(api_url, operator) -> dict:
+    """Counters once the batch is idle and they stay the same across more than two heartbeats (AIHUB_HEARTBEAT_
+    SECONDS is 2 here): a heartbeat from before the last request ran would have been replaced by then."""
+    deadline = time.monotonic() + 60
+    last = _engine_counters(api_url, operator)
+    while True:
+        time.sleep(5)
+        counters = _engine_counters(api_url, operator)
+        if (counters == last and counters["running"] == counters["waiting"] == 0) or time.monotonic() > deadline:
+            return counters
+        last = counters
+
+
+def test_prompts_of_very_different_lengths_joining_a_running_batch_ride_its_steps_and_get_their_own_answers(
+        hub, models):
+    """Prompts admitted while a request decodes are computed inside its decoding steps (one forward pass
+    each step, no pass of their own), together when they arrive together, and each answer is still the one
+    the request gets alone."""
+    account = make_account("batch-join")
+    operator = make_account("batch-join-operator", staff=True, scopes=["inference", "admin"])
+    model = models["default"]
+    long_prompt = "Here are my notes. " + " ".join(
+        f"Note {i}: the {word} is on the shelf next to the {other}." for i, (word, other) in enumerate(
+            zip(["book", "lamp", "cup", "plant", "clock", "radio"] * 8, ["door", "window", "bed", "desk"] * 12)))
+    joining = [{"model": model, "messages": _message(prompt), "max_tokens": tokens, "temperature": 0}
+               for prompt, tokens in (("Hi", 6), (long_prompt + " Which note mentions a radio?", 12),
+                                      (PROMPTS[1], 9))]
+    alone = [_answer(_chat(hub.api_url, account, **body)) for body in joining]
+    running = {"model": model, "messages": _message(PROMPTS[0]), "max_tokens": 120, "temperature": 0,
+               "ignore_eos": True}
+
+    before = _settled_counters(hub.api_url, operator)
+    since = timezone.now()
+    with ExitStack() as opened:
+        ws, _ = _ws_request(opened, hub, account, running)
+        assert _events(ws, until=("token",))[-1]["type"] == "token"
+        together = [_answer(reply) for reply in _all_at_once(hub.api_url, account, joining)]
+        assert _events(ws)[-1]["usage"]["completion_tokens"] == 120
+    assert together == alone
+    rows = {row.params["max_tokens"]: row for row in GenerationRequest.objects.filter(user=account.user,
+                                                                                     created_at__gte=since)}
+    assert all(rows[120].first_token_at < row.first_token_at and row.finished_at < rows[120].finished_at
+               for tokens, row in rows.items() if tokens != 120), "the prompts did not join the running request"
+
+    after = _settled_counters(hub.api_url, operator)
+    # 120 forward passes made the running request's 120 tokens; the three prompts and their answers were
+    # computed inside them (the first pass, before them, was the running request's own prompt).
+    assert after["steps"] - before["steps"] == 120
+    assert after["prefills"] - before["prefills"] == 4
+    assert after["mixed_steps"] - before["mixed_steps"] >= 1
+    assert len(long_prompt) > 2000  # several hundred tokens beside a 1-token step and a few-token prompt
+
+
+def _engine_answers(engine, loaded, requests: list[dict]) -> list[list[tuple]]:
+    """Submit the requests (their choices: `n`) at once and wait: each one's (text, finish_reason, tokens)."""
+    from workers.sequence import DONE, FAILED, Sequence
+
+    submitted = []
+    for number, params in enumerate(requests):
+        outbox = queue.SimpleQueue()
+        choices = [Sequence(request_id=str(number), messages=params["messages"], params=params, index=index,
+                            outbox=outbox) for index in range(params.get("n", 1))]
+        for sequence in choices:
+            engine.submit(loaded, sequence)
+        submitted.append((outbox, len(choices)))
+    answers = []
+    for outbox, count in submitted:
+        results = [None] * count
+        while None in results:
+            kind, index, value = outbox.get(timeout=240)
+            assert kind != FAILED, value
+            if kind == DONE:
+                results[index] = (value.text, value.finish_reason, value.completion_tokens)
+        answers.append(results)
+    return answers
+
+
+def _idle_stats(engine) -> dict:
+    """The engine's stats once its last step is counted (a request's answer comes out during that step)."""
+    deadline = time.monotonic() + 30
+    while (stats := engine.stats())["running"] or stats["waiting"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    return stats
+
+
+def test_a_prompt_longer_than_a_steps_allowance_is_computed_in_chunks_beside_the_running_rows(models):
+    """With 16 prompt tokens a step, a 400-token prompt takes many steps; it and two others joining a running
+    request get the answers they get alone, in no forward pass of their own (the engine in process, on the
+    real default model)."""
+    from workers.batching import BatchEngine
+    from workers.engine import load_model, pick_device
+
+    entry = ModelEntry.objects.get(id=models["default"])
+    loaded = load_model(model_id=entry.id, path=entry.path, context_length=entry.context_length,
+                        device=pick_device("cpu"))
+    notes = " ".join(f"Note {i}: the key is in box {i * 7 % 13}." for i in range(40))
+    joining = [
+        {"messages": _message(notes + " Which box holds the key of note 3?"), "max_tokens": 8, "temperature": 0},
+        {"messages": _message("Hi"), "max_tokens": 5, "temperature": 0},
+        {"messages": _message(PROMPTS[2]), "max_tokens": 6, "temperature": 0.8, "seed": 3, "n": 2},
+    ]
+    running = {"messages": _message(PROMPTS[0]), "max_tokens": 80, "temperature": 0, "ignore_eos": True}
+    whole = BatchEngine(max_batch_size=8, max_batch_tokens=2048, cache_budget=lambda: 2**30)
+    # The first prompt a model sees is remembered as its reusable prefix: not the long one, which must be computed.
+    _engine_answers(whole, loaded, [running])
+    alone = [_engine_answers(whole, loaded, [request])[0] for request in joining]
+    chunked = BatchEngine(max_batch_size=8, max_batch_tokens=16, cache_budget=lambda: 2**30)
+    _engine_answers(chunked, loaded, [running])
+    steps_alone = _idle_stats(chunked)["steps"]
+
+    from workers.sequence import TEXT, Sequence
+
+    outbox = queue.SimpleQueue()
+    chunked.submit(loaded, Sequence(request_id="running", messages=running["messages"], params=running,
+                                    outbox=outbox))
+    assert outbox.get(timeout=240)[0] == TEXT  # its first token: it decodes now
+    together = _engine_answers(chunked, loaded, joining)
+    while outbox.get(timeout=240)[0] == TEXT:
+        pass
+    stats = _idle_stats(chunked)
+    assert together == alone
+    assert stats["steps"] - steps_alone == steps_alone, "the joining prompts took forward passes of their own"
+    assert stats["mixed_steps"] >= 400 // 16
+    assert len(loaded.tokenizer(notes)["input_ids"]) > 400
+
+
 def test_a_cancel_mid_batch_ends_only_that_request(hub, models):
     account = make_account("batch-cancel")
     body = {"model": models["default"], "max_tokens": 40, "temperature": 0, "ignore_eos": True}
@@ -174,8 +311,8 @@ def small_cache(hub, models):
 
 def _small_cache_hub():
     from aihub_project.embedded import free_port
-    from workers.batching import kv_bytes_per_token
     from workers.engine import load_model, pick_device
+    from workers.kv_cache import kv_bytes_per_token
     from workers.memory import module_bytes
 
     path = build_tiny_chat_model(MODEL_CACHE / "tiny-cache", hidden_size=128, layers=4, seed=5)

@@ -183,10 +183,10 @@ def _run_generation(generation_id: str, *, started_at, worker: str) -> None:
         _fail(generation_id, refusal, worker=worker)
         return
 
-    from .batching import Sequence
     from .choices import request_result
     from .engine import attach_adapter
     from .model_manager import InsufficientMemory, ModelSpec, get_manager
+    from .sequence import Sequence
 
     manager = get_manager()
     try:
@@ -277,7 +277,7 @@ def _follow(sequences, outbox, engine, writer, stop_signal, *, params: dict, par
     Redis round trip never holds up the engine, only makes the chunks larger. With tools, a choice's text
     goes through its tool-call parser first: content goes out as `token` events, calls as `tool_call` events.
     """
-    from .batching import DONE, TEXT
+    from .sequence import DONE, TEXT
 
     results = [None] * len(sequences)
     finished: set[int] = set()  # choices whose tool-call parser was told the text ended

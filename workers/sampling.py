@@ -39,7 +39,7 @@ def seeded_generator(seed: int | None, device: torch.device, choice: int = 0) ->
 
 def choose_tokens(logits: torch.Tensor, rows: list) -> tuple[list[int], list[dict | None]]:
     """`logits` [rows, vocab] of the last position (changed in place). Returns each row's next token and its
-    logprob entry (None for rows that did not ask). Rows are `workers.batching.Sequence`s."""
+    logprob entry (None for rows that did not ask). Rows are `workers.sequence.Sequence`s."""
     with torch.inference_mode():  # the logits are the forward pass's inference tensors: changed in place
         apply_logit_bias(logits, rows)
         apply_penalties(logits, rows)
