@@ -384,8 +384,9 @@ def test_an_image_row_decoded_in_the_batch_answers_as_transformers_generate_does
     import torch
     from PIL import Image
 
-    from workers.batching import DONE, BatchEngine, Sequence
+    from workers.batching import BatchEngine
     from workers.engine import load_model
+    from workers.sequence import DONE, Sequence
     from workers.vision import VisionPrompt
 
     loaded = load_model(model_id=VISION_MODEL, path=str(MODEL_CACHE / "tiny-idefics3"), context_length=4096,
