@@ -363,7 +363,7 @@ def test_a_videos_speech_reaches_the_model_as_a_transcript_after_its_frames(open
                                                                     do_image_splitting=False)
 
 
-def test_a_silent_track_gives_no_transcript_and_a_garbled_one_is_a_400_that_stores_nothing(
+def test_a_silent_track_gives_no_transcript_and_a_garbled_or_too_long_one_is_a_400_that_stores_nothing(
         openai_client, alice, models):
     completion = ask(openai_client, [{"type": "video_url", "video_url": {
         "url": data_url(video_bytes(seconds=3, audio=silence_wav(3)), "video/mp4")}}])
@@ -377,6 +377,11 @@ def test_a_silent_track_gives_no_transcript_and_a_garbled_one_is_a_400_that_stor
     error = refused.value.body
     assert error["code"] == "invalid_video" and error["param"] == "messages[0].content[1]"
     assert "audio track" in error["message"]
+    # A short picture cannot carry a sound track longer than the clip limit (120 s here).
+    with pytest.raises(openai.BadRequestError) as refused:
+        ask(openai_client, [{"type": "video_url", "video_url": {
+            "url": data_url(video_bytes(seconds=2, audio=silence_wav(125)), "video/mp4")}}])
+    assert refused.value.body["code"] == "video_too_long"
     assert stored(alice.user) == before
 
 

@@ -93,6 +93,7 @@ async def video_transcript(*, user, api_key, data: bytes) -> str | None:
     return result["text"].strip() or None
 
 
+MIN_TRACK_SECONDS = 0.2
 # The transcription's refusals of the audio it was given, as the video refusals they are.
 _AUDIO_REFUSALS = {"invalid_audio": "invalid_video", "audio_too_long": "video_too_long",
                    "audio_too_large": "video_too_large"}
@@ -100,8 +101,9 @@ _AUDIO_REFUSALS = {"invalid_audio": "invalid_video", "audio_too_long": "video_to
 
 def video_audio_track(data: bytes) -> bytes | None:
     """The clip's first audio track alone, its packets copied into a Matroska file (which takes any codec), or
-    None when the clip has none. Nothing is decoded here: the worker decodes, and refuses what it cannot read.
-    The clip's limits apply first, so a clip that would be refused is never sent to be heard."""
+    None when the clip has none (or one shorter than MIN_TRACK_SECONDS). Nothing is decoded here: the worker
+    decodes, and refuses what it cannot read. The clip's limits apply first, so a clip that would be refused is
+    never sent to be heard."""
     import av
 
     _size_check(data)
@@ -111,15 +113,17 @@ def video_audio_track(data: bytes) -> bytes | None:
             if not container.streams.audio:
                 return None
             source = container.streams.audio[0]
-            buffer = io.BytesIO()
+            buffer, start, end = io.BytesIO(), math.inf, 0.0
             with av.open(buffer, mode="w", format="matroska") as out:
                 target = out.add_stream_from_template(source)
                 for packet in container.demux(source):
                     if packet.dts is None:  # the demuxer's flush packet
                         continue
+                    if packet.pts is not None and packet.time_base is not None:
+                        at = float(packet.pts * packet.time_base)
+                        start, end = min(start, at), max(end, at + float((packet.duration or 0) * packet.time_base))
                     # A track running on past the picture is held to the clip's limit too.
-                    if packet.pts is not None and packet.time_base is not None \
-                            and float(packet.pts * packet.time_base) > settings.AIHUB_VIDEO_MAX_SECONDS:
+                    if end > settings.AIHUB_VIDEO_MAX_SECONDS + 1:
                         raise InvalidMedia(f"The video's audio track lasts more than "
                                            f"{settings.AIHUB_VIDEO_MAX_SECONDS:g} s, the most accepted.",
                                            "video_too_long")
@@ -130,7 +134,8 @@ def video_audio_track(data: bytes) -> bytes | None:
     except (av.error.FFmpegError, ValueError, OSError, IndexError) as exc:
         raise InvalidMedia(f"The video's audio track cannot be read ({str(exc)[:200] or type(exc).__name__}).",
                            "invalid_video")
-    return buffer.getvalue()
+    # An empty track, or a blip too short to hold a word, is no speech rather than audio the worker refuses.
+    return buffer.getvalue() if end - start >= MIN_TRACK_SECONDS else None
 
 
 def _size_check(data: bytes) -> None:
