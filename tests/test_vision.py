@@ -15,8 +15,16 @@ from django.core.management import call_command
 from apps.chat.models import Conversation, GenerationRequest
 from apps.training.models import TrainingFile
 from apps.vision.models import StoredImage
-from tests.support.media import data_url, decompression_bomb, image_bytes, video_bytes
+from tests.support.media import (
+    data_url,
+    decompression_bomb,
+    image_bytes,
+    silence_wav,
+    video_bytes,
+    video_with_garbled_audio,
+)
 from tests.support.processes import MODEL_CACHE
+from tests.support.speech import SENTENCE, assert_same_words, espeak
 from tests.support.tiny_vision import build_tiny_idefics3_model, build_tiny_llava_model
 
 VISION_MODEL = "tiny:vision"
@@ -305,6 +313,7 @@ def test_a_video_reaches_the_model_as_sampled_frames(openai_client, alice, proce
     row = GenerationRequest.objects.get(id=completion.id.removeprefix("chatcmpl-"))
     video = row.prompt_messages[0]["parts"][1]
     assert video["type"] == "video" and video["times"] == [0.0, 1.0, 2.0]  # one frame a second
+    assert video["transcript"] is None  # the clip has no audio track: nothing to hear, no error
     frames = [bytes(StoredImage.objects.get(id=image_id).data) for image_id in video["image_ids"]]
     assert len(set(frames)) == 3
     content = [{"type": "text", "text": "What happens?"}, {"type": "text", "text": "Video (3 frames):"}]
@@ -334,6 +343,46 @@ def test_an_uploaded_video_is_used_by_file_id(openai_client):
     row = GenerationRequest.objects.get(id=completion.id.removeprefix("chatcmpl-"))
     assert row.prompt_messages[0]["parts"][0]["times"] == [0.0, 1.0]
 
+
+def test_a_videos_speech_reaches_the_model_as_a_transcript_after_its_frames(openai_client, processor, models,
+                                                                            tmp_path):
+    clip = video_bytes(seconds=5, audio=espeak(SENTENCE, tmp_path / "said.wav"))  # frames plus a spoken track
+    completion = ask(openai_client, [{"type": "text", "text": "What is said?"},
+                                     {"type": "video_url", "video_url": {"url": data_url(clip, "video/mp4")}}])
+    row = GenerationRequest.objects.get(id=completion.id.removeprefix("chatcmpl-"))
+    video = row.prompt_messages[0]["parts"][1]
+    assert video["times"] == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert_same_words(SENTENCE, video["transcript"])  # heard by the real Whisper tiny.en on the inference worker
+    frames = [bytes(StoredImage.objects.get(id=image_id).data) for image_id in video["image_ids"]]
+    content = [{"type": "text", "text": "What is said?"}, {"type": "text", "text": "Video (5 frames):"}]
+    for seconds in video["times"]:
+        content += [{"type": "text", "text": f" {seconds:.1f}s "}, {"type": "image"}]
+    content.append({"type": "text", "text": f"\nAudio transcript: {video['transcript']}\n"})
+    # The usage matches frames and transcript together: the model saw both.
+    assert completion.usage.prompt_tokens == expected_prompt_tokens(processor, content, frames,
+                                                                    do_image_splitting=False)
+
+
+def test_a_silent_track_gives_no_transcript_and_a_garbled_or_too_long_one_is_a_400_that_stores_nothing(
+        openai_client, alice, models):
+    completion = ask(openai_client, [{"type": "video_url", "video_url": {
+        "url": data_url(video_bytes(seconds=3, audio=silence_wav(3)), "video/mp4")}}])
+    row = GenerationRequest.objects.get(id=completion.id.removeprefix("chatcmpl-"))
+    assert row.prompt_messages[0]["parts"][0]["transcript"] is None
+    before = stored(alice.user)
+    with pytest.raises(openai.BadRequestError) as refused:
+        ask(openai_client, [{"type": "text", "text": "Listen:"},
+                            {"type": "video_url", "video_url": {"url": data_url(video_with_garbled_audio(),
+                                                                                "video/mp4")}}])
+    error = refused.value.body
+    assert error["code"] == "invalid_video" and error["param"] == "messages[0].content[1]"
+    assert "audio track" in error["message"]
+    # A short picture cannot carry a sound track longer than the clip limit (120 s here).
+    with pytest.raises(openai.BadRequestError) as refused:
+        ask(openai_client, [{"type": "video_url", "video_url": {
+            "url": data_url(video_bytes(seconds=2, audio=silence_wav(125)), "video/mp4")}}])
+    assert refused.value.body["code"] == "video_too_long"
+    assert stored(alice.user) == before
 
 
 # -- the catalog's machinery ----------------------------------------------------------------------------------

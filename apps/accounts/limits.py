@@ -170,5 +170,7 @@ def estimate_prompt_tokens(messages: list[dict]) -> int:
     # About four characters per token; the reservation is settled against real counts afterwards.
     images = sum(1 if part["type"] == "image" else len(part.get("image_ids") or [])
                  for m in messages for part in m.get("parts") or [] if part["type"] != "text")
-    return (math.ceil(sum(len(m["content"]) for m in messages) / 4) + 4 * len(messages)
+    # A video's transcript is prompt text the message's content does not hold.
+    transcripts = sum(len(part.get("transcript") or "") for m in messages for part in m.get("parts") or [])
+    return (math.ceil((sum(len(m["content"]) for m in messages) + transcripts) / 4) + 4 * len(messages)
             + ESTIMATED_TOKENS_PER_IMAGE * images)

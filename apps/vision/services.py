@@ -7,9 +7,16 @@ refused request stores nothing. What the prompt then holds per part:
     {"type": "text", "text": ...}
     {"type": "image", "image_id": "<uuid>", "detail": "auto" | "low" | "high"}
     {"type": "video", "image_ids": [...], "times": [seconds, ...], "transcript": str | None}
+
+A video part is heard first, in chat's async step before the transaction (`video_parts_heard`, called by
+apps/audio/chat_input.py): its bytes are fetched once and its audio track transcribed, and the part carries
+both (`source: {"data": bytes}`, `transcript`) into the storing here.
 """
 from __future__ import annotations
 
+import asyncio
+
+from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from apps.core.errors import AppError
@@ -18,6 +25,35 @@ from .images import CheckedImage, InvalidMedia, image_check
 from .models import StoredImage
 from .sources import data_url_bytes, remote_bytes
 from .video import video_sample, video_transcript
+
+
+async def video_parts_heard(*, user, api_key, messages: list[dict]) -> list[dict]:
+    """`messages` with each video part's source fetched and its audio track transcribed (`video_transcript`),
+    all the request's clips at once; a bad clip is the 400 storing it would be, raised before anything waits."""
+    videos = [(index, number) for index, message in enumerate(messages)
+              for number, part in enumerate(message.get("parts") or []) if part["type"] == "video"]
+    if not videos:
+        return messages
+
+    async def heard(index: int, number: int) -> dict:
+        part, param = messages[index]["parts"][number], f"messages[{index}].content[{number}]"
+        try:
+            data = await sync_to_async(_source_bytes)(user, part["source"], kind="video",
+                                                      limit=settings.AIHUB_VIDEO_MAX_BYTES)
+            transcript = await video_transcript(user=user, api_key=api_key, data=data)
+        except InvalidMedia as exc:
+            raise AppError(str(exc), param=param, code=exc.code)
+        except AppError as error:
+            error.param = error.param or param
+            raise
+        return {**part, "source": {"data": data}, "transcript": transcript}
+
+    parts = await asyncio.gather(*(heard(index, number) for index, number in videos))
+    messages = [dict(message) for message in messages]
+    for (index, number), part in zip(videos, parts):
+        messages[index]["parts"] = list(messages[index]["parts"])
+        messages[index]["parts"][number] = part
+    return messages
 
 
 def message_parts_store(*, user, messages: list[dict]) -> list[dict]:
@@ -40,7 +76,7 @@ def _stored_part(user, part: dict, *, param: str) -> dict:
             data = _source_bytes(user, part["source"], kind="video", limit=settings.AIHUB_VIDEO_MAX_BYTES)
             video = video_sample(data)
             return {"type": "video", "image_ids": [_store(user, frame) for frame in video.frames],
-                    "times": video.times, "transcript": video_transcript(user=user, data=data)}
+                    "times": video.times, "transcript": part.get("transcript")}
         data = _source_bytes(user, part["source"], kind="image", limit=settings.AIHUB_VISION_MAX_IMAGE_BYTES)
         return {"type": "image", "image_id": _store(user, image_check(data)), "detail": part["detail"]}
     except InvalidMedia as exc:
@@ -48,6 +84,8 @@ def _stored_part(user, part: dict, *, param: str) -> dict:
 
 
 def _source_bytes(user, source: dict, *, kind: str, limit: int) -> bytes:
+    if "data" in source:  # a video's bytes, fetched when it was heard (video_parts_heard)
+        return source["data"]
     if "file_id" in source:
         return _file_bytes(user, source["file_id"], limit=limit)
     url = source["url"]
