@@ -36,6 +36,7 @@ from apps.catalog.worker_registry import process_alive
 from apps.chat.cache import cache_put
 from apps.chat.message_embeddings import message_embeddings_schedule
 from apps.chat.models import Conversation, GenerationRequest, Message
+from apps.chat.retrieval import retrieval_public
 from apps.chat.services import generation_fail, generation_publish, generation_settle
 from apps.core import events
 from apps.core.db import retry_on_lost_connection
@@ -395,7 +396,8 @@ def _store_answer(generation, result, *, worker: str, started_at, first_token_at
         )
         if changed and generation.conversation_id:  # a raw-prompt completion (/completions) has no conversation
             Message.objects.create(conversation_id=generation.conversation_id, role="assistant",
-                                   content=result.text, tool_calls=result.tool_calls, generation_id=generation.id)
+                                   content=result.text, tool_calls=result.tool_calls, generation_id=generation.id,
+                                   retrieval=retrieval_public(generation.params.get("retrieval")))
             Conversation.objects.filter(id=generation.conversation_id).update(updated_at=finished_at)
             message_embeddings_schedule(conversation_id=generation.conversation_id)
     # A retry after a commit whose reply was lost finds the row already ours: it still has to be announced.

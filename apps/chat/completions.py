@@ -23,8 +23,9 @@ from apps.core.endpoints import validated_input
 from apps.core.errors import AppError, app_error_from_event, as_app_error, error_response
 
 from .models import GenerationRequest
+from .retrieval import retrieval_public
 from .serializers import ChatCompletionRequestSerializer
-from .services import chat_completion_create, generation_give_up
+from .services import chat_completion_start, generation_give_up
 from .tools import tool_call_deltas
 
 logger = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ async def chat_completion_submit(*, key, body: dict) -> tuple[GenerationRequest,
     """Validate, store and enqueue a request that came over the websocket (its handshake checked the scope)."""
     data = await sync_to_async(validate_chat_request)(body)
     data = await chat_audio_transcribed(user=key.user, api_key=key, data=data)  # waits for a worker: not on a thread
-    return await sync_to_async(chat_completion_create)(user=key.user, api_key=key, data=data), data
+    return await sync_to_async(chat_completion_start)(user=key.user, api_key=key, data=data), data
 
 
 async def chat_completion_answer(generation: GenerationRequest, data: dict):
@@ -136,7 +137,14 @@ def completion_body(generation: GenerationRequest) -> dict:
         "choices": _choices(generation),
         "usage": generation.usage,
         "conversation_id": _conversation_id(generation),
+        **retrieval_field(generation),
     }
+
+
+def retrieval_field(generation: GenerationRequest) -> dict:
+    """`retrieval` (the chunks the prompt held), only on answers to requests that asked for it."""
+    record = generation.params.get("retrieval")
+    return {"retrieval": retrieval_public(record)} if record is not None else {}
 
 
 def _choices(generation: GenerationRequest) -> list[dict]:
@@ -209,12 +217,12 @@ async def sse_stream(generation: GenerationRequest, include_usage: bool):
             elif event["type"] == events.DONE:
                 finished = True
                 for chunk in _finish_chunks(generation, created, event):
-                    yield _sse(chunk)
+                    yield _sse({**chunk, **retrieval_field(generation)})
                 if include_usage:
                     usage_chunk = _chunk(generation, created, {})
                     usage_chunk["choices"] = []
                     usage_chunk["usage"] = event["usage"]
-                    yield _sse(usage_chunk)
+                    yield _sse({**usage_chunk, **retrieval_field(generation)})
             elif event["type"] == events.ERROR:
                 finished = True
                 yield _sse({"error": event["error"]})

@@ -18,7 +18,7 @@ from apps.accounts.websocket import ApiKeyConsumer, after_seq_of, error_message
 from apps.core import events
 from apps.core.errors import AppError, NotFoundError
 
-from .completions import chat_completion_submit, generation_events
+from .completions import chat_completion_submit, generation_events, retrieval_field
 from .models import GenerationRequest
 
 logger = logging.getLogger(__name__)
@@ -78,7 +78,8 @@ class ChatConsumer(ApiKeyConsumer):
         request_id = str(generation.id)
         self.graces[request_id] = grace
         await self.send_json({"type": "accepted", "request_id": request_id, "model": generation.model,
-                              "conversation_id": str(generation.conversation_id), "route": generation.route})
+                              "conversation_id": str(generation.conversation_id), "route": generation.route,
+                              **retrieval_field(generation)})
         self._subscribe(request_id, after_seq=0)
 
     async def _owned_request(self, content: dict) -> str:

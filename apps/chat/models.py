@@ -56,6 +56,8 @@ class Message(models.Model):
     tool_call_id = models.CharField(max_length=64, blank=True, help_text="The call a tool message answers.")
     # A message with images or video: its content parts in order, media as stored image ids (apps/vision).
     parts = models.JSONField(null=True, blank=True, help_text="Text, image and video parts; null for text only.")
+    # Retrieval in chat (apps/chat/retrieval.py): the chunks an answer's prompt held, without their text.
+    retrieval = models.JSONField(null=True, blank=True, help_text="The vector store chunks the answer was given.")
     generation = models.OneToOneField(
         "GenerationRequest", null=True, blank=True, on_delete=models.SET_NULL, related_name="answer",
         help_text="The request that produced this message (assistant answers only).",

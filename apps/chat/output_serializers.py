@@ -25,6 +25,23 @@ class ChoiceSerializer(serializers.Serializer):
     finish_reason = serializers.CharField(help_text="stop, length, cancelled, tool_calls")
 
 
+class RetrievalChunkSerializer(serializers.Serializer):
+    vector_store_id = serializers.CharField()
+    file_id = serializers.CharField()
+    filename = serializers.CharField()
+    chunk_index = serializers.IntegerField(help_text="The chunk's place in its file, from 0.")
+    chunk_id = serializers.IntegerField()
+    score = serializers.FloatField(help_text="Cosine similarity to the query.")
+    attributes = serializers.DictField()
+
+
+class RetrievalSerializer(serializers.Serializer):
+    query = serializers.CharField(help_text="What was searched: the last user message.")
+    vector_store_ids = serializers.ListField(child=serializers.CharField())
+    found = serializers.IntegerField(help_text="Chunks the search returned; those that fit the context are used.")
+    chunks = RetrievalChunkSerializer(many=True, help_text="The chunks put into the prompt, best first.")
+
+
 class ChatCompletionSerializer(serializers.Serializer):
     id = serializers.CharField()
     object = serializers.CharField(help_text="chat.completion")
@@ -34,6 +51,8 @@ class ChatCompletionSerializer(serializers.Serializer):
     choices = ChoiceSerializer(many=True)
     usage = UsageSerializer()
     conversation_id = serializers.UUIDField(allow_null=True, help_text="AI Hub extension: the stored conversation.")
+    retrieval = RetrievalSerializer(required=False, help_text="AI Hub extension, with a `retrieval` request: the "
+                                                              "vector store chunks the model was given.")
 
 
 class StreamEventSerializer(serializers.Serializer):

@@ -10,10 +10,11 @@ from django.conf import settings
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from apps.core.fields import StrictBooleanField, StrictCharField, StrictFloatField, StrictIntegerField
+from apps.core.fields import MetadataField, StrictBooleanField, StrictCharField, StrictFloatField, StrictIntegerField
 from workers.constraints import ConstraintError, constraint_grammar
 
 from .models import Conversation, Message, Role
+from .retrieval import RetrievalSerializer
 from .tools import MAX_TOOL_CALLS_PER_MESSAGE, MAX_TOOL_SCHEMA_CHARS, MAX_TOOLS, TOOL_NAME_PATTERN
 
 ACCEPTED_ROLES = {r.value for r in Role} | {"developer"}  # OpenAI's newer name for system
@@ -358,24 +359,6 @@ class ResponseFormatField(serializers.Field):
         return value
 
 
-@extend_schema_field({"type": "object", "maxProperties": 16, "description": "keys of 1 to 64 characters",
-                      "additionalProperties": {"type": "string", "maxLength": 512}})
-class MetadataField(serializers.Field):
-    """OpenAI's metadata: up to 16 string pairs, keys of at most 64 characters, values of at most 512."""
-
-    default_error_messages = {
-        "type": "must be an object of at most 16 string keys (64 characters each) with string values (512 each).",
-    }
-
-    def to_internal_value(self, data):
-        if not (isinstance(data, dict) and len(data) <= 16 and all(
-                isinstance(key, str) and 0 < len(key) <= 64 and isinstance(value, str) and len(value) <= 512
-                for key, value in data.items())):
-            self.fail("type")
-        return data
-
-    def to_representation(self, value):
-        return value
 @extend_schema_field({"oneOf": [{"type": "number", "enum": [-1, 0]},
                                {"type": "number", "exclusiveMinimum": True, "minimum": 0,
                                 "maximum": settings.AIHUB_KEEP_ALIVE_MAX_SECONDS}], "nullable": True})
@@ -434,6 +417,10 @@ class ChatCompletionRequestSerializer(serializers.Serializer):
                                   help_text='"auto" (default with tools), "none", "required", or a named function.')
     parallel_tool_calls = StrictBooleanField(required=False, allow_null=True,
                                              help_text="Whether an answer may hold several calls (default true).")
+    retrieval = RetrievalSerializer(required=False, allow_null=True,
+                                    help_text="AI Hub extension: search your vector stores with the last user "
+                                              "message and put the chunks into the prompt "
+                                              "(docs/vector_stores.md, Retrieval in chat).")
 
     def validate_messages(self, value):
         chars = sum(len(m["content"]) for m in value)
@@ -480,7 +467,7 @@ class ChatCompletionRequestSerializer(serializers.Serializer):
 class MessageSerializer(serializers.ModelSerializer):
     class Meta:
         model = Message
-        fields = ["id", "role", "content", "tool_calls", "tool_call_id", "created_at"]
+        fields = ["id", "role", "content", "tool_calls", "tool_call_id", "retrieval", "created_at"]
 
 
 class ConversationSerializer(serializers.ModelSerializer):

@@ -24,6 +24,7 @@ from apps.vision.services import message_parts_store, part_image_ids, stored_ima
 from .cache import cache_get, cache_key, cache_wanted
 from .message_embeddings import message_embeddings_schedule
 from .models import Conversation, GenerationRequest, Message
+from .retrieval import prompt_budget, retrieval_prompt, retrieval_public, retrieval_record, retrieval_search
 from .sampling import sampling_params
 from .selectors import conversation_get, model_performance
 from .tools import stored_message, tool_messages_check, tool_params
@@ -74,9 +75,22 @@ def chat_route(*, user, requested: str | None, messages: list[dict], workers: li
     return entry, Route(entry.id, queue, worker, f"model={entry.id} ({reason}); {worker_reason}")
 
 
+def chat_completion_start(*, user, api_key, data: dict, instructions: str | None = None,
+                          extra_params: dict | None = None) -> GenerationRequest:
+    """chat_completion_create, after the request's retrieval search (if it asks for one).
+
+    The search waits for the embedding worker, so it runs before the transaction opens, never inside it.
+    Blocking: async callers use sync_to_async (a request thread, never the event loop).
+    """
+    found = retrieval_search(user=user, spec=data["retrieval"], messages=data["messages"]) \
+        if data.get("retrieval") else None
+    return chat_completion_create(user=user, api_key=api_key, data=data, instructions=instructions,
+                                  extra_params=extra_params, retrieval_found=found)
+
+
 @transaction.atomic
 def chat_completion_create(*, user, api_key, data: dict, instructions: str | None = None,
-                           extra_params: dict | None = None) -> GenerationRequest:
+                           extra_params: dict | None = None, retrieval_found=None) -> GenerationRequest:
     """Store the request (and its new messages) and enqueue it for a GPU worker.
 
     `data` is validated ChatCompletionRequestSerializer output. Nothing is
@@ -85,6 +99,8 @@ def chat_completion_create(*, user, api_key, data: dict, instructions: str | Non
     it first, the conversation does not keep it (the Responses API's rule).
     `extra_params` are stored with the sampling parameters for the caller's
     own use (the Responses API keeps what its response object echoes).
+    `retrieval_found` is (query, hits) of chat_completion_start's search: the
+    hits that fit the context go into the prompt (apps/chat/retrieval.py).
     """
     requested = data.get("model")
     if requested is None and settings.AIHUB_DEFAULT_MODEL == AUTO:
@@ -112,21 +128,26 @@ def chat_completion_create(*, user, api_key, data: dict, instructions: str | Non
         raise AppError(f"The messages are far longer than the model '{model.id}' accepts "
                        f"({model.context_length} tokens).", param="messages", code="context_length_exceeded")
     params = {**_params(data, model=model, max_tokens=max_tokens, api_key=api_key), **(extra_params or {})}
+    prompt = history + new_messages
+    if retrieval_found is not None:
+        query, hits = retrieval_found
+        prompt, used = retrieval_prompt(prompt, hits=hits, budget_tokens=prompt_budget(
+            prompt, context_length=model.context_length, max_tokens=max_tokens))
+        params["retrieval"] = retrieval_record(query=query, spec=data["retrieval"], hits=hits, used=used)
     cached = None
     if cache_wanted(data.get("cache"), params):
-        params["cache_key"] = cache_key(user_id=user.id, model=model.id, messages=history + new_messages,
-                                        params=params)
+        params["cache_key"] = cache_key(user_id=user.id, model=model.id, messages=prompt, params=params)
         cached = cache_get(params["cache_key"])
     if cached is None:
         queue_check()
     generation_id = uuid.uuid4()
     # A cache hit uses no GPU: it counts as a request, not against token limits.
-    cost = 0 if cached else estimate_prompt_tokens(history + new_messages) + params["n"] * max_tokens
+    cost = 0 if cached else estimate_prompt_tokens(prompt) + params["n"] * max_tokens
     reservation = limits_admit(key=api_key, request_id=str(generation_id), cost=cost)
     try:
         params["limits"] = reservation
         generation = _store(generation_id, user=user, api_key=api_key, model=model, route=route, params=params,
-                            conversation=conversation, history=history, new_messages=new_messages,
+                            conversation=conversation, prompt=prompt, new_messages=new_messages,
                             metadata=data.get("metadata") or {})
     except BaseException:
         limits_settle(reservation, used_tokens=0)  # the transaction rolls back: give the share back
@@ -191,7 +212,8 @@ def _answer_from_cache(generation: GenerationRequest, cached: dict, reservation:
         completion_tokens=cached["completion_tokens"], started_at=now, first_token_at=now, finished_at=now,
         queue_wait_ms=0, time_to_first_token_ms=0, total_ms=0, worker="cache")
     Message.objects.create(conversation_id=generation.conversation_id, role="assistant",
-                           content=cached["completion"], generation_id=generation.id)
+                           content=cached["completion"], generation_id=generation.id,
+                           retrieval=retrieval_public(generation.params.get("retrieval")))
     message_embeddings_schedule(conversation_id=generation.conversation_id)
     limits_settle(reservation, used_tokens=0)
     request_metrics_record(generation=GenerationRequest.objects.get(id=generation.id))
@@ -211,7 +233,7 @@ def queue_check() -> None:
                        type="server_error", code="queue_full", retry_after=settings.AIHUB_QUEUE_RETRY_AFTER_SECONDS)
 
 
-def _store(generation_id, *, user, api_key, model, route, params, conversation, history,
+def _store(generation_id, *, user, api_key, model, route, params, conversation, prompt,
            new_messages, metadata: dict) -> GenerationRequest:
     if conversation is None:
         conversation = Conversation.objects.create(user=user, model=model.id, title=_title_from(new_messages))
@@ -228,7 +250,7 @@ def _store(generation_id, *, user, api_key, model, route, params, conversation, 
         conversation=conversation,
         model=model.id,
         route=route.reason,
-        prompt_messages=history + new_messages,
+        prompt_messages=prompt,
         params=params,
         metadata=metadata,
     )
@@ -242,6 +264,10 @@ def conversation_delete(*, user, conversation_id) -> None:
     for generation_id in live.values_list("id", flat=True):
         request_cancel_sync(generation_id)
     conversation.generations.update(prompt_messages=[], completion="")
+    for generation in conversation.generations.filter(params__has_key="retrieval"):
+        # The chunks' text and the query go with the conversation, as the prompt does; which chunks, stays.
+        generation.params["retrieval"] = {**retrieval_public(generation.params["retrieval"]), "query": ""}
+        generation.save(update_fields=["params"])
     image_ids = set().union(*(part_image_ids(parts) for parts in
                               conversation.messages.exclude(parts=None).values_list("parts", flat=True)))
     conversation.delete()

@@ -17,7 +17,7 @@ from .serializers import (
     ConversationListSerializer,
     ConversationSerializer,
 )
-from .services import chat_completion_create, conversation_delete
+from .services import chat_completion_start, conversation_delete
 from .text_completions import text_completion_answer
 from .text_serializers import TextCompletionRequestSerializer
 from .text_services import text_completion_create
@@ -34,12 +34,13 @@ class ChatCompletionsView(Endpoint):
         responses={(200, "application/json"): ChatCompletionSerializer,
                    (200, "text/event-stream"): StreamEventSerializer},
         errors={403: "insufficient_scope: the key lacks inference, or keep_alive -1/0 without an admin key",
-                404: "model_not_found or conversation not found", 429: None, 500: None,
-                503: "queue_full: too many requests wait for a GPU", 504: None, 507: None},
+                404: "model_not_found, conversation or (retrieval) vector store not found",
+                409: "model_not_found: a searched vector store's embedding model left the catalog",
+                429: None, 500: None, 503: "queue_full: too many requests wait for a GPU", 504: None, 507: None},
     )
     async def post(self, request, data):
         data = await chat_audio_transcribed(user=request.user, api_key=request.auth, data=data)
-        generation = await sync_to_async(chat_completion_create)(user=request.user, api_key=request.auth, data=data)
+        generation = await sync_to_async(chat_completion_start)(user=request.user, api_key=request.auth, data=data)
         return await chat_completion_answer(generation, data)
 
 

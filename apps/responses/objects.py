@@ -54,8 +54,7 @@ def response_object(generation: GenerationRequest, *, status: str | None = None,
         "max_output_tokens": echo.get("max_output_tokens"),
         "temperature": generation.params.get("temperature"),
         "top_p": generation.params.get("top_p"),
-        "tools": [{"type": "function", "name": t["name"], "description": t.get("description"),
-                   "parameters": t.get("parameters"), "strict": t.get("strict")} for t in echo.get("tools") or []],
+        "tools": [_tool(tool) for tool in echo.get("tools") or []],
         "tool_choice": _tool_choice(echo.get("tool_choice")),
         "parallel_tool_calls": echo.get("parallel_tool_calls") is not False,
         "previous_response_id": echo.get("previous_response_id"),
@@ -67,6 +66,15 @@ def response_object(generation: GenerationRequest, *, status: str | None = None,
         "usage": usage(generation.prompt_tokens, generation.completion_tokens) if finished else None,
         "conversation_id": str(generation.conversation_id) if generation.conversation_id else None,
     }
+
+
+def _tool(tool: dict) -> dict:
+    if tool.get("type") == "file_search":
+        return {"type": "file_search", "vector_store_ids": tool["vector_store_ids"],
+                "max_num_results": tool.get("max_num_results"), "filters": tool.get("filters"),
+                "ranking_options": tool.get("ranking_options") or {"ranker": "auto", "score_threshold": 0.0}}
+    return {"type": "function", "name": tool["name"], "description": tool.get("description"),
+            "parameters": tool.get("parameters"), "strict": tool.get("strict")}
 
 
 def _tool_choice(choice):
@@ -87,15 +95,48 @@ def output_items(generation: GenerationRequest) -> list[dict]:
         return []
     choices = (generation.output or {}).get("choices") or [{}]
     calls = choices[0].get("tool_calls") or []
-    items = []
+    items = [file_search_item(generation, status="completed")] if _searched(generation) else []
     if generation.completion or not calls:
         items.append(message_item(generation, generation.completion, status="completed"))
     items += [function_call_item(call, status="completed") for call in calls]
     return items
 
 
+def _searched(generation: GenerationRequest) -> bool:
+    """Whether the response ran the file_search tool (its search is chat's retrieval, params["retrieval"])."""
+    return "retrieval" in generation.params and any(
+        tool.get("type") == "file_search" for tool in (generation.params.get("response") or {}).get("tools") or [])
+
+
+def file_search_item(generation: GenerationRequest, *, status: str) -> dict:
+    """OpenAI's file_search_call: the query searched and, with include file_search_call.results, the chunks the
+    model was given (those that fit its context, best first)."""
+    record = generation.params["retrieval"]
+    included = "file_search_call.results" in ((generation.params.get("response") or {}).get("include") or [])
+    results = [{"file_id": chunk["file_id"], "filename": chunk["filename"], "score": chunk["score"],
+                "text": chunk.get("text", ""), "attributes": chunk.get("attributes") or {}}
+               for chunk in record["chunks"]] if included else None
+    return {"type": "file_search_call", "id": f"fs_{generation.id.hex}", "status": status,
+            "queries": [record["query"]], "results": results}
+
+
+def citations(generation: GenerationRequest, text: str) -> list[dict]:
+    """file_citation annotations for an answer given file_search chunks: one per file the model was shown, best
+    first, at the end of the text (the model does not mark where it used them; OpenAI's index is a position)."""
+    if not text or not _searched(generation):
+        return []
+    seen, annotations = set(), []
+    for chunk in generation.params["retrieval"]["chunks"]:
+        if chunk["file_id"] not in seen:
+            seen.add(chunk["file_id"])
+            annotations.append({"type": "file_citation", "file_id": chunk["file_id"], "filename": chunk["filename"],
+                                "index": len(text)})
+    return annotations
+
+
 def message_item(generation: GenerationRequest, text: str | None, *, status: str) -> dict:
-    content = [] if text is None else [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]
+    content = [] if text is None else [{"type": "output_text", "text": text, "annotations": citations(generation, text),
+                                        "logprobs": []}]
     return {"type": "message", "id": f"msg_{generation.id.hex}", "status": status, "role": "assistant",
             "content": content}
 
@@ -132,10 +173,25 @@ class _Stream:
         yield self.event("response.content_part.added", item_id=self.items[index]["id"], output_index=index,
                          content_index=0, part=part)
 
+    def file_search(self):
+        """The search ran before the request was enqueued: its events come first, in OpenAI's order."""
+        item = file_search_item(self.generation, status="in_progress")
+        self.items.append(item)
+        index = len(self.items) - 1
+        yield self.event("response.output_item.added", output_index=index, item=dict(item, results=None))
+        for stage in ("in_progress", "searching", "completed"):
+            yield self.event(f"response.file_search_call.{stage}", output_index=index, item_id=item["id"])
+        self.items[index] = {**item, "status": "completed"}
+        yield self.event("response.output_item.done", output_index=index, item=self.items[index])
+
     def close_message(self):
         index = next(i for i, item in enumerate(self.items) if item["type"] == "message")
         item = self.items[index]
-        part = {"type": "output_text", "text": self.text, "annotations": [], "logprobs": []}
+        annotations = citations(self.generation, self.text)
+        for number, annotation in enumerate(annotations):
+            yield self.event("response.output_text.annotation.added", item_id=item["id"], output_index=index,
+                             content_index=0, annotation_index=number, annotation=annotation)
+        part = {"type": "output_text", "text": self.text, "annotations": annotations, "logprobs": []}
         yield self.event("response.output_text.done", item_id=item["id"], output_index=index, content_index=0,
                          text=self.text, logprobs=[])
         yield self.event("response.content_part.done", item_id=item["id"], output_index=index, content_index=0,
@@ -159,6 +215,9 @@ async def response_stream(generation: GenerationRequest):
     try:
         yield stream.event("response.created", response=stream.response("in_progress"))
         yield stream.event("response.in_progress", response=stream.response("in_progress"))
+        if _searched(generation):
+            for line in stream.file_search():
+                yield line
         await release_database_connection()
         async for event in generation_events(generation.id, lease_seconds=READER_LEASE):
             if event["type"] == events.TOKEN and (event.get("index") or 0) == 0:

@@ -8,8 +8,11 @@ from django.conf import settings
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from apps.chat.serializers import MetadataField
-from apps.core.fields import StrictBooleanField, StrictCharField, StrictFloatField, StrictIntegerField
+from apps.chat.retrieval import DEFAULT_RESULTS, MAX_STORES
+from apps.core.fields import MetadataField, StrictBooleanField, StrictCharField, StrictFloatField, StrictIntegerField
+from apps.core.parameters import UnsupportedParameter
+from apps.vectorstores.search import MAX_RESULTS
+from apps.vectorstores.serializers import FiltersField, RankingOptionsSerializer
 
 INPUT_ROLES = ("user", "assistant", "system", "developer")
 TEXT_PARTS = ("input_text", "output_text")
@@ -76,12 +79,37 @@ class ResponseInputField(serializers.Field):
         return value
 
 
-class FunctionToolSerializer(serializers.Serializer):
-    type = serializers.ChoiceField(choices=["function"], help_text="Only function tools run on the hub.")
-    name = StrictCharField(max_length=64)
+FUNCTION_KEYS = ("name", "description", "parameters", "strict")
+FILE_SEARCH_KEYS = ("vector_store_ids", "max_num_results", "filters", "ranking_options")
+INCLUDABLE = ("file_search_call.results",)
+
+
+class ResponseToolSerializer(serializers.Serializer):
+    """A function tool (run by the client) or the file_search tool (run by the hub over your vector stores)."""
+
+    type = serializers.ChoiceField(choices=["function", "file_search"],
+                                   help_text="function, or file_search over your vector stores.")
+    name = StrictCharField(required=False, max_length=64)
     description = StrictCharField(required=False, allow_blank=True, allow_null=True)
     parameters = serializers.DictField(required=False, allow_null=True)
     strict = StrictBooleanField(required=False, allow_null=True)
+    vector_store_ids = serializers.ListField(child=serializers.CharField(max_length=64), required=False,
+                                             min_length=1, max_length=MAX_STORES)
+    max_num_results = StrictIntegerField(required=False, min_value=1, max_value=MAX_RESULTS,
+                                         help_text=f"At most this many chunks (default {DEFAULT_RESULTS}).")
+    filters = FiltersField(required=False, allow_null=True)
+    ranking_options = RankingOptionsSerializer(required=False, allow_null=True)
+
+    def validate(self, attrs):
+        own, other = (FUNCTION_KEYS, FILE_SEARCH_KEYS) if attrs["type"] == "function" else \
+            (FILE_SEARCH_KEYS, FUNCTION_KEYS)
+        for key in other:
+            if attrs.get(key) is not None:
+                raise serializers.ValidationError({key: f"a {attrs['type']} tool has no '{key}'."})
+        required = own[0]
+        if not attrs.get(required):
+            raise serializers.ValidationError({required: "This field is required."})
+        return attrs
 
 
 @extend_schema_field({"oneOf": [
@@ -122,6 +150,12 @@ class TextConfigSerializer(serializers.Serializer):
     format = TextFormatField(required=False, help_text='{"type": "text" | "json_object" | "json_schema", ...}')
 
 
+@extend_schema_field({"type": "array", "maxItems": 8, "nullable": True,
+                      "items": {"type": "string", "enum": list(INCLUDABLE)}})
+class IncludeField(serializers.ListField):
+    """`include`: the schema lists what is accepted; any other value is refused by name (validate_include)."""
+
+
 class ResponseCreateRequestSerializer(serializers.Serializer):
     # OpenAI's Responses parameters the hub does not implement: refused as "not supported" (apps/core/parameters.py).
     openai_parameters = frozenset({"background", "conversation", "max_tool_calls", "prompt",
@@ -147,16 +181,29 @@ class ResponseCreateRequestSerializer(serializers.Serializer):
                                          "false is accepted and changes nothing.")
     user = StrictCharField(required=False, allow_blank=True, max_length=256)
     metadata = MetadataField(required=False, allow_null=True, help_text="Stored with the request, as chat's.")
-    tools = FunctionToolSerializer(many=True, required=False)
+    tools = ResponseToolSerializer(many=True, required=False)
     tool_choice = ResponseToolChoiceField(required=False, allow_null=True, help_text='"auto", "none", "required" or '
                                                                   '{"type": "function", "name": ...}.')
     parallel_tool_calls = StrictBooleanField(required=False, allow_null=True)
     text = TextConfigSerializer(required=False, allow_null=True)
-    include = serializers.ListField(child=StrictCharField(), required=False, allow_null=True, max_length=0,
-                                    help_text="Extra output to include: the hub has none to add, so only an empty "
-                                              "list (the OpenAI Agents SDK sends one).")
+    include = IncludeField(child=StrictCharField(), required=False, allow_null=True, max_length=8,
+                           help_text="Extra output to include: file_search_call.results (the chunks the "
+                                     "file_search tool found); other OpenAI values are refused by name.")
     truncation = serializers.ChoiceField(choices=["disabled"], required=False, allow_null=True,
                                          help_text='Only "disabled": a prompt too long for the model is a 400.')
+
+
+    def validate_include(self, value):
+        for index, item in enumerate(value or []):
+            if item not in INCLUDABLE:
+                raise UnsupportedParameter(f"include.{index}", why=f"'{item}' is not something this hub can "
+                                                                   f"include; it has {', '.join(INCLUDABLE)}.")
+        return value or []
+
+    def validate_tools(self, value):
+        if sum(tool["type"] == "file_search" for tool in value) > 1:
+            raise serializers.ValidationError("at most one file_search tool (it takes several vector_store_ids).")
+        return value
 
 
 class ResponseObjectSerializer(serializers.Serializer):

@@ -15,6 +15,7 @@ from django.db import transaction
 from apps.chat.completions import validate_chat_request
 from apps.chat.message_embeddings import message_embeddings_schedule
 from apps.chat.models import Conversation, GenerationRequest, Message
+from apps.chat.retrieval import DEFAULT_RESULTS, retrieval_search
 from apps.chat.services import chat_completion_create
 from apps.core.errors import AppError, NotFoundError
 from apps.core.events import request_cancel_sync
@@ -41,19 +42,39 @@ def response_get(*, user, response_id: str, param: str | None = None) -> Generat
 
 
 def response_create(*, key, data: dict) -> GenerationRequest:
-    """Store and enqueue a validated Responses request (the pipeline checked the key's inference scope)."""
+    """Store and enqueue a validated Responses request (the pipeline checked the key's inference scope).
+
+    A file_search tool is chat's retrieval: its search runs first, outside the transaction (it waits for the
+    embedding worker), and its chunks go into the prompt; objects.py shows it as a file_search_call item.
+    """
+    chat = _chat_request(data)
+    found = None
+    if chat.get("retrieval"):
+        index = next(i for i, tool in enumerate(data["tools"]) if tool["type"] == "file_search")
+        found = retrieval_search(user=key.user, spec=chat["retrieval"], param=f"tools.{index}",
+                                 messages=[{"role": "user", "content": _last_user_text(data["input"])}])
     with transaction.atomic():
-        chat = _chat_request(data)
         if data.get("previous_response_id"):
             chat["conversation_id"] = str(_conversation_after(user=key.user,
                                                               previous_response_id=data["previous_response_id"]))
         validated = validate_chat_request(chat)  # every rule of chat applies to the mapped request
         echo = {name: data.get(name) for name in (
             "instructions", "max_output_tokens", "temperature", "top_p", "tools", "tool_choice",
-            "parallel_tool_calls", "text", "metadata", "previous_response_id", "truncation", "user", "store")}
+            "parallel_tool_calls", "text", "metadata", "previous_response_id", "truncation", "user", "store",
+            "include")}
         return chat_completion_create(user=key.user, api_key=key, data=validated,
                                       instructions=data.get("instructions") or None,
-                                      extra_params={"response": echo})
+                                      extra_params={"response": echo}, retrieval_found=found)
+
+
+def _last_user_text(items: list[dict]) -> str:
+    """The text of the last user message: what file_search searches for (empty if none: retrieval says so)."""
+    for item in reversed(items):
+        if item["type"] == "message" and item["role"] == "user":
+            content = item["content"]
+            return content if isinstance(content, str) else "".join(
+                part["text"] for part in content if part["type"] == "text")
+    return ""
 
 
 def _chat_request(data: dict) -> dict:
@@ -64,10 +85,18 @@ def _chat_request(data: dict) -> dict:
                          ("user", "user"), ("metadata", "metadata"), ("parallel_tool_calls", "parallel_tool_calls")):
         if data.get(ours) is not None:
             chat[theirs] = data[ours]
-    if data.get("tools"):
+    functions = [tool for tool in data.get("tools") or [] if tool["type"] == "function"]
+    if functions:
         chat["tools"] = [{"type": "function", "function": {
             key: tool[key] for key in ("name", "description", "parameters", "strict") if tool.get(key) is not None}}
-            for tool in data["tools"]]
+            for tool in functions]
+    file_search = next((tool for tool in data.get("tools") or [] if tool["type"] == "file_search"), None)
+    if file_search:
+        chat["retrieval"] = {"vector_store_ids": file_search["vector_store_ids"],
+                             "max_num_results": file_search.get("max_num_results") or DEFAULT_RESULTS,
+                             "score_threshold": (file_search.get("ranking_options") or {}).get("score_threshold", 0.0)}
+        if file_search.get("filters") is not None:
+            chat["retrieval"]["filters"] = file_search["filters"]
     if "tool_choice" in data:
         choice = data["tool_choice"]
         if isinstance(choice, dict) and choice.get("type") == "function":
@@ -115,7 +144,7 @@ def _conversation_after(*, user, previous_response_id: str):
     fork = Conversation.objects.create(user=user, model=conversation.model, title=conversation.title)
     Message.objects.bulk_create([
         Message(conversation=fork, role=m.role, content=m.content, tool_calls=m.tool_calls,
-                tool_call_id=m.tool_call_id)
+                tool_call_id=m.tool_call_id, retrieval=m.retrieval)
         for m in conversation.messages.filter(id__lte=answer.id)])
     message_embeddings_schedule(conversation_id=fork.id)
     return fork.id
@@ -129,5 +158,6 @@ def response_delete(*, user, response_id: str) -> None:
         request_cancel_sync(generation.id)
     Message.objects.filter(generation=generation).delete()
     params = {**generation.params, "response": {"deleted": True}}
+    params.pop("retrieval", None)  # the chunks' text and the query go with the answer
     GenerationRequest.objects.filter(id=generation.id).update(params=params, prompt_messages=[], completion="",
                                                               output={})

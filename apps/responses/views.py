@@ -24,7 +24,9 @@ class ResponsesView(Endpoint):
                     "text/event-stream of OpenAI's response.* events.",
         responses={(200, "application/json"): ResponseObjectSerializer,
                    (200, "text/event-stream"): StreamEventSerializer},
-        errors={403: None, 404: "model_not_found or previous response not found", 429: None, 500: None,
+        errors={403: None, 404: "model_not_found, previous response or (file_search) vector store not found",
+                409: "model_not_found: a searched vector store's embedding model left the catalog",
+                429: None, 500: None,
                 503: "queue_full: too many requests wait for a GPU", 504: None, 507: None},
     )
     async def post(self, request, data):

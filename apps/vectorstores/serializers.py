@@ -5,8 +5,8 @@ from django.conf import settings
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from apps.chat.serializers import MetadataField
-from apps.core.fields import StrictBooleanField, StrictCharField, StrictFloatField, StrictIntegerField
+from apps.core.errors import AppError
+from apps.core.fields import MetadataField, StrictBooleanField, StrictCharField, StrictFloatField, StrictIntegerField
 from apps.core.parameters import UnsupportedParameter
 
 from .chunking import MAX_CHUNK_TOKENS, MIN_CHUNK_TOKENS
@@ -144,7 +144,15 @@ _SCALAR = [{"type": "string", "maxLength": 512}, {"type": "number"}, {"type": "b
         "filters": {"type": "array", "minItems": 1, "items": {"type": "object"}}}}]})
 class FiltersField(serializers.Field):
     def to_internal_value(self, data):
-        return filters_check(data, self.field_name)
+        try:
+            return filters_check(data, self.field_name)
+        except AppError as error:
+            # Raised again as DRF's nested detail, so that the path names where the field sits when it is nested
+            # (`retrieval.filters.value`, `tools.0.filters.filters.1.type`), not only its own part.
+            detail = error.message.split(": ", 1)[-1]
+            for part in reversed((error.param or self.field_name).split(".")[1:]):
+                detail = {part: detail}
+            raise serializers.ValidationError(detail) from None
 
     def to_representation(self, value):
         return value
