@@ -144,7 +144,7 @@ def _conversation_after(*, user, previous_response_id: str):
     fork = Conversation.objects.create(user=user, model=conversation.model, title=conversation.title)
     Message.objects.bulk_create([
         Message(conversation=fork, role=m.role, content=m.content, tool_calls=m.tool_calls,
-                tool_call_id=m.tool_call_id, retrieval=m.retrieval)
+                tool_call_id=m.tool_call_id, parts=m.parts, retrieval=m.retrieval)
         for m in conversation.messages.filter(id__lte=answer.id)])
     message_embeddings_schedule(conversation_id=fork.id)
     return fork.id
