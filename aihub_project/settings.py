@@ -168,6 +168,8 @@ SPECTACULAR_SETTINGS = {
         "FunctionTypeEnum": ["function"],
         "TranscriptFormatEnum": "apps.audio.serializers.TRANSCRIPT_FORMATS",
         "SpeechFormatEnum": "apps.audio.serializers.SPEECH_FORMATS",
+        # A vector store file's statuses, which its batches share.
+        "IngestionStatusEnum": "apps.vectorstores.selectors.FILE_STATUSES",
     },
     "TITLE": "AI Hub API",
     "DESCRIPTION": (

@@ -256,7 +256,7 @@ class FileBatchSerializer(serializers.Serializer):
     object = serializers.CharField()
     created_at = serializers.IntegerField()
     vector_store_id = serializers.CharField()
-    status = serializers.ChoiceField(choices=["in_progress", "completed", "cancelled", "failed"])
+    status = serializers.ChoiceField(choices=FILE_STATUSES)  # a batch goes through its files' statuses
     file_counts = FileCountsSerializer()
 
 
