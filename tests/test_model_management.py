@@ -119,6 +119,10 @@ def test_load_and_unload_are_staff_only(pool, staff, alice, mid_models):
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
     bad = _post(base_url, "models/load", staff, {"model_id": mid_models["a"], "keep_alive": "soon"})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "keep_alive"
+    # Only -1 pins: any other negative number is a mistake, not a quiet pin that no idle timer will undo.
+    negative = _post(base_url, "models/load", staff, {"model_id": mid_models["a"], "keep_alive": -5})
+    assert negative.status_code == 400 and negative.json()["error"]["param"] == "keep_alive"
+    assert "-1 to pin" in negative.json()["error"]["message"]
 
 
 def test_a_cold_model_loads_on_the_worker_with_the_most_free_memory_and_requests_follow_it(pool, staff, mid_models):

@@ -1,7 +1,7 @@
 from django.conf import settings
 from rest_framework import serializers
 
-from apps.core.fields import StrictBooleanField, StrictCharField, StrictFloatField
+from apps.core.fields import KeepAliveField, StrictBooleanField, StrictCharField
 
 from .models import ModelEntry, Visibility
 from .selectors import model_may_manage
@@ -85,7 +85,7 @@ class ModelUnloadSerializer(serializers.Serializer):
 
 class ModelLoadSerializer(serializers.Serializer):
     model_id = StrictCharField(max_length=200, help_text="The model to load.")
-    keep_alive = StrictFloatField(
+    keep_alive = KeepAliveField(
         required=False, allow_null=True,
         help_text="Seconds it stays loaded while idle (-1 pins it, 0 unloads after the next request); "
                   "default: the worker's AIHUB_KEEP_ALIVE_SECONDS.")

@@ -10,7 +10,14 @@ from django.conf import settings
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from apps.core.fields import MetadataField, StrictBooleanField, StrictCharField, StrictFloatField, StrictIntegerField
+from apps.core.fields import (
+    KeepAliveField,
+    MetadataField,
+    StrictBooleanField,
+    StrictCharField,
+    StrictFloatField,
+    StrictIntegerField,
+)
 from workers.constraints import ConstraintError, constraint_grammar
 
 from .models import Conversation, Message, Role
@@ -359,11 +366,6 @@ class ResponseFormatField(serializers.Field):
         return value
 
 
-@extend_schema_field({"oneOf": [{"type": "number", "enum": [-1, 0]},
-                               {"type": "number", "exclusiveMinimum": True, "minimum": 0,
-                                "maximum": settings.AIHUB_KEEP_ALIVE_MAX_SECONDS}], "nullable": True})
-class KeepAliveField(StrictFloatField):
-    """Seconds; the schema states the values validate_keep_alive accepts."""
 def _valid_schema_name(name) -> bool:
     return isinstance(name, str) and 0 < len(name) <= 64 and all(c.isascii() and (c.isalnum() or c in "_-")
                                                                  for c in name)
@@ -398,7 +400,7 @@ class ChatCompletionRequestSerializer(serializers.Serializer):
     store = StrictBooleanField(required=False, allow_null=True,
                                help_text="Accepted; the hub stores every completion (docs/api.md).")
     keep_alive = KeepAliveField(
-        required=False, allow_null=True,
+        bound=settings.AIHUB_KEEP_ALIVE_MAX_SECONDS, required=False, allow_null=True,
         help_text="Seconds the model stays loaded after this request, up to the operator's bound "
                   "(AIHUB_KEEP_ALIVE_MAX_SECONDS); -1 pins and 0 unloads, with an admin key only.")
     cache = StrictBooleanField(required=False, allow_null=True, default=None,
@@ -432,13 +434,6 @@ class ChatCompletionRequestSerializer(serializers.Serializer):
             raise serializers.ValidationError(
                 f"the messages hold {media} images and videos; at most {settings.AIHUB_VISION_MAX_IMAGES} are "
                 "accepted (AIHUB_VISION_MAX_IMAGES).")
-        return value
-
-    def validate_keep_alive(self, value):
-        bound = settings.AIHUB_KEEP_ALIVE_MAX_SECONDS
-        if value is not None and value not in (-1, 0) and not 0 < value <= bound:
-            raise serializers.ValidationError(
-                f"seconds between 0 and {bound:g}, or -1 to pin the model (admin keys only).")
         return value
 
     def validate(self, attrs):

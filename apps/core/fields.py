@@ -1,4 +1,5 @@
 """JSON-strict serializer fields: DRF would quietly turn 5 into "5" and "yes" into True."""
+from drf_spectacular.drainage import set_override
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -37,6 +38,30 @@ class StrictFloatField(serializers.FloatField):
         if isinstance(data, bool) or not isinstance(data, (int, float)):
             self.fail("type")
         return super().to_internal_value(data)
+
+
+class KeepAliveField(StrictFloatField):
+    """Seconds a model stays loaded while idle: -1 pins it, 0 unloads it after the request, or up to `bound`.
+
+    Any other negative number is refused rather than read as a pin: a pinned model can only leave by an explicit
+    unload, so pinning must be asked for by its one documented value.
+    """
+
+    default_error_messages = {"range": "seconds {bound}, or -1 to pin the model (admin keys only)."}
+
+    def __init__(self, *, bound: float | None = None, **kwargs):
+        self.bound = bound
+        super().__init__(**kwargs)
+        positive = {"type": "number", "exclusiveMinimum": True, "minimum": 0}
+        if bound is not None:
+            positive["maximum"] = bound
+        set_override(self, "field", {"oneOf": [{"type": "number", "enum": [-1, 0]}, positive], "nullable": True})
+
+    def to_internal_value(self, data):
+        value = super().to_internal_value(data)
+        if value in (-1, 0) or (value > 0 and (self.bound is None or value <= self.bound)):
+            return value
+        self.fail("range", bound=f"between 0 and {self.bound:g}" if self.bound is not None else "above 0")
 
 
 @extend_schema_field({"type": "object", "maxProperties": 16, "description": "keys of 1 to 64 characters",

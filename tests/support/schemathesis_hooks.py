@@ -98,6 +98,14 @@ def _twisted_bare_400(response) -> bool:
             and "multipart/form-data" in (response.request.headers.get("Content-Type") or ""))
 
 
+def _whitespace_only(body, error: dict) -> bool:
+    """A string of nothing but whitespace, which DRF trims to blank and refuses as such; a schema can say
+    "not blank" (minLength) but not "not only whitespace" short of a pattern on every string."""
+    value = body.get(error.get("param")) if isinstance(body, dict) else None
+    return (isinstance(value, str) and value != "" and not value.strip()
+            and "may not be blank" in error.get("message", ""))
+
+
 @schemathesis.hook
 def filter_failure(context, failure, case, response):
     if _names_another_object(failure, case, response) or _twisted_bare_400(response):
@@ -111,6 +119,8 @@ def filter_failure(context, failure, case, response):
     # A NUL character in a string is refused everywhere (DRF's rule; PostgreSQL text cannot hold one either),
     # which OpenAPI 3.0 has no way to say short of a pattern on every string.
     if "Null characters are not allowed" in error.get("message", ""):
+        return False
+    if _whitespace_only(case.body, error):
         return False
     param = (error.get("param") or "").split(".")[0]  # "shared_with.4" is shared_with's
     return param not in STATEFUL_REJECTIONS.get(f"{case.method.upper()} {case.operation.path}", set())
