@@ -13,7 +13,7 @@ import io
 import pytest
 from django.core.management import call_command
 
-from tests.support.media import data_url, image_bytes
+from tests.support.media import data_url, image_bytes, video_bytes
 from tests.support.processes import MODEL_CACHE
 from tests.support.tiny_vision import build_tiny_gemma3_model, build_tiny_qwen2_vl_model
 
@@ -92,6 +92,21 @@ def test_qwen2_vl_detail_low_caps_the_pixels_of_a_large_image(openai_client, fam
     assert low == prompt_tokens(processor, parts, [large], size={"shortest_edge": 56 * 56,
                                                                  "longest_edge": 448 * 448})  # 16x16
     assert high - low == 23 * 23 - 16 * 16
+
+
+def test_a_video_reaches_qwen2_vl_as_low_detail_frames_without_its_video_processor(openai_client, families):
+    from apps.chat.models import GenerationRequest
+    from apps.vision.models import StoredImage
+
+    completion = ask(openai_client, QWEN2_VL, [{"type": "text", "text": "What happens?"}, {
+        "type": "video_url", "video_url": {"url": data_url(video_bytes(seconds=2, size=64), "video/mp4")}}])
+    video = GenerationRequest.objects.get(id=completion.id.removeprefix("chatcmpl-")).prompt_messages[0]["parts"][1]
+    frames = [bytes(StoredImage.objects.get(id=image_id).data) for image_id in video["image_ids"]]
+    content = [{"type": "text", "text": "What happens?"}, {"type": "text", "text": "Video (2 frames):"}]
+    for seconds in video["times"]:
+        content += [{"type": "text", "text": f" {seconds:.1f}s "}, {"type": "image"}]
+    assert completion.usage.prompt_tokens == prompt_tokens(processor_of(QWEN2_VL), content, frames, size={
+        "shortest_edge": 56 * 56, "longest_edge": 448 * 448})
 
 
 # -- Gemma 3 ---------------------------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ prefix's keys and values (the chat template's preamble, a system prompt, a conve
 A prompt with images (a vision model's, workers/vision.py) is the exception: its image tokens are
 placeholders whose embeddings the vision tower computes from pixel inputs, which the packed pass cannot
 carry for one prompt among many tokens. It is prefilled whole in a forward of its own (standard attention,
-its pixel inputs), after the step's packed pass, and then decodes in the packed steps like any other row.
+its pixel inputs), after the step's packed pass, and then decodes in the packed steps like any other row
+(at its length plus an offset where its images took fewer rotary positions than tokens: Qwen2-VL's M-RoPE).
 Its placeholder ids stand for different pictures in different requests, so it neither reuses a remembered
 prefix nor becomes one, and only the choices of its own request share it.
 """
