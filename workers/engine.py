@@ -7,7 +7,9 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-from transformers import AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+from transformers import AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
+
+from .vision_processor import load_processor
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +90,7 @@ def load_model(*, model_id: str, path: str, context_length: int, device: torch.d
         torch_dtype = getattr(torch, dtype)
     processor = None
     if kind == "vision":
-        processor = AutoProcessor.from_pretrained(path)
+        processor = load_processor(path)  # without torchvision where the model's processor asks for it
         tokenizer = processor.tokenizer
         # The processor holds the template that renders image parts; the tokenizer's own may be missing.
         tokenizer.chat_template = processor.chat_template or tokenizer.chat_template

@@ -14,9 +14,9 @@ passes its `PackedStep` as a keyword argument, which transformers hands down to 
   (workers/kv_cache.py: the step's column is written in place, masked by each row's length), one SDPA call;
 - each prompt chunk's queries attend causally to that prompt's keys so far (a remembered prefix, earlier
   chunks) and its own, one SDPA call per chunk.
-Position ids carry each token's position in its own sequence, so rotary embeddings are as if each sequence
-ran alone. Attention masks built by transformers are skipped (a custom implementation without a mask
-function gets none).
+Position ids carry each token's position in its own sequence (plus the row's offset after an M-RoPE
+image prompt: workers/vision.py), so rotary embeddings are as if each sequence ran alone. Attention masks
+built by transformers are skipped (a custom implementation without a mask function gets none).
 
 Supported: plain causal attention with any number of KV heads (GQA) and sliding windows. A model whose
 attention needs something else (logit soft-capping, attention sinks) is refused with a clear error at its

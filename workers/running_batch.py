@@ -10,7 +10,8 @@ prefix's keys and values (the chat template's preamble, a system prompt, a conve
 A prompt with images (a vision model's, workers/vision.py) is the exception: its image tokens are
 placeholders whose embeddings the vision tower computes from pixel inputs, which the packed pass cannot
 carry for one prompt among many tokens. It is prefilled whole in a forward of its own (standard attention,
-its pixel inputs), after the step's packed pass, and then decodes in the packed steps like any other row.
+its pixel inputs), after the step's packed pass, and then decodes in the packed steps like any other row
+(at its length plus an offset where its images took fewer rotary positions than tokens: Qwen2-VL's M-RoPE).
 Its placeholder ids stand for different pictures in different requests, so it neither reuses a remembered
 prefix nor becomes one, and only the choices of its own request share it.
 """
@@ -72,7 +73,7 @@ class Prompt:
 class _Plan:
     """A step's input, one entry per token: the running rows' last tokens first, then prompt chunks."""
     ids: list[int]
-    positions: list[int]  # each token's position in its own sequence
+    positions: list[int]  # each token's position in its own sequence (offset after an M-RoPE image)
     adapters: list[str | None]
     keep: list[int]  # the tokens whose logits are sampled: every row's, and each finished prompt's last
 
@@ -152,7 +153,10 @@ class RunningBatch:
 
     def _packed_step(self, prompt_allowance: int) -> StepCounts:
         rows = list(self.rows)
-        plan = _Plan([sequence.generated[-1] for sequence in rows], list(self.cache.lengths),
+        # A row's next position is its length, plus its offset where the model's positions are not token
+        # indices (M-RoPE after an image: workers/vision.py).
+        positions = [length + sequence.position_offset for sequence, length in zip(rows, self.cache.lengths)]
+        plan = _Plan([sequence.generated[-1] for sequence in rows], positions,
                      [sequence.adapter for sequence in rows], list(range(len(rows))))
         prompts, chunks = self._plan_prompts(plan, prompt_allowance)
         if not plan.ids:
@@ -255,8 +259,9 @@ class RunningBatch:
         mask = torch.ones_like(ids)
         inputs = dict(prompt.pixels)
         rope = rope_positions(model, ids, mask, inputs)
-        if rope is not None:  # Qwen2-VL: 3-D positions for the prompt (workers/vision.py)
-            inputs["position_ids"] = rope
+        offset = 0
+        if rope is not None:  # Qwen2-VL: 3-D positions for the prompt, and the offset of the text after it
+            inputs["position_ids"], offset = rope
         self._uncommitted = [prompt]  # a failure ends this prompt's requests only
         with _standard_attention(model):
             output = model(input_ids=ids, attention_mask=mask, past_key_values=DynamicCache(), use_cache=True,
@@ -267,6 +272,8 @@ class RunningBatch:
         if not live:
             return
         self.cache.add([(layer.keys, layer.values) for layer in output.past_key_values.layers], copies=len(live))
+        for sequence in live:
+            sequence.position_offset = offset
         self.rows += live
         tokens, logprobs = choose_tokens(output.logits[:, -1, :].expand(len(live), -1), live)
         for sequence, token, logprob in zip(live, tokens, logprobs):

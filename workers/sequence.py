@@ -69,6 +69,9 @@ class Sequence:
         # A vision model's prompt, made by the task thread (workers/vision.py): its token ids (image tokens
         # included) and the pixel inputs its prefill takes; None for a text model.
         self.vision = None
+        # Added to the row's decode positions: nonzero only after a prompt whose image tokens take fewer rotary
+        # positions than tokens (M-RoPE, Qwen2-VL: workers/vision.py rope_positions). Set by the engine.
+        self.position_offset = 0
         self.deadline = time.monotonic() + time_limit if time_limit else None
         self.outbox: queue.SimpleQueue = outbox if outbox is not None else queue.SimpleQueue()
         self._cancelled = threading.Event()

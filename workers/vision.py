@@ -21,7 +21,7 @@ import torch
 
 from .engine import LoadedModel
 
-LOW_DETAIL_MAX_PIXELS = 448 * 448  # Qwen2-VL: 256 image tokens at most per image
+LOW_DETAIL_MAX_PIXELS = 448 * 448  # Qwen2-VL: 256 image tokens at most per image (16 x 16 of 28 pixels)
 
 
 @dataclass
@@ -107,19 +107,38 @@ def _detail_options(processor, details: list[str]) -> dict:
         return {"do_image_splitting": detailed}
     if hasattr(images, "do_pan_and_scan"):
         return {"do_pan_and_scan": detailed}
-    if getattr(images, "max_pixels", None) and not detailed:
-        return {"max_pixels": min(images.max_pixels, LOW_DETAIL_MAX_PIXELS)}
+    budget = _pixel_budget(images)
+    if budget and not detailed:
+        return {"size": {"shortest_edge": min(budget[0], LOW_DETAIL_MAX_PIXELS),
+                         "longest_edge": min(budget[1], LOW_DETAIL_MAX_PIXELS)}}
     return {}
 
 
-def rope_positions(model, ids: torch.Tensor, mask: torch.Tensor, inputs: dict) -> torch.Tensor | None:
-    """Qwen2-VL-style multimodal rotary positions ([3, rows, width]) for a vision prefill; None for models whose
-    positions are plain token indices. After the prompt, text positions are equal in all three dimensions, so
-    the row decodes with 2-D positions (its last position + 1) like any other."""
+def _pixel_budget(images) -> tuple[int, int] | None:
+    """Qwen2-VL's (and Qwen2.5-VL's) least and most pixels per image, None for other image processors.
+    transformers 5 keeps them in `size` as shortest_edge / longest_edge (counts of pixels, not edges: the
+    image is resized to about that area in 28-pixel units) and warns that `max_pixels` is going away."""
+    size = getattr(images, "size", None)
+    if not getattr(images, "merge_size", None) or size is None or not getattr(size, "longest_edge", None):
+        return None
+    return size.shortest_edge or 0, size.longest_edge
+
+
+def rope_positions(model, ids: torch.Tensor, mask: torch.Tensor, inputs: dict) -> tuple[torch.Tensor, int] | None:
+    """Multimodal rotary positions (M-RoPE: Qwen2-VL, Qwen2.5-VL) for a vision prefill: the prompt's 3-D
+    position ids ([3, 1, tokens]: time, height, width) and the row's position offset; None for models whose
+    positions are plain token indices.
+
+    An image's tokens take the positions of its grid, fewer than its tokens (a 4x4 grid of image tokens spans
+    4 positions, not 16), so the text after it continues from the largest position + 1, not from its index.
+    Every later token is text, whose three positions are equal: its position is its index in the sequence plus
+    the offset (`rope_deltas` in transformers, negative here), which the engine adds to the row's decode
+    positions (workers/running_batch.py); the model expands those 2-D positions to three equal ones."""
     inner = getattr(model, "model", None)
     if not hasattr(inner, "get_rope_index") or "mm_token_type_ids" not in inputs:
         return None
-    positions, _ = inner.get_rope_index(ids, mm_token_type_ids=inputs["mm_token_type_ids"],
-                                        image_grid_thw=inputs.get("image_grid_thw"),
-                                        video_grid_thw=inputs.get("video_grid_thw"), attention_mask=mask)
-    return positions
+    extra = {name: inputs[name] for name in ("image_grid_thw", "video_grid_thw", "second_per_grid_ts")
+             if name in inputs}
+    positions, deltas = inner.get_rope_index(ids, mm_token_type_ids=inputs["mm_token_type_ids"],
+                                             attention_mask=mask, **extra)
+    return positions, int(deltas[0])

@@ -19,10 +19,13 @@ PARTS_TEMPLATE = (
     "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-def _tokenizer(out_dir: Path, extra: list[str]):
+def _tokenizer(out_dir: Path, extra: list[str], named: dict[str, str] | None = None):
+    """The tiny chat model's tokenizer with the image tokens `extra`; `named` gives some of them the
+    attribute names a family's processor reads (Gemma 3: `tokenizer.boi_token`, `image_token_id`, ...)."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(build_tiny_chat_model(out_dir.parent / "tiny-chat"))
+    tokenizer = AutoTokenizer.from_pretrained(build_tiny_chat_model(out_dir.parent / "tiny-chat"),
+                                              **({"model_specific_special_tokens": named} if named else {}))
     tokenizer.add_special_tokens({"additional_special_tokens": extra})
     return tokenizer
 
@@ -106,6 +109,99 @@ def build_tiny_llava_model(out_dir: Path, *, seed: int = 0) -> Path:
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"), vision_feature_select_strategy="default",
         vision_feature_layer=-1)
     model = LlavaForConditionalGeneration(config)
+    _quiet_eos(model, tokenizer)
+    model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id,
+                                               pad_token_id=tokenizer.pad_token_id)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    processor.save_pretrained(out_dir)
+    return out_dir
+
+
+def build_tiny_qwen2_vl_model(out_dir: Path, *, seed: int = 0, generation: str = "2") -> Path:
+    """A tiny Qwen2-VL (`generation` "2.5": Qwen2.5-VL, whose vision tower attends in windows): a 1-layer
+    vision tower on 14-pixel patches merged 2x2 (one image token per 28x28 pixels, between 56x56 and
+    1280x28x28 pixels per image as the real ones), a 2-layer Qwen2 with multimodal rotary positions (M-RoPE:
+    3-D position ids, offset after an image, workers/vision.py)."""
+    import torch
+    import transformers
+    from transformers import GenerationConfig
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from workers.vision_processor import without_video
+
+    out_dir = Path(out_dir)
+    if (out_dir / "config.json").is_file():
+        return out_dir
+    family = {"2": "Qwen2VL", "2.5": "Qwen2_5_VL"}[generation]
+    tokenizer = _tokenizer(out_dir, ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"])
+    images = Qwen2VLImageProcessorPil(size={"shortest_edge": 56 * 56, "longest_edge": 1280 * 28 * 28},
+                                      patch_size=14, merge_size=2, temporal_patch_size=2)
+    # No torchvision here: the processor without its (torchvision-only) video processor (workers/vision_processor.py).
+    processor = without_video(getattr(transformers, f"{family}Processor"))(
+        image_processor=images, tokenizer=tokenizer,
+        chat_template=PARTS_TEMPLATE.replace("{{ image_marker }}", "<|vision_start|><|image_pad|><|vision_end|>"))
+    torch.manual_seed(seed)
+    ids = tokenizer.convert_tokens_to_ids
+    vision = {"depth": 1, "num_heads": 2, "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2}
+    if generation == "2":
+        vision |= {"embed_dim": 32, "hidden_size": 64, "mlp_ratio": 2}
+    else:
+        vision |= {"hidden_size": 32, "intermediate_size": 64, "out_hidden_size": 64, "window_size": 56,
+                   "fullatt_block_indexes": [0]}
+    config = getattr(transformers, f"{family}Config")(
+        vision_config=vision,
+        # head size 16: 8 rotary frequencies split over time, height and width
+        text_config={"vocab_size": len(tokenizer), "hidden_size": 64, "intermediate_size": 128,
+                     "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                     "max_position_embeddings": 4096, "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
+                                                                          "mrope_section": [2, 3, 3]},
+                     "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id,
+                     "bos_token_id": None},
+        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"))
+    model = getattr(transformers, f"{family}ForConditionalGeneration")(config)
+    _quiet_eos(model, tokenizer)
+    model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id,
+                                               pad_token_id=tokenizer.pad_token_id)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    processor.save_pretrained(out_dir)
+    return out_dir
+
+
+def build_tiny_gemma3_model(out_dir: Path, *, seed: int = 0) -> Path:
+    """A tiny Gemma 3: a 1-layer SigLIP tower on 32-pixel images pooled to 4 image tokens, pan-and-scan
+    crops of at least 16 pixels, and a 2-layer Gemma 3 text model whose first layer has a sliding window of
+    16 tokens (shorter than the prompts, so decoding past the window is exercised)."""
+    import torch
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3Processor, GenerationConfig
+    from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
+
+    out_dir = Path(out_dir)
+    if (out_dir / "config.json").is_file():
+        return out_dir
+    tokenizer = _tokenizer(out_dir, ["<start_of_image>", "<end_of_image>", "<image_soft_token>"],
+                           named={"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
+                                  "image_token": "<image_soft_token>"})
+    images = Gemma3ImageProcessorPil(size={"height": 32, "width": 32}, pan_and_scan_min_crop_size=16,
+                                     pan_and_scan_max_num_crops=4, pan_and_scan_min_ratio_to_activate=1.2)
+    processor = Gemma3Processor(images, tokenizer, image_seq_length=4,
+                                chat_template=PARTS_TEMPLATE.replace("{{ image_marker }}", "<start_of_image>"))
+    torch.manual_seed(seed)
+    ids = tokenizer.convert_tokens_to_ids
+    config = Gemma3Config(
+        vision_config={"model_type": "siglip_vision_model", "hidden_size": 32, "intermediate_size": 64,
+                       "num_hidden_layers": 1, "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
+        text_config={"vocab_size": len(tokenizer), "hidden_size": 64, "intermediate_size": 128,
+                     "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+                     "query_pre_attn_scalar": 16, "sliding_window": 16,
+                     "layer_types": ["sliding_attention", "full_attention"], "max_position_embeddings": 4096,
+                     "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id,
+                     "bos_token_id": None},
+        mm_tokens_per_image=4, boi_token_index=ids("<start_of_image>"), eoi_token_index=ids("<end_of_image>"),
+        image_token_index=ids("<image_soft_token>"), tie_word_embeddings=False)
+    model = Gemma3ForConditionalGeneration(config)
     _quiet_eos(model, tokenizer)
     model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id,
                                                pad_token_id=tokenizer.pad_token_id)
