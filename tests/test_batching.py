@@ -243,6 +243,45 @@ def test_a_prompt_longer_than_a_steps_allowance_is_computed_in_chunks_beside_the
     assert len(loaded.tokenizer(notes)["input_ids"]) > 400
 
 
+def test_few_row_linear_layers_multiply_as_the_usual_ones_and_leave_every_answer_unchanged(models):
+    """The transposed product for a few rows (workers/few_rows_linear.py) is the same product: each layer's
+    output equal to rounding for 1 to 200 rows, and 16 greedy answers word for word, with it and without it."""
+    import torch
+
+    from workers.batching import BatchEngine
+    from workers.engine import load_model, pick_device
+    from workers.few_rows_linear import FewRowsLinear, use_few_rows_linear
+
+    entry = ModelEntry.objects.get(id=models["default"])
+    loaded = load_model(model_id=entry.id, path=entry.path, context_length=entry.context_length,
+                        device=pick_device("cpu"))
+    layers = [module for module in loaded.model.modules() if isinstance(module, torch.nn.Linear)]
+
+    def switch(on: bool) -> None:
+        for module in layers:
+            module.__class__ = torch.nn.Linear
+        if on:
+            assert use_few_rows_linear(loaded.model, mode="on")
+            assert all(type(module) is FewRowsLinear for module in layers)
+
+    requests = [{"messages": _message(f"{PROMPTS[number % 4]} ({number})"), "max_tokens": 24, "temperature": 0}
+                for number in range(16)]
+    answers = {}
+    for on in (False, True):
+        switch(on)
+        engine = BatchEngine(max_batch_size=16, max_batch_tokens=2048, cache_budget=lambda: 2**30)
+        answers[on] = _engine_answers(engine, loaded, requests)
+    assert answers[True] == answers[False]
+    with torch.inference_mode():
+        for layer in {layer.weight.shape: layer for layer in layers}.values():  # one layer of each shape
+            for rows in (1, 2, 16, 200):
+                x = torch.randn(rows, 1, layer.in_features)
+                assert torch.allclose(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias), atol=1e-4)
+    switch(False)
+    assert not use_few_rows_linear(loaded.model, mode="off")
+    assert not any(type(module) is FewRowsLinear for module in loaded.model.modules())
+
+
 def test_a_cancel_mid_batch_ends_only_that_request(hub, models):
     account = make_account("batch-cancel")
     body = {"model": models["default"], "max_tokens": 40, "temperature": 0, "ignore_eos": True}

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
 
+from .few_rows_linear import use_few_rows_linear
 from .vision_processor import load_processor
 
 logger = logging.getLogger(__name__)
@@ -107,6 +108,10 @@ def load_model(*, model_id: str, path: str, context_length: int, device: torch.d
                                             device_map={"": device}).eval()
     else:
         model = model_class.from_pretrained(path, dtype=torch_dtype).to(device).eval()
+    if device.type == "cpu" and quantization == "none":
+        from django.conf import settings
+
+        use_few_rows_linear(model, mode=settings.AIHUB_CPU_FEW_ROWS_LINEAR)
     seconds = time.perf_counter() - started
     logger.info("loaded %s on %s in %.2fs", model_id, device, seconds)
     return LoadedModel(model_id, model, tokenizer, device, context_length, seconds, processor=processor)
