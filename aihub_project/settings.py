@@ -114,11 +114,13 @@ TEMPLATES = [
 ]
 
 DATABASES = {"default": env.db_url_config(DATABASE_URL)}
-# Workers and commands keep one persistent connection each, checked before reuse (Celery's Django
-# fixup closes it around forks). The ASGI web process cannot: Django runs each request's sync
-# code on a thread of its own, so a persistent connection would be opened per request and never
-# reused. It borrows from a psycopg pool instead (DATABASE_POOL, set by aihub_project/web.py):
-# opening a PostgreSQL connection costs ~10-15 ms, a large part of the time to first token.
+# Commands and prefork workers keep one persistent connection each, checked before reuse (Celery's
+# Django fixup closes it around each task and fork). The ASGI web process cannot: Django runs each
+# request's sync code on a thread of its own, so a persistent connection would be opened per request
+# and never reused; nor can the inference worker, whose Celery threads each get their connection
+# closed after every task. Both borrow from a psycopg pool instead (DATABASE_POOL, set by
+# aihub_project/web.py and, for a threads-pool worker, aihub_project/celery.py): opening a
+# PostgreSQL connection costs ~10-20 ms, a large part of the time to first token.
 if env.bool("DATABASE_POOL", default=False):
     DATABASES["default"]["CONN_MAX_AGE"] = 0  # Django's pool requires it: "closing" returns to the pool
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -216,6 +216,9 @@ def _run_generation(generation_id: str, *, started_at, worker: str) -> None:
             tic = time.perf_counter()
             for sequence in sequences:
                 manager.engine.submit(loaded, sequence)
+            # The connection goes back to the pool while the engine works (seconds to minutes): a thread that
+            # only relays text holds none, so the pool serves a worker's many threads (settings.py).
+            connection.close()
             results, logprobs, error, first_token_at = _follow(sequences, outbox, manager.engine, writer,
                                                                stop_signal, params=generation.params,
                                                                parsers=parsers)
