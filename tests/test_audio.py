@@ -16,8 +16,8 @@ import numpy as np
 import openai
 import pytest
 
-from tests.conftest import RUN_DIR, SPEECH_MODEL, TRANSCRIPTION_MODEL, make_account
-from tests.support.processes import web_without_workers
+from tests.conftest import SPEECH_MODEL, TRANSCRIPTION_MODEL, make_account
+from tests.support.busy import job_list_full_answers
 from tests.support.speech import SENTENCE, assert_same_words, espeak
 
 WHISPER = TRANSCRIPTION_MODEL
@@ -314,16 +314,9 @@ def test_multilingual_whisper_base_is_an_opt_in_import_that_translates(hub, clie
 
 
 def test_a_full_audio_list_answers_503_queue_full_and_gives_the_key_its_slot_back(hub, audio_models):
-    """AIHUB_AUDIO_MAX_QUEUE jobs waiting (here 0) refuse the next with a 503 and Retry-After; the key's one
-    concurrency slot is given back each time, so the second try is refused by the list again, not by the key."""
-    from apps.accounts.models import ApiKey
-
-    account = make_account("crowded")
-    ApiKey.objects.filter(id=account.key.id).update(max_concurrent_generations=1)
-    with web_without_workers("web-audio-full", redis_db=10, log_dir=RUN_DIR / "logs",
-                             AIHUB_AUDIO_MAX_QUEUE="0") as (base, _):
-        for _ in range(2):
-            response = httpx.post(f"{base}/api/v1/audio/speech", headers=account.auth, timeout=60,
-                                  json={"model": VOICE_MODEL, "voice": "heart", "input": "Hello there."})
-            assert response.status_code == 503, response.text
-            assert response.json()["error"]["code"] == "queue_full" and response.headers["retry-after"] == "5"
+    """Past AIHUB_AUDIO_MAX_QUEUE waiting jobs (here 0), a 503 with Retry-After; the key's one concurrency slot
+    is given back each time, so the second try is refused by the list again, not by the key."""
+    for response in job_list_full_answers("/audio/speech", {"model": VOICE_MODEL, "voice": "heart", "input": "Hi."},
+                                          redis_db=10, AIHUB_AUDIO_MAX_QUEUE="0"):
+        assert response.status_code == 503, response.text
+        assert response.json()["error"]["code"] == "queue_full" and response.headers["retry-after"] == "5"

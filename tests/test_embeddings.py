@@ -10,8 +10,8 @@ import numpy as np
 import openai
 import pytest
 
-from tests.conftest import EMBEDDING_MODEL, RUN_DIR, make_account
-from tests.support.processes import web_without_workers
+from tests.conftest import EMBEDDING_MODEL, make_account
+from tests.support.busy import job_list_full_answers
 
 GUITAR = "A man is playing a guitar."
 PARAPHRASE = "Someone plays an instrument."
@@ -199,19 +199,12 @@ def test_embeddings_are_answered_while_chat_holds_every_worker_thread(hub, opena
 
 
 def test_a_full_embedding_list_answers_503_queue_full_and_gives_the_key_its_slot_back(hub, models):
-    """AIHUB_EMBEDDING_MAX_QUEUE jobs waiting (here 0) refuse the next with a 503 and Retry-After; the key's one
-    concurrency slot is given back each time, so the second try is refused by the list again, not by the key."""
-    from apps.accounts.models import ApiKey
-
-    account = make_account("crowded")
-    ApiKey.objects.filter(id=account.key.id).update(max_concurrent_generations=1)
-    with web_without_workers("web-embeddings-full", redis_db=9, log_dir=RUN_DIR / "logs",
-                             AIHUB_EMBEDDING_MAX_QUEUE="0") as (base, _):
-        for _ in range(2):
-            response = httpx.post(f"{base}/api/v1/embeddings", headers=account.auth, timeout=60,
-                                  json={"model": models["embedding"], "input": GUITAR})
-            assert response.status_code == 503, response.text
-            assert response.json()["error"]["code"] == "queue_full" and response.headers["retry-after"] == "5"
+    """Past AIHUB_EMBEDDING_MAX_QUEUE waiting jobs (here 0), a 503 with Retry-After; the key's one concurrency slot
+    is given back each time, so the second try is refused by the list again, not by the key."""
+    for response in job_list_full_answers("/embeddings", {"model": models["embedding"], "input": GUITAR},
+                                          redis_db=9, AIHUB_EMBEDDING_MAX_QUEUE="0"):
+        assert response.status_code == 503, response.text
+        assert response.json()["error"]["code"] == "queue_full" and response.headers["retry-after"] == "5"
 
 
 def test_the_api_documentation_describes_the_endpoint_with_every_accepted_field(hub):
