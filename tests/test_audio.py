@@ -17,6 +17,7 @@ import openai
 import pytest
 
 from tests.conftest import SPEECH_MODEL, TRANSCRIPTION_MODEL, make_account
+from tests.support.busy import job_list_full_answers
 from tests.support.speech import SENTENCE, assert_same_words, espeak
 
 WHISPER = TRANSCRIPTION_MODEL
@@ -310,3 +311,12 @@ def test_multilingual_whisper_base_is_an_opt_in_import_that_translates(hub, clie
                                                   response_format="verbose_json")
     assert detected.language == "english"
     assert_same_words(SENTENCE, detected.text)
+
+
+def test_a_full_audio_list_answers_503_queue_full_and_gives_the_key_its_slot_back(hub, audio_models):
+    """Past AIHUB_AUDIO_MAX_QUEUE waiting jobs (here 0), a 503 with Retry-After; the key's one concurrency slot
+    is given back each time, so the second try is refused by the list again, not by the key."""
+    for response in job_list_full_answers("/audio/speech", {"model": VOICE_MODEL, "voice": "heart", "input": "Hi."},
+                                          redis_db=10, AIHUB_AUDIO_MAX_QUEUE="0"):
+        assert response.status_code == 503, response.text
+        assert response.json()["error"]["code"] == "queue_full" and response.headers["retry-after"] == "5"

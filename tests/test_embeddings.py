@@ -11,6 +11,7 @@ import openai
 import pytest
 
 from tests.conftest import EMBEDDING_MODEL, make_account
+from tests.support.busy import job_list_full_answers
 
 GUITAR = "A man is playing a guitar."
 PARAPHRASE = "Someone plays an instrument."
@@ -195,6 +196,15 @@ def test_embeddings_are_answered_while_chat_holds_every_worker_thread(hub, opena
         started = time.monotonic()
         response = openai_client.embeddings.create(model=models["embedding"], input=[GUITAR, PARAPHRASE])
         assert len(response.data) == 2 and time.monotonic() - started < 20
+
+
+def test_a_full_embedding_list_answers_503_queue_full_and_gives_the_key_its_slot_back(hub, models):
+    """Past AIHUB_EMBEDDING_MAX_QUEUE waiting jobs (here 0), a 503 with Retry-After; the key's one concurrency slot
+    is given back each time, so the second try is refused by the list again, not by the key."""
+    for response in job_list_full_answers("/embeddings", {"model": models["embedding"], "input": GUITAR},
+                                          redis_db=9, AIHUB_EMBEDDING_MAX_QUEUE="0"):
+        assert response.status_code == 503, response.text
+        assert response.json()["error"]["code"] == "queue_full" and response.headers["retry-after"] == "5"
 
 
 def test_the_api_documentation_describes_the_endpoint_with_every_accepted_field(hub):

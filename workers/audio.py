@@ -1,11 +1,11 @@
 """The inference worker's audio threads: transcriptions, translations and speech (apps/audio/jobs.py is the protocol).
 
-Each thread pops a job from this worker's list (then the shared one), takes the model
-from the worker's ModelManager (same budget, LRU, keep-alive and /models/status as chat
-models), and answers through the job's event log: segments and progress as Whisper
-produces them, speech chunk by chunk as each sentence is synthesised. A client that
-goes away (the web sets the job's cancel flag) stops the job between segments or
-sentences.
+Each thread (workers/job_threads.py) pops one job from this worker's list (then the
+shared one), takes the model from the worker's ModelManager (same budget, LRU,
+keep-alive and /models/status as chat models), and answers through the job's event
+log: segments and progress as Whisper produces them, speech chunk by chunk as each
+sentence is synthesised. A client that goes away (the web sets the job's cancel flag)
+stops the job between segments or sentences.
 
 `transcribe` and `transcribe_samples` are the worker-side entry points for any other
 worker code that needs a transcript (the audio track of a video, docs/multimodal.md).
@@ -20,7 +20,6 @@ from collections.abc import Callable
 
 import numpy as np
 from django.conf import settings
-from django.db import close_old_connections
 
 from apps.audio.jobs import AUDIO, PROGRESS, SEGMENT, SHARED_QUEUE, SPEECH, AudioJob, audio_key, worker_queue
 from apps.catalog.models import ModelEntry
@@ -29,11 +28,11 @@ from apps.core.errors import error_object
 from apps.core.redis import sync_client
 
 from .audio_runtime import AudioRefused, SpeechEncoder, decode_audio
+from .job_threads import JobThreads
 from .model_manager import InsufficientMemory, ModelSpec
 
 logger = logging.getLogger(__name__)
 
-POP_TIMEOUT_SECONDS = 1
 # OpenAI's temperature 0 means "start greedy, raise the temperature when decoding fails"; Whisper's fallback.
 TEMPERATURE_FALLBACK = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
@@ -116,33 +115,13 @@ class AudioService:
         self.queues = [worker_queue(nodename), SHARED_QUEUE]  # its own first: routing sent those here
 
     def start(self, threads: int) -> list[threading.Thread]:
-        started = []
-        for number in range(threads):
-            thread = threading.Thread(target=self._loop, name=f"aihub-audio-{number}", daemon=True)
-            thread.start()
-            started.append(thread)
-        return started
+        # One job per take: Whisper decodes window after window, there is nothing to batch across requests.
+        return JobThreads("audio", queues=self.queues, loads=AudioJob.loads, serve=self.serve_each,
+                          max_jobs=1).start(threads)
 
-    def _loop(self) -> None:
-        while True:
-            try:
-                job = self.take()
-                if job is not None:
-                    close_old_connections()  # a long-lived thread: drop a connection the database closed
-                    self.serve(job)
-            except Exception:  # noqa: BLE001 - the thread must outlive a Redis or database hiccup
-                logger.exception("audio thread failed; going on")
-                time.sleep(1)
-
-    def take(self) -> AudioJob | None:
-        popped = sync_client().brpop(self.queues, timeout=POP_TIMEOUT_SECONDS)
-        if not popped:
-            return None
-        job = AudioJob.loads(popped[1])
-        if job.expired:  # the web gave up on it (its 504)
-            logger.warning("skipped audio job %s whose client stopped waiting", job.id)
-            return None
-        return job
+    def serve_each(self, jobs: list[AudioJob]) -> None:
+        for job in jobs:  # one, with max_jobs=1
+            self.serve(job)
 
     def serve(self, job: AudioJob) -> None:
         tic = time.perf_counter()

@@ -1,7 +1,7 @@
 """The inference worker's embedding threads: many inputs, of many requests, per forward pass.
 
-Each thread pops a job from this worker's list (then the shared one), takes every
-other job already waiting, and serves them model by model: tokenize, refuse the
+Each thread (workers/job_threads.py) pops a job from this worker's list (then the
+shared one), takes every other job already waiting, and serves them model by model: tokenize, refuse the
 jobs with an input longer than the model takes, sort all remaining inputs by
 length and cut them into forward passes of at most AIHUB_EMBEDDING_MAX_BATCH_TOKENS
 padded tokens (similar lengths pad little), pool each row as the catalog entry
@@ -23,20 +23,17 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from django.conf import settings
-from django.db import close_old_connections
 
 from apps.catalog.models import ModelEntry, Pooling
 from apps.core.errors import error_object
-from apps.core.redis import sync_client
 from apps.core.worker_commands import reply_done, reply_error
 from apps.embeddings.jobs import SHARED_QUEUE, EmbeddingJob, worker_queue
 
 from .engine import LoadedModel
+from .job_threads import JobThreads
 from .model_manager import InsufficientMemory, ModelSpec
 
 logger = logging.getLogger(__name__)
-
-POP_TIMEOUT_SECONDS = 1  # how long an idle thread blocks on the lists before it looks again
 
 
 class JobRefused(Exception):
@@ -170,39 +167,9 @@ class EmbeddingService:
         self.max_jobs = max_jobs
 
     def start(self, threads: int) -> list[threading.Thread]:
-        started = []
-        for number in range(threads):
-            thread = threading.Thread(target=self._loop, name=f"aihub-embeddings-{number}", daemon=True)
-            thread.start()
-            started.append(thread)
-        return started
-
-    def _loop(self) -> None:
-        while True:
-            try:
-                jobs = self.take()
-                if jobs:
-                    close_old_connections()  # a long-lived thread: drop a connection the database closed
-                    self.serve(jobs)
-            except Exception:  # noqa: BLE001 - the thread must outlive a Redis or database hiccup
-                logger.exception("embedding thread failed; going on")
-                time.sleep(1)
-
-    def take(self) -> list[EmbeddingJob]:
-        """Block for one job, then take what else waits (up to max_jobs), to batch them together."""
-        client = sync_client()
-        popped = client.brpop(self.queues, timeout=POP_TIMEOUT_SECONDS)
-        if not popped:
-            return []
-        raw = [popped[1]]
-        for queue in self.queues:
-            if len(raw) < self.max_jobs:
-                raw += client.rpop(queue, self.max_jobs - len(raw)) or []
-        jobs = [EmbeddingJob.loads(item) for item in raw]
-        live = [job for job in jobs if not job.expired]  # the web gave up on the others (its 504)
-        if len(live) < len(jobs):
-            logger.warning("skipped %d embedding job(s) whose client stopped waiting", len(jobs) - len(live))
-        return live
+        # Each take holds every job already waiting (up to max_jobs): their inputs share forward passes.
+        return JobThreads("embeddings", queues=self.queues, loads=EmbeddingJob.loads, serve=self.serve,
+                          max_jobs=self.max_jobs).start(threads)
 
     def serve(self, jobs: list[EmbeddingJob]) -> None:
         by_model: dict[str, list[EmbeddingJob]] = {}

@@ -17,14 +17,12 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from apps.accounts.limits import limits_admit, limits_settle
+from apps.catalog.job_lists import job_list_send
 from apps.catalog.models import ModelEntry
-from apps.catalog.placement import choose_worker
 from apps.catalog.selectors import model_check_use, model_get
-from apps.catalog.worker_registry import live_workers
 from apps.core import events
 from apps.core.db import release_database_connection
 from apps.core.errors import AppError, app_error_from_event
-from apps.core.redis import sync_client
 from apps.monitoring.counters import usage_record
 
 from .jobs import SHARED_QUEUE, SPEECH, TRANSLATE, AudioJob, audio_key, worker_queue
@@ -52,24 +50,15 @@ def audio_job_submit(*, api_key, entry: ModelEntry, action: str, options: dict,
 
     Returns the job and the limits reservation (settle it with `audio_job_settle` however the request ends).
     """
-    _, hostname, _ = choose_worker(model_id=entry.id, bytes_by_device=entry.estimated_bytes_by_device(),
-                                   workers=live_workers())
-    queue = worker_queue(hostname) if hostname else SHARED_QUEUE
-    client = sync_client()
-    if client.llen(queue) >= settings.AIHUB_AUDIO_MAX_QUEUE:
-        raise AppError("Too many audio requests are waiting for a worker; retry shortly.", status=503,
-                       type="server_error", code="queue_full", retry_after=settings.AIHUB_QUEUE_RETRY_AFTER_SECONDS)
-    timeout = settings.AIHUB_REQUEST_TIMEOUT_SECONDS
-    job = AudioJob(action=action, model=entry.id, options=options, expires_at=time.time() + timeout)
+    job = AudioJob(action=action, model=entry.id, options=options,
+                   expires_at=time.time() + settings.AIHUB_REQUEST_TIMEOUT_SECONDS)
     # Audio is not counted in tokens: the request takes a request and a concurrency slot of the key's limits.
     reservation = limits_admit(key=api_key, request_id=job.id, cost=0)
+    # The upload waits beside the job rather than in it: a 25 MB message would be copied by every list operation.
+    attachments = {audio_key(job.id): base64.b64encode(audio).decode("ascii")} if audio is not None else None
     try:
-        pipe = client.pipeline(transaction=False)
-        if audio is not None:
-            pipe.set(audio_key(job.id), base64.b64encode(audio).decode("ascii"), ex=int(timeout) + 60)
-        pipe.lpush(queue, job.dumps())
-        pipe.expire(queue, int(timeout) + 60)  # the list of a worker that went away does not outlive its jobs
-        pipe.execute()
+        job_list_send(entry=entry, message=job.dumps(), shared_queue=SHARED_QUEUE, worker_queue=worker_queue,
+                      max_waiting=settings.AIHUB_AUDIO_MAX_QUEUE, kind="audio", attachments=attachments)
     except BaseException:
         limits_settle(reservation, used_tokens=0)
         raise

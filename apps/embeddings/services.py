@@ -14,12 +14,10 @@ from array import array
 from django.conf import settings
 
 from apps.accounts.limits import limits_admit, limits_settle
+from apps.catalog.job_lists import job_list_send
 from apps.catalog.models import ModelEntry
-from apps.catalog.placement import choose_worker
 from apps.catalog.selectors import model_check_use, model_get
-from apps.catalog.worker_registry import live_workers
 from apps.core.errors import AppError
-from apps.core.redis import sync_client
 from apps.core.worker_commands import reply_wait, reply_wait_sync
 from apps.monitoring.counters import usage_record
 
@@ -53,17 +51,8 @@ def _estimated_tokens(inputs: list, tokens: bool) -> int:
 
 def embedding_job_send(job: EmbeddingJob, *, entry: ModelEntry) -> None:
     """Push a job onto the list of the worker that holds (or will hold) its model; 503 when that list is full."""
-    _, hostname, _ = choose_worker(model_id=entry.id, bytes_by_device=entry.estimated_bytes_by_device(),
-                                   workers=live_workers())
-    queue = worker_queue(hostname) if hostname else SHARED_QUEUE
-    client = sync_client()
-    if client.llen(queue) >= settings.AIHUB_EMBEDDING_MAX_QUEUE:
-        raise AppError("Too many embedding requests are waiting for a worker; retry shortly.", status=503,
-                       type="server_error", code="queue_full", retry_after=settings.AIHUB_QUEUE_RETRY_AFTER_SECONDS)
-    pipe = client.pipeline(transaction=False)
-    pipe.lpush(queue, job.dumps())
-    pipe.expire(queue, int(settings.AIHUB_REQUEST_TIMEOUT_SECONDS) + 60)  # a gone worker's list outlives no job
-    pipe.execute()
+    job_list_send(entry=entry, message=job.dumps(), shared_queue=SHARED_QUEUE, worker_queue=worker_queue,
+                  max_waiting=settings.AIHUB_EMBEDDING_MAX_QUEUE, kind="embedding")
 
 
 def embeddings_submit(*, user, api_key, data: dict, truncate: bool = False) -> tuple[EmbeddingJob, dict, ModelEntry]:

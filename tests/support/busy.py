@@ -1,5 +1,7 @@
 """Filling the session hub's inference worker, for tests of what happens to a request while it waits in the queue.
 
+`job_list_full_answers`: what a full embedding or audio job list (apps/catalog/job_lists.py) answers.
+
 The worker batches whatever its task threads hold, so "busy" means every thread holds a generation: the
 broker then keeps the next message (the worker prefetches one message per thread), and its row stays `queued`.
 """
@@ -33,3 +35,17 @@ def inference_worker_full(hub, model: str):
             readers.append(lines)
             ids.append(response.headers["x-aihub-request-id"])
         yield ids
+
+
+def job_list_full_answers(path: str, body: dict, *, redis_db: int, **bound: str) -> list[httpx.Response]:
+    """Two requests to `path` (under /api/v1) from a fresh key allowed one request at a time, by a web process
+    whose worker lists admit no job (`bound`: its AIHUB_*_MAX_QUEUE set to "0") and that no worker reads."""
+    from apps.accounts.models import ApiKey
+    from tests.conftest import RUN_DIR, make_account
+    from tests.support.processes import web_without_workers
+
+    account = make_account("crowded")
+    ApiKey.objects.filter(id=account.key.id).update(max_concurrent_generations=1)
+    with web_without_workers(f"web-full-{redis_db}", redis_db=redis_db, log_dir=RUN_DIR / "logs",
+                             **bound) as (base, _):
+        return [httpx.post(f"{base}/api/v1{path}", headers=account.auth, timeout=60, json=body) for _ in range(2)]
