@@ -11,8 +11,6 @@ about a different picture with greedy decoding to max_tokens, timed
 one after the other in each run. It prints the p50 of each and the ratio hub / in-process (target <= 1.10x).
 
 Run: `python bench/vision.py [--runs 5] [--max-tokens 32]` (a few minutes, most of it starting the hub).
-`python bench/vision.py --serving` measures instead, in-process, the serving choice of docs/models.md: an
-image request joined to the engine's batch against one run beside it by model.generate.
 `image_request_overhead(...)` is the measurement alone, for a combined multimodal benchmark to import.
 """
 from __future__ import annotations
@@ -89,93 +87,11 @@ def image_request_overhead(client, local: InProcess, *, runs: int, max_tokens: i
     return {"prompt_tokens": prompt, "local_s": local_p50, "hub_s": hub_p50, "ratio": hub_p50 / local_p50}
 
 
-def joined_or_separate(path, *, rounds: int, max_tokens: int, text_requests: int = 4) -> dict:
-    """The serving decision of docs/models.md, measured in-process on the worker's engine: one image request
-    among `text_requests` running text requests, either joined to the batch (prefill with pixel values, then
-    decode with the others: what the hub does) or run beside it by model.generate on another thread (a
-    separate path on the same worker). Returns p50 seconds of the image request and of the text requests."""
-    import threading
-
-    import torch
-    from PIL import Image
-
-    from workers.batching import DONE, FAILED, BatchEngine, Sequence
-    from workers.engine import load_model
-    from workers.vision import VisionPrompt
-
-    loaded = load_model(model_id=MODEL, path=str(path), context_length=4096, device=torch.device("cpu"),
-                        kind="vision")
-    processor = loaded.processor
-    engine = BatchEngine(max_batch_size=16, max_batch_tokens=8192, cache_budget=lambda: 2**33)
-
-    def encoded(text, images):
-        content = [{"type": "text", "text": text}] + [{"type": "image"} for _ in images]
-        prompt = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
-                                               tokenize=False)
-        return processor(text=[prompt], images=images or None, return_tensors="pt")
-
-    image = encoded(QUESTION, [Image.open(io.BytesIO(picture(0))).convert("RGB")])
-    pixels = {name: value for name, value in image.items() if name not in ("input_ids", "attention_mask")}
-
-    def sequence(request_id, ids, inputs):
-        row = Sequence(request_id=request_id, messages=[], params={"max_tokens": max_tokens, "temperature": 0,
-                                                                   "ignore_eos": True})
-        row.vision = VisionPrompt(ids, inputs, 1 if inputs else 0)
-        return row
-
-    def finished(row) -> float:
-        while row.outbox.get(timeout=600)[0] not in (DONE, FAILED):
-            pass
-        return time.perf_counter()
-
-    timings = {mode: {"image": [], "text": []} for mode in ("joined", "separate")}
-    for round_ in range(rounds + 1):
-        # Alternating which goes first, so a machine getting busier or quieter does not favour one of them.
-        for mode in ("joined", "separate") if round_ % 2 else ("separate", "joined"):
-            texts = [sequence(f"t{index}", encoded(f"Tell me story {index}.", [])["input_ids"][0].tolist(), {})
-                     for index in range(text_requests)]
-            started = time.perf_counter()
-            for row in texts:
-                engine.submit(loaded, row)
-            if mode == "joined":
-                image_done = finished(engine.submit(loaded, sequence("image", image["input_ids"][0].tolist(), pixels)))
-            else:
-                done = {}
-
-                def beside():
-                    with torch.inference_mode():
-                        loaded.model.generate(**image, max_new_tokens=max_tokens, min_new_tokens=max_tokens,
-                                              do_sample=False)
-                    done["at"] = time.perf_counter()
-
-                thread = threading.Thread(target=beside)
-                thread.start()
-                thread.join()
-                image_done = done["at"]
-            text_done = [finished(row) for row in texts]
-            if round_:  # the first warms up
-                timings[mode]["image"].append(image_done - started)
-                timings[mode]["text"].append(statistics.median(text_done) - started)
-    return {mode: {what: statistics.median(values) for what, values in figures.items()}
-            for mode, figures in timings.items()}
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=5, help="measured runs (after one warm-up)")
     parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--serving", action="store_true",
-                        help="only the in-process comparison of joining the batch vs a separate generate() path")
     args = parser.parse_args()
-    if args.serving:
-        from tests.support.tiny_vision import build_tiny_idefics3_model
-
-        directory = build_tiny_idefics3_model(ROOT / "var" / "test-models" / "bench-idefics3", **SIZES)
-        result = joined_or_separate(directory, rounds=args.runs, max_tokens=args.max_tokens)
-        print(f"one image request + 4 text requests, {args.max_tokens} tokens each, p50 of {args.runs} rounds:")
-        for mode, figures in result.items():
-            print(f"  {mode:9s} image request {figures['image']:7.2f} s   text requests {figures['text']:7.2f} s")
-        return
 
     with django_on_embedded_services() as run_dir:
         from django.core.management import call_command
