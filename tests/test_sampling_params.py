@@ -63,7 +63,10 @@ def test_streamed_logprobs_equal_the_non_streamed_ones(openai_client, models):
     streamed = [entry for chunk in chunks if chunk.choices and chunk.choices[0].logprobs
                 for entry in chunk.choices[0].logprobs.content]
     assert [(e.token, e.bytes) for e in streamed] == [(e.token, e.bytes) for e in whole]
-    assert [e.logprob for e in streamed] == pytest.approx([e.logprob for e in whole])
+    # Equal to float32 rounding, not bit for bit: the second request reuses the first one's prompt prefix, so its
+    # prompt goes through the linear layers as fewer rows, and the CPU's few-row products sum in an order that
+    # depends on the row count (workers/few_rows_linear.py; docs/models.md).
+    assert [e.logprob for e in streamed] == pytest.approx([e.logprob for e in whole], abs=1e-5)
     assert [[t.token for t in e.top_logprobs] for e in streamed] == [[t.token for t in e.top_logprobs] for e in whole]
 
 

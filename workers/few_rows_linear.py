@@ -79,9 +79,10 @@ def _calibrate(layers: list[nn.Linear]) -> tuple[float, float]:
     widest = max(layers, key=lambda module: module.out_features)
     sample = [widest] + [module for module in by_size if module is not widest][:1]
     usual = transposed = 0.0
+    generator = torch.Generator().manual_seed(0)  # its own: loading a model leaves torch's global one as it was
     with torch.inference_mode():
         for module in sample:
-            x = torch.randn(CALIBRATION_ROWS, module.in_features)
+            x = torch.randn(CALIBRATION_ROWS, module.in_features, generator=generator)
             usual += _best_of(lambda: functional.linear(x, module.weight))
             transposed += _best_of(lambda: torch.mm(module.weight, x.t()).t().contiguous())
     return usual, transposed
