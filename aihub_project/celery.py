@@ -5,13 +5,15 @@ from celery import Celery
 
 
 def _option(argv: list[str], *names: str) -> str | None:
-    """The value of a command-line option given as `--name value`, `--name=value` or `-Xvalue`."""
+    """The value of a command-line option given as `--name value`, `--name=value` or, short, `-Xvalue`."""
     for index, arg in enumerate(argv):
         for name in names:
-            if arg == name and index + 1 < len(argv):
-                return argv[index + 1]
-            if arg.startswith(name + "=") or (len(name) == 2 and arg.startswith(name) and len(arg) > 2):
-                return arg[len(name) + 1:] if arg.startswith(name + "=") else arg[2:]
+            if arg == name:
+                return argv[index + 1] if index + 1 < len(argv) else None
+            if arg.startswith(name + "="):
+                return arg[len(name) + 1:]
+            if len(name) == 2 and arg.startswith(name):
+                return arg[2:]
     return None
 
 

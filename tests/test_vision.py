@@ -26,6 +26,7 @@ from tests.support.media import (
 from tests.support.processes import MODEL_CACHE
 from tests.support.speech import SENTENCE, assert_same_words, espeak
 from tests.support.tiny_vision import build_tiny_idefics3_model, build_tiny_llava_model
+from tests.support.vision_engine import image_row_beside_text_rows
 
 VISION_MODEL = "tiny:vision"
 RED, GREEN = image_bytes((220, 30, 30)), image_bytes((30, 200, 60), size=(40, 90))
@@ -433,36 +434,11 @@ def test_an_image_row_decoded_in_the_batch_answers_as_transformers_generate_does
     import torch
     from PIL import Image
 
-    from workers.batching import BatchEngine
     from workers.engine import load_model
-    from workers.sequence import DONE, Sequence
-    from workers.vision import VisionPrompt
 
     loaded = load_model(model_id=VISION_MODEL, path=str(MODEL_CACHE / "tiny-idefics3"), context_length=4096,
                         device=torch.device("cpu"), kind="vision")
-    picture = Image.open(io.BytesIO(RED)).convert("RGB")
-
-    def encoded(content, images):
-        text = loaded.processor.apply_chat_template([{"role": "user", "content": content}],
-                                                    add_generation_prompt=True, tokenize=False)
-        return loaded.processor(text=[text], images=images or None, return_tensors="pt")
-
-    image = encoded([{"type": "image"}, {"type": "text", "text": "What is this?"}], [picture])
-    with torch.inference_mode():
-        expected = loaded.model.generate(**image, max_new_tokens=16, do_sample=False)[0, image["input_ids"].shape[1]:]
-
-    def row(request_id, inputs, tokens):
-        sequence = Sequence(request_id=request_id, messages=[], params={"max_tokens": tokens, "temperature": 0})
-        sequence.vision = VisionPrompt(inputs["input_ids"][0].tolist(),
-                                       {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}, 0)
-        return sequence
-
-    engine = BatchEngine(max_batch_size=8, max_batch_tokens=4096, cache_budget=lambda: 2**30)
-    texts = [row(f"text{index}", encoded([{"type": "text", "text": f"Story {index}"}], []), 40) for index in range(2)]
-    pictured = row("image", image, 16)
-    for sequence in texts + [pictured]:
-        engine.submit(loaded, sequence)
-    while (item := pictured.outbox.get(timeout=120))[0] != DONE:
-        assert item[0] != "failed", item
-    assert item[2].text == loaded.tokenizer.decode(expected, skip_special_tokens=True)
-    assert item[2].prompt_tokens == image["input_ids"].shape[1]
+    answer = image_row_beside_text_rows(loaded, [{"type": "image"}, {"type": "text", "text": "What is this?"}],
+                                        [Image.open(io.BytesIO(RED)).convert("RGB")], max_tokens=16)
+    assert answer.result.text == answer.generated
+    assert answer.result.prompt_tokens == answer.prompt_tokens

@@ -16,6 +16,7 @@ from django.core.management import call_command
 from tests.support.media import data_url, image_bytes, video_bytes
 from tests.support.processes import MODEL_CACHE
 from tests.support.tiny_vision import build_tiny_gemma3_model, build_tiny_qwen2_vl_model
+from tests.support.vision_engine import image_row_beside_text_rows
 
 QWEN2_VL, QWEN2_5_VL, GEMMA3 = "tiny:qwen2-vl", "tiny:qwen2.5-vl", "tiny:gemma3"
 BUILDERS = {
@@ -136,41 +137,14 @@ def test_an_image_row_decoded_in_the_batch_answers_as_transformers_generate_does
     (about 40 tokens) is longer than its sliding window (16) and attends to its images' tokens both ways."""
     import torch
 
-    from workers.batching import BatchEngine
     from workers.engine import load_model
-    from workers.sequence import DONE, Sequence
-    from workers.vision import VisionPrompt
 
     loaded = load_model(model_id=model_id, path=str(BUILDERS[model_id]()), context_length=4096,
                         device=torch.device("cpu"), kind="vision")
-
-    def encoded(content, images):
-        text = loaded.processor.apply_chat_template([{"role": "user", "content": content}],
-                                                    add_generation_prompt=True, tokenize=False)
-        return loaded.processor(text=[text], images=pictures(images) or None, return_tensors="pt")
-
-    image = encoded([{"type": "image"}, {"type": "text", "text": "What is this?"}, {"type": "image"}],
-                    [SQUARE, GREEN])
-    with torch.inference_mode():
-        expected = loaded.model.generate(**image, max_new_tokens=24, do_sample=False)[0, image["input_ids"].shape[1]:]
-
-    def row(request_id, inputs, tokens):
-        sequence = Sequence(request_id=request_id, messages=[], params={"max_tokens": tokens, "temperature": 0})
-        sequence.vision = VisionPrompt(inputs["input_ids"][0].tolist(),
-                                       {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}, 0)
-        return sequence
-
-    engine = BatchEngine(max_batch_size=8, max_batch_tokens=4096, cache_budget=lambda: 2**30)
-    texts = [row(f"text{index}", encoded([{"type": "text", "text": f"Story {index}"}], []), 40) for index in range(2)]
-    pictured = row("image", image, 24)
-    for sequence in texts + [pictured]:
-        engine.submit(loaded, sequence)
-    while (item := pictured.outbox.get(timeout=120))[0] != DONE:
-        assert item[0] != "failed", item
-    assert item[2].text == loaded.tokenizer.decode(expected, skip_special_tokens=True)
-    assert item[2].prompt_tokens == image["input_ids"].shape[1]
+    answer = image_row_beside_text_rows(
+        loaded, [{"type": "image"}, {"type": "text", "text": "What is this?"}, {"type": "image"}],
+        pictures([SQUARE, GREEN]), max_tokens=24)
+    assert answer.result.text == answer.generated
+    assert answer.result.prompt_tokens == answer.prompt_tokens
     if model_id != GEMMA3:
-        assert pictured.position_offset < 0  # the images' tokens took fewer positions than tokens
-    for text in texts:  # the text rows beside it ran to their end as well
-        while (done := text.outbox.get(timeout=120))[0] != DONE:
-            assert done[0] != "failed", done
+        assert answer.row.position_offset < 0  # the images' tokens took fewer positions than tokens

@@ -6,10 +6,11 @@ carry is far from its best there: measured in one run (2 cores, float32), SmolLM
 takes 40 ms for 4 rows against 13 ms for one, and its MLP matrices run 1.3 to 2.9x slower than the same product
 taken the other way round, `(weight @ x.T).T`, which MKL computes as a tall matrix times a few columns. A
 whole decoding step of the default model got 2.0x faster at 4 rows, 1.34x at 16 and 1.22x at 32, with the
-same tokens out (bench/engines.py, docs/models.md "Few-row products on the CPU").
+same tokens out (the engine in process; docs/models.md "Few-row products on the CPU").
 
 Whether a BLAS has this weakness depends on the library and the processor, so `auto` measures both ways on
-the model's own shapes when it loads (a few milliseconds) and keeps the transposed product only where it wins.
+the model's own shapes when it first loads (tens of milliseconds, once per process and shapes) and keeps the
+transposed product only where it wins.
 It applies to plain float32 `nn.Linear` layers on the CPU (not quantized ones, not a GPU), and only for 2 to
 `MAX_ROWS` rows: one row is a matrix-vector product that MKL does well, and from a few hundred rows (a long
 prompt's prefill) the two ways are level or the usual one wins.
@@ -73,11 +74,24 @@ def use_few_rows_linear(model: nn.Module, *, mode: str = "auto") -> bool:
     return True
 
 
+# (in, out) shapes of the timed layers -> seconds each way: the BLAS and the processor do not change within a
+# process, and a model unloaded and loaded again (keep-alive, LRU) has the same shapes.
+_timings: dict[tuple[tuple[int, int], ...], tuple[float, float]] = {}
+
+
 def _calibrate(layers: list[nn.Linear]) -> tuple[float, float]:
-    """Seconds for CALIBRATION_ROWS rows through the widest layer and the largest other one, each way (best of 3)."""
+    """Seconds for CALIBRATION_ROWS rows through the widest layer and the largest other one, each way (best of 3),
+    timed once per process for those shapes."""
     by_size = sorted(layers, key=lambda module: module.weight.numel(), reverse=True)
     widest = max(layers, key=lambda module: module.out_features)
     sample = [widest] + [module for module in by_size if module is not widest][:1]
+    shapes = tuple((module.in_features, module.out_features) for module in sample)
+    if shapes not in _timings:
+        _timings[shapes] = _time_both_ways(sample)
+    return _timings[shapes]
+
+
+def _time_both_ways(sample: list[nn.Linear]) -> tuple[float, float]:
     usual = transposed = 0.0
     generator = torch.Generator().manual_seed(0)  # its own: loading a model leaves torch's global one as it was
     with torch.inference_mode():

@@ -30,14 +30,23 @@ def _tokenizer(out_dir: Path, extra: list[str], named: dict[str, str] | None = N
     return tokenizer
 
 
-def _quiet_eos(model, tokenizer) -> None:
-    """As the tiny chat model: greedy decoding never ends the turn, so answers run to max_tokens."""
+def _save(model, processor, tokenizer, out_dir: Path) -> Path:
+    """Save a freshly built model with its processor (and tokenizer) in `out_dir`, as a checkpoint would be.
+
+    As the tiny chat model, greedy decoding never ends the turn, so answers run to max_tokens.
+    """
     import torch
+    from transformers import GenerationConfig
 
     with torch.no_grad():
         head = model.get_output_embeddings().weight
         head[tokenizer.eos_token_id].zero_()
         head.mul_(20)
+    model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    processor.save_pretrained(out_dir)
+    return out_dir
 
 
 def build_tiny_idefics3_model(out_dir: Path, *, seed: int = 0, image_size: int = 32, patch_size: int = 8,
@@ -49,7 +58,7 @@ def build_tiny_idefics3_model(out_dir: Path, *, seed: int = 0, image_size: int =
     images are split into tiles of `image_size` pixels, at most 2x2 of them plus the global view.
     """
     import torch
-    from transformers import GenerationConfig, Idefics3Config, Idefics3ForConditionalGeneration, Idefics3Processor
+    from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3Processor
     from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
 
     out_dir = Path(out_dir)
@@ -72,21 +81,14 @@ def build_tiny_idefics3_model(out_dir: Path, *, seed: int = 0, image_size: int =
                      "max_position_embeddings": 4096, "eos_token_id": tokenizer.eos_token_id,
                      "pad_token_id": tokenizer.pad_token_id},
         scale_factor=2, image_token_id=tokenizer.convert_tokens_to_ids("<image>"))
-    model = Idefics3ForConditionalGeneration(config)
-    _quiet_eos(model, tokenizer)
-    model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id,
-                                               pad_token_id=tokenizer.pad_token_id)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir, safe_serialization=True)
-    processor.save_pretrained(out_dir)
-    return out_dir
+    return _save(Idefics3ForConditionalGeneration(config), processor, tokenizer, out_dir)
 
 
 def build_tiny_llava_model(out_dir: Path, *, seed: int = 0) -> Path:
     """A tiny LLaVA: a 1-layer CLIP vision tower on 32-pixel images (16 patches: 16 image tokens once the
     class token is dropped), a projector, a 2-layer Llama. LLaVA has no notion of `detail`."""
     import torch
-    from transformers import GenerationConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+    from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
     out_dir = Path(out_dir)
@@ -108,14 +110,7 @@ def build_tiny_llava_model(out_dir: Path, *, seed: int = 0) -> Path:
                      "pad_token_id": tokenizer.pad_token_id},
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"), vision_feature_select_strategy="default",
         vision_feature_layer=-1)
-    model = LlavaForConditionalGeneration(config)
-    _quiet_eos(model, tokenizer)
-    model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id,
-                                               pad_token_id=tokenizer.pad_token_id)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir, safe_serialization=True)
-    processor.save_pretrained(out_dir)
-    return out_dir
+    return _save(LlavaForConditionalGeneration(config), processor, tokenizer, out_dir)
 
 
 def build_tiny_qwen2_vl_model(out_dir: Path, *, seed: int = 0, generation: str = "2") -> Path:
@@ -125,7 +120,6 @@ def build_tiny_qwen2_vl_model(out_dir: Path, *, seed: int = 0, generation: str =
     3-D position ids, offset after an image, workers/vision.py)."""
     import torch
     import transformers
-    from transformers import GenerationConfig
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     from workers.vision_processor import without_video
@@ -160,14 +154,7 @@ def build_tiny_qwen2_vl_model(out_dir: Path, *, seed: int = 0, generation: str =
                      "bos_token_id": None},
         image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
         vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"))
-    model = getattr(transformers, f"{family}ForConditionalGeneration")(config)
-    _quiet_eos(model, tokenizer)
-    model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id,
-                                               pad_token_id=tokenizer.pad_token_id)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir, safe_serialization=True)
-    processor.save_pretrained(out_dir)
-    return out_dir
+    return _save(getattr(transformers, f"{family}ForConditionalGeneration")(config), processor, tokenizer, out_dir)
 
 
 def build_tiny_gemma3_model(out_dir: Path, *, seed: int = 0) -> Path:
@@ -175,7 +162,7 @@ def build_tiny_gemma3_model(out_dir: Path, *, seed: int = 0) -> Path:
     crops of at least 16 pixels, and a 2-layer Gemma 3 text model whose first layer has a sliding window of
     16 tokens (shorter than the prompts, so decoding past the window is exercised)."""
     import torch
-    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3Processor, GenerationConfig
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3Processor
     from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
 
     out_dir = Path(out_dir)
@@ -201,11 +188,4 @@ def build_tiny_gemma3_model(out_dir: Path, *, seed: int = 0) -> Path:
                      "bos_token_id": None},
         mm_tokens_per_image=4, boi_token_index=ids("<start_of_image>"), eoi_token_index=ids("<end_of_image>"),
         image_token_index=ids("<image_soft_token>"), tie_word_embeddings=False)
-    model = Gemma3ForConditionalGeneration(config)
-    _quiet_eos(model, tokenizer)
-    model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id,
-                                               pad_token_id=tokenizer.pad_token_id)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir, safe_serialization=True)
-    processor.save_pretrained(out_dir)
-    return out_dir
+    return _save(Gemma3ForConditionalGeneration(config), processor, tokenizer, out_dir)
