@@ -87,6 +87,10 @@ def test_a_lora_job_learns_its_data_and_the_result_is_served_at_once(hub, alice,
         live = []
         while not live or live[-1]["type"] not in ("done", "error"):
             live.append(json.loads(ws.recv(timeout=120)))
+        ws.send(json.dumps({"type": "subscribe", "after_seq": len(live) - 3}))
+        assert [json.loads(ws.recv(timeout=10)) for _ in range(3)] == live[-3:]
+        ws.send(json.dumps({"type": "subscribe", "after_seq": len(live)}))  # nothing can follow the end
+        assert json.loads(ws.recv(timeout=10))["error"]["code"] == "stream_ended"
     job = _job(hub, alice, job_id)
     assert job["status"] == "succeeded", job
     assert job["fine_tuned_model"] == f"ft:tiny:chat:secret:{job_id.removeprefix('ftjob-')[:8]}"
@@ -112,7 +116,9 @@ def test_a_qlora_job_trains_on_a_4bit_base(hub, alice, openai_client):
     job = _finished(hub, alice, job["id"])
     assert job["status"] == "succeeded", job
     assert job["progress"]["step"] == 2 and job["training_type"] == "qlora"
-    assert "loaded in 4-bit" in hub.processes.log("training") or job["fine_tuned_model"]
+    loaded = [e for e in httpx.get(f"{hub.api_url}/training/jobs/{job['id']}/events", headers=alice.auth).json()["data"]
+              if e["message"].startswith("Base ")]
+    assert len(loaded) == 1 and "loaded in 4-bit (nf4)" in loaded[0]["message"], loaded
     assert openai_client.chat.completions.create(model=job["fine_tuned_model"], messages=QUESTION,
                                                  max_tokens=2).usage.completion_tokens == 2
 

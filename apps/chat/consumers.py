@@ -100,6 +100,7 @@ class ChatConsumer(ApiKeyConsumer):
     async def _on_resume(self, content: dict) -> None:
         request_id = await self._owned_request(content)
         after_seq = after_seq_of(content)
+        await events.check_resume_point(request_id, after_seq)
         self.graces[request_id] = self._grace(content)
         await events.clear_reader_deadline(request_id)
         self._subscribe(request_id, after_seq=after_seq)

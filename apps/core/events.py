@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator
 import redis
 from django.conf import settings
 
-from .errors import error_object
+from .errors import AppError, error_object
 from .redis import async_client, sync_client
 
 TOKEN = "token"
@@ -125,6 +125,28 @@ async def read_events(request_id, *, after_seq: int = 0, idle_timeout: float | N
             yield event
             if event["type"] in FINAL_TYPES:
                 return
+
+
+async def check_resume_point(request_id, after_seq: int) -> None:
+    """Refuse a resume that could only wait in silence: `after_seq` past the last
+    event written (no client saw it), or at the final event of a log that has ended.
+
+    Sequence numbers only grow, so a point that is valid now stays valid; the
+    check costs one XREVRANGE.
+    """
+    last = await async_client().xrevrange(events_key(request_id), count=1)
+    if not last:
+        if after_seq:
+            raise AppError(f"after_seq {after_seq} is past the end of the event log: it holds no events "
+                           "(none written yet, or the log expired).", param="after_seq", code="invalid_value")
+        return
+    event = _decode(*last[0])
+    if after_seq > event["seq"]:
+        raise AppError(f"after_seq {after_seq} is past the end of the event log: the last event is seq "
+                       f"{event['seq']}.", param="after_seq", code="invalid_value")
+    if after_seq == event["seq"] and event["type"] in FINAL_TYPES:
+        raise AppError(f"Nothing follows after_seq {after_seq}: it is the final event ('{event['type']}') "
+                       "of a log that has ended.", param="after_seq", code="stream_ended")
 
 
 def _raise_if_cancelled() -> None:

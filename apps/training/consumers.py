@@ -48,6 +48,7 @@ class TrainingProgressConsumer(ApiKeyConsumer):
             return
         try:
             after = after_seq_of(content)
+            await events.check_resume_point(self.job.id, after)
         except AppError as error:
             await self.send_json(error_message(error))
             return
