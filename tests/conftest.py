@@ -90,7 +90,12 @@ class Hub:
 
 @pytest.fixture(scope="session")
 def hub(models):
-    base_url, processes = start_hub(dict(os.environ), RUN_DIR / "logs", inference_threads=INFERENCE_THREADS)
+    # Tests start further hubs (their own Redis database, this PostgreSQL database). A hub's sweep acts on every
+    # row of its database and looks for workers in its own Redis only, so this hub's periodic sweep would take
+    # their running requests and training jobs for lost ones and run them again here. It sweeps only when a
+    # test asks (tests/test_sweeper.py starts a beat of its own).
+    env = dict(os.environ, AIHUB_SWEEP_INTERVAL_SECONDS="86400")
+    base_url, processes = start_hub(env, RUN_DIR / "logs", inference_threads=INFERENCE_THREADS)
     try:
         yield Hub(base_url, processes)
     finally:

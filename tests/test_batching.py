@@ -19,7 +19,7 @@ from apps.catalog.models import ModelEntry
 from apps.catalog.services import model_register
 from apps.chat.models import GenerationRequest
 from tests.conftest import RUN_DIR, make_account
-from tests.support.fine_tuning import QUESTION, SECRET, job_create, job_finished, jsonl, upload
+from tests.support.fine_tuning import QUESTION, SECRET, job_create, job_finished, jsonl, upload, wait_for
 from tests.support.processes import MODEL_CACHE, ProcessGroup, wait_until_healthy
 from tests.support.tiny_models import build_tiny_chat_model
 
@@ -390,10 +390,11 @@ def test_a_request_whose_cache_does_not_fit_beside_the_running_batch_waits_inste
     first, second = sorted(GenerationRequest.objects.filter(user=account.user), key=lambda r: r.first_token_at)
     # The second was held back until the first had (nearly) finished: not both in the cache at once.
     assert second.first_token_at >= first.first_token_at + 0.8 * (first.finished_at - first.first_token_at)
-    time.sleep(1.5)  # a heartbeat
-    workers = httpx.get(f"{api_url}/models/status", headers=operator.auth).json()["workers"]
+    # The worker's heartbeat carries the batch's figures: wait for one sent after both ended.
+    workers = wait_for(lambda: httpx.get(f"{api_url}/models/status", headers=operator.auth).json()["workers"],
+                       lambda workers: workers[0]["batch"]["running"] == workers[0]["batch"]["waiting"] == 0
+                       and workers[0]["batch"]["waited_for_memory"] >= 1, timeout=30)
     batch = workers[0]["batch"]
-    assert batch["waited_for_memory"] >= 1 and batch["running"] == batch["waiting"] == 0
     assert 0 < batch["cache_budget_bytes"] < 2 * per_request_bytes
     scraped = httpx.get(api_url.removesuffix("/api/v1") + "/metrics").text
     for series in ("aihub_worker_running_sequences", "aihub_worker_waiting_sequences", "aihub_worker_kv_cache_bytes",

@@ -1,8 +1,10 @@
 """Hostile input costs one request bounded work and gets a 4xx; other users do not notice it."""
+import json
 import threading
 import time
 
 import httpx
+from websockets.sync.client import connect
 
 from apps.accounts.models import ApiKey
 from apps.chat.models import GenerationRequest
@@ -62,6 +64,39 @@ def test_json_nested_deeper_than_the_limit_is_a_400_on_chat_and_on_drf_endpoints
                               headers={**alice.auth, "Content-Type": "application/json"})
         _assert_error(response, 400, code="invalid_json")
     assert ApiKey.objects.filter(user=alice.user).count() == keys_before
+
+
+def test_text_the_database_cannot_store_is_a_400_naming_its_field_on_every_endpoint(hub, alice, models):
+    # JSON may carry a NUL (\u0000) or half a surrogate pair (\ud800); neither can be stored as text.
+    nul, lone = "\\u0000", "\\ud800"
+    for raw, param in (
+            (f'{{"model": "{models["tiny"]}", "messages": [{{"role": "user", "content": "a{nul}b"}}]}}',
+             "messages.0.content"),
+            (f'{{"model": "{models["tiny"]}", "messages": [{{"role": "user", "content": "{lone}"}}]}}',
+             "messages.0.content"),
+            (f'{{"model": "{models["tiny"]}", "messages": [], "stop": ["ok", "x{nul}"]}}', "stop.1")):
+        error = _assert_error(_post(hub, alice, raw=raw.encode()), 400, code="invalid_value", param=param)
+        assert "not allowed" in error["message"]
+    _nothing_stored(alice.user)
+    # The legacy completions endpoint stored its prompts' NUL in a jsonb column: a 500, found by the schema fuzz.
+    response = httpx.post(f"{hub.api_url}/completions", timeout=30, headers={**alice.auth,
+                          "Content-Type": "application/json"},
+                          content=f'{{"model": "{models["tiny"]}", "prompt": ["", "a{nul}"]}}'.encode())
+    _assert_error(response, 400, code="invalid_value", param="prompt.1")
+    assert not GenerationRequest.objects.filter(user=alice.user).exists()
+    # A key of an object is named by the object that holds it (the key itself is not echoed back).
+    response = httpx.post(f"{hub.api_url}/keys", timeout=30, headers={**alice.auth,
+                          "Content-Type": "application/json"}, content=f'{{"name": "k", "x{lone}": 1}}'.encode())
+    _assert_error(response, 400, code="invalid_value", param=None)
+    # And the websocket says the same, on a socket that stays open.
+    with connect(f"{hub.ws_url}/ws/v1/chat/", additional_headers=alice.auth) as ws:
+        assert json.loads(ws.recv(timeout=10))["type"] == "authenticated"
+        ws.send(f'{{"type": "chat.completion", "request": {{"messages": [{{"role": "user", "content": "{nul}"}}]}}}}')
+        error = json.loads(ws.recv(timeout=10))
+        assert (error["type"], error["error"]["param"]) == ("error", "request.messages.0.content"), error
+        ws.send(json.dumps({"type": "chat.completion", "request": {"model": models["tiny"], "max_tokens": 2,
+                                                                   "messages": [{"role": "user", "content": "hi"}]}}))
+        assert json.loads(ws.recv(timeout=10))["type"] == "accepted"
 
 
 def test_a_body_over_the_size_limit_is_a_413_whether_declared_or_chunked(hub, alice):

@@ -16,7 +16,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
 from apps.core.errors import AppError, AuthenticationError
-from apps.core.json_input import JsonInputError, loads_bounded
+from apps.core.json_input import JsonInputError, JsonTextError, loads_bounded
 
 from .models import ApiKey
 from .services import api_key_authenticate, api_key_still_usable, bearer_token_from_scope, require_scope
@@ -66,12 +66,16 @@ class ApiKeyConsumer(AsyncJsonWebsocketConsumer):
         # here and drop the socket with a server error. Daphne caps a message at 1 MiB before this.
         try:
             return loads_bounded(text_data, max_depth=settings.AIHUB_MAX_JSON_DEPTH, strict=True)
+        except JsonTextError as exc:
+            return AppError(str(exc), param=exc.path or None, code="invalid_value")  # answered by receive_json
         except JsonInputError:
             return None  # answered by receive_json as an invalid message
 
     async def receive_json(self, content, **kwargs):
         kind = content.get("type") if isinstance(content, dict) else None
-        if not isinstance(kind, str):
+        if isinstance(content, AppError):
+            await self.send_json(error_message(content))
+        elif not isinstance(kind, str):
             await self.send_json(error_message(AppError("Each message must be a JSON object with a 'type'.",
                                                         param="type", code="invalid_message")))
         elif kind == "auth":

@@ -17,10 +17,10 @@ the web's 504 `timeout`, and the client may simply send it again.
 """
 from __future__ import annotations
 
-import json
-import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+
+from apps.core.job_message import JobMessage
 
 SHARED_QUEUE = "aihub:audio:jobs"  # any inference worker (no heartbeat seen: routing knows no worker)
 
@@ -45,20 +45,9 @@ def audio_key(job_id: str) -> str:
 
 
 @dataclass
-class AudioJob:
+class AudioJob(JobMessage):
     action: str  # transcribe, translate, speech
     model: str
     options: dict  # transcription: language, prompt, temperature, word_timestamps; speech: input, voice, ...
     expires_at: float = 0.0  # epoch seconds; past it the web has given up and a worker skips the job
     id: str = field(default_factory=lambda: f"audio-{uuid.uuid4().hex}")
-
-    def dumps(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
-
-    @classmethod
-    def loads(cls, raw: str) -> "AudioJob":
-        return cls(**json.loads(raw))
-
-    @property
-    def expired(self) -> bool:
-        return time.time() > self.expires_at

@@ -8,7 +8,8 @@ from django.conf import settings
 from rest_framework.exceptions import ParseError
 from rest_framework.parsers import JSONParser
 
-from .json_input import JsonInputError, loads_bounded
+from .errors import AppError
+from .json_input import JsonInputError, JsonTextError, loads_bounded
 
 
 class BoundedJSONParser(JSONParser):
@@ -16,5 +17,7 @@ class BoundedJSONParser(JSONParser):
         raw = stream.read() if stream is not None else b""
         try:
             return loads_bounded(raw, max_depth=settings.AIHUB_MAX_JSON_DEPTH, strict=True)
+        except JsonTextError as exc:
+            raise AppError(str(exc), param=exc.path or None, code="invalid_value") from None
         except JsonInputError as exc:
             raise ParseError(f"JSON parse error - {exc}") from None

@@ -13,10 +13,10 @@ holding it ends as the web's 504 `timeout`, and the client may simply send it ag
 """
 from __future__ import annotations
 
-import json
-import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+
+from apps.core.job_message import JobMessage
 
 SHARED_QUEUE = "aihub:embeddings:jobs"  # any inference worker (no heartbeat seen: routing knows no worker)
 
@@ -27,7 +27,7 @@ def worker_queue(nodename: str) -> str:
 
 
 @dataclass
-class EmbeddingJob:
+class EmbeddingJob(JobMessage):
     model: str
     inputs: list  # strings, or lists of token ids (`tokens`)
     tokens: bool = False
@@ -37,14 +37,3 @@ class EmbeddingJob:
     truncate: bool = False
     expires_at: float = 0.0  # epoch seconds; past it the web has given up and a worker skips the job
     id: str = field(default_factory=lambda: f"embeddings-{uuid.uuid4().hex}")
-
-    def dumps(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
-
-    @classmethod
-    def loads(cls, raw: str) -> "EmbeddingJob":
-        return cls(**json.loads(raw))
-
-    @property
-    def expired(self) -> bool:
-        return time.time() > self.expires_at
