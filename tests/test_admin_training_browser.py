@@ -61,7 +61,8 @@ def test_a_finished_job_page_draws_one_point_per_logged_step(finished_job, staff
 def test_a_running_job_page_draws_new_steps_live_and_its_cancel_button_stops_it(hub, trainee, staff_browser):
     page = staff_browser.page
     data = upload(hub, trainee, jsonl(SECRET * 40))
-    job = job_create(hub, trainee, training_file=data["id"], batch_size=1, num_epochs=1).json()
+    # 3,200 steps: far more than a fast machine trains while the page loads and draws three more.
+    job = job_create(hub, trainee, training_file=data["id"], batch_size=1, num_epochs=10).json()
     wait_for(lambda: job_get(hub, trainee, job["id"]), lambda j: j["progress"] and j["progress"]["step"] >= 1)
 
     staff_browser.goto(f"/admin/training/trainingjob/{uuid.UUID(job['id'].removeprefix('ftjob-'))}/change/")
