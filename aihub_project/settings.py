@@ -383,6 +383,8 @@ MAX_CONCURRENT_MODELS = env.int("MAX_CONCURRENT_MODELS", default=2)
 AIHUB_GPU_MEMORY_BUDGET = env("AIHUB_GPU_MEMORY_BUDGET", default="0.9")
 # Seconds a model may stay loaded without being used (Ollama's keep_alive default is 300).
 MODEL_UNLOAD_TIMEOUT = env.float("MODEL_UNLOAD_TIMEOUT", default=300.0)
+# A load that needs room which only models serving requests hold waits this long for them to finish, then 507.
+AIHUB_MODEL_SWAP_WAIT_SECONDS = env.float("AIHUB_MODEL_SWAP_WAIT_SECONDS", default=30.0)
 # How often a worker reports its state; it drops out of status after three missed beats.
 AIHUB_HEARTBEAT_SECONDS = env.float("AIHUB_HEARTBEAT_SECONDS", default=2.0)
 # How long POST /models/load and /models/unload wait for the worker's answer.

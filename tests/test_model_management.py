@@ -5,6 +5,7 @@ heartbeats), sharing PostgreSQL with the session hub: worker "small" has a
 budget that fits one mid-size model, worker "large" fits several.
 """
 import os
+import threading
 import time
 
 import httpx
@@ -184,6 +185,51 @@ def test_the_least_recently_used_model_is_evicted_to_make_room(pool, staff, mid_
     missing = _post(base_url, "models/load", staff, {"model_id": mid_models["a"], "worker": "nobody@nowhere"})
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "worker_not_found"
     _unload_everything(base_url, staff, mid_models)
+
+
+def test_a_load_that_needs_a_busy_models_room_waits_for_its_requests_to_end(pool, staff, mid_models):
+    base_url, processes = pool
+    small = _workers(base_url, staff)["small"]["hostname"]  # room for one mid model
+    waits = "mid-b:1m waits up to 30 s for a model in use to finish its requests (mid-a:1m)"
+    for _attempt in range(3):  # the load must land while the answer streams (half a second here): retried if not
+        seen = processes.log("small").count(waits)
+        _unload_everything(base_url, staff, mid_models)
+        assert _post(base_url, "models/load", staff, {"model_id": mid_models["a"], "worker": small}).status_code == 200
+        answer, loaded = _load_while_answering(base_url, staff, model=mid_models["a"], load=mid_models["b"],
+                                               worker=small)
+        # Before, this was a 507 at once ("pinned or in use"); now the load waits for the answer to end.
+        assert loaded.status_code == 200, loaded.text
+        assert (answer.state, answer.completion_tokens) == ("succeeded", 200), answer.error  # not cut short
+        assert _loaded(base_url, staff)["small"] == [mid_models["b"]]
+        if processes.log("small").count(waits) > seen:
+            break
+    else:
+        raise AssertionError("the load never arrived while the answer was streaming")
+    assert "unloaded mid-a:1m (evicted for mid-b:1m)" in processes.log("small")
+    _unload_everything(base_url, staff, mid_models)
+
+
+def _load_while_answering(base_url, staff, *, model, load, worker):
+    """Stream an answer from `model`; at its first token, load `load` on `worker`. Returns the answer's row (once
+    it ended) and the load's response."""
+    streaming, outcome = threading.Event(), {}
+
+    def chat():
+        # 200 tokens: what the KV cache budget leaves beside the model on the small worker
+        body = {"model": model, "max_tokens": 200, "ignore_eos": True, "stream": True,
+                "messages": [{"role": "user", "content": "Go on"}]}
+        with httpx.stream("POST", f"{base_url}/api/v1/chat/completions", json=body, headers=staff.auth,
+                          timeout=120) as response:
+            outcome["request_id"] = response.headers["x-aihub-request-id"]
+            for _line in response.iter_lines():
+                streaming.set()
+
+    thread = threading.Thread(target=chat)
+    thread.start()
+    assert streaming.wait(30)
+    loaded = _post(base_url, "models/load", staff, {"model_id": load, "worker": worker})
+    thread.join(60)
+    return GenerationRequest.objects.get(id=outcome["request_id"]), loaded
 
 
 def test_an_idle_model_is_unloaded_when_its_keep_alive_runs_out(pool, staff, mid_models):

@@ -3,8 +3,10 @@
 - Loads on demand and keeps models loaded between tasks.
 - Before a load, evicts least-recently-used idle models until the estimate fits
   the budget (`AIHUB_GPU_MEMORY_BUDGET`) and the count fits
-  `MAX_CONCURRENT_MODELS`; a model that cannot fit even then is refused with
-  InsufficientMemory, never loaded into an out-of-memory crash.
+  `MAX_CONCURRENT_MODELS`; when only models serving requests stand in the way,
+  waits for them to finish (`AIHUB_MODEL_SWAP_WAIT_SECONDS`); a model that cannot
+  fit even then is refused with InsufficientMemory, never loaded into an
+  out-of-memory crash.
 - Unloads models idle past their keep-alive (`MODEL_UNLOAD_TIMEOUT`, or the
   request's `keep_alive`: seconds, -1 pins, 0 unloads after the request).
 - Accounts each loaded model at its measured size (its tensors), not the estimate,
@@ -78,13 +80,16 @@ class Slot:
 
 class ModelManager:
     def __init__(self, *, max_models: int, budget: str | float, default_keep_alive: float,
-                 device_preference: str = "auto", max_batch_size: int = 16, max_batch_tokens: int = 2048):
+                 device_preference: str = "auto", max_batch_size: int = 16, max_batch_tokens: int = 2048,
+                 swap_wait_seconds: float = 0.0):
         self.max_models = max_models
+        self.swap_wait_seconds = swap_wait_seconds
         self.default_keep_alive = default_keep_alive
         self.device = pick_device(device_preference)
         self.budget_bytes = resolve_budget(budget, device_memory(self.device)["memory_total_bytes"])
         self._slots: OrderedDict[str, Slot] = OrderedDict()  # least recently used first
         self._lock = threading.RLock()
+        self._idle = threading.Condition(self._lock)  # notified when a model's last request ends (_make_room)
         self.engine = BatchEngine(max_batch_size=max_batch_size, max_batch_tokens=max_batch_tokens,
                                   cache_budget=lambda: self.budget_bytes - self.used_bytes,
                                   on_out_of_memory=self.free_after_oom)
@@ -105,8 +110,10 @@ class ModelManager:
             with self._lock:
                 slot.in_use -= 1
                 slot.last_used_at = time.time()
-                if slot.keep_alive == 0 and slot.in_use == 0:
-                    self._unload(spec.model_id, reason="keep_alive 0")
+                if slot.in_use == 0:
+                    if slot.keep_alive == 0:
+                        self._unload(spec.model_id, reason="keep_alive 0")
+                    self._idle.notify_all()
 
     def load(self, spec: ModelSpec, *, keep_alive: float | None = None, force_reload: bool = False) -> dict:
         with self._lock:
@@ -195,6 +202,8 @@ class ModelManager:
         estimate = estimate_bytes(parameter_count=spec.parameter_count, quantisable_count=spec.quantisable_count,
                                   dtype=spec.dtype, quantization=spec.quantization, device_type=self.device.type)
         self._make_room(spec.model_id, estimate)
+        if spec.model_id in self._slots:  # loaded by another thread while _make_room waited (the lock released)
+            return self._ensure_loaded(spec, keep_alive=keep_alive, force_reload=False)
         loaded = load_model(model_id=spec.model_id, path=spec.path, context_length=spec.context_length,
                             device=self.device, dtype=spec.dtype, quantization=spec.quantization, kind=spec.kind,
                             parameter_count=spec.parameter_count)
@@ -211,22 +220,35 @@ class ModelManager:
             raise InsufficientMemory(
                 f"The model '{model_id}' needs about {estimate / 2**20:.0f} MiB, more than this worker's whole "
                 f"memory budget ({self.budget_bytes / 2**20:.0f} MiB).")
-        evictable = [m for m, s in self._slots.items() if s.in_use == 0 and s.keep_alive != PINNED]
-        cache = self.engine.reserved_bytes()
-        while self._slots and (self.used_bytes + cache + estimate > self.budget_bytes
-                               or len(self._slots) >= self.max_models):
-            if not evictable:
-                busy = ", ".join(self._slots)
-                if len(self._slots) >= self.max_models:  # the count, not the memory, is what is full
-                    raise InsufficientMemory(
-                        f"The model '{model_id}' cannot load: this worker holds at most {self.max_models} models "
-                        f"(MAX_CONCURRENT_MODELS) and the loaded ones ({busy}) are pinned or in use.")
+        deadline, waiting = time.monotonic() + self.swap_wait_seconds, False
+        while self._slots:
+            cache = self.engine.reserved_bytes()
+            if self.used_bytes + cache + estimate <= self.budget_bytes and len(self._slots) < self.max_models:
+                return
+            evictable = [m for m, s in self._slots.items() if s.in_use == 0 and s.keep_alive != PINNED]
+            if evictable:  # least recently used first
+                self._unload(evictable[0], reason="evicted for " + model_id)
+                continue
+            # Every model left is pinned or serving requests. One that serves is free within seconds, when its
+            # requests end: wait for that (the lock is released meanwhile) rather than refuse at once.
+            remaining = deadline - time.monotonic()
+            if remaining > 0 and any(slot.keep_alive != PINNED for slot in self._slots.values()):
+                if not waiting:
+                    logger.info("%s waits up to %.0f s for a model in use to finish its requests (%s)", model_id,
+                                remaining, ", ".join(self._slots))
+                    waiting = True
+                self._idle.wait(timeout=remaining)
+                continue
+            busy = ", ".join(self._slots)
+            if len(self._slots) >= self.max_models:  # the count, not the memory, is what is full
                 raise InsufficientMemory(
-                    f"The model '{model_id}' needs about {estimate / 2**20:.0f} MiB; "
-                    f"{(self.budget_bytes - self.used_bytes - cache) / 2**20:.0f} MiB of the budget is free (the "
-                    f"running requests' cache holds {cache / 2**20:.0f} MiB) and the loaded models ({busy}) are "
-                    "pinned or in use.")
-            self._unload(evictable.pop(0), reason="evicted for " + model_id)
+                    f"The model '{model_id}' cannot load: this worker holds at most {self.max_models} models "
+                    f"(MAX_CONCURRENT_MODELS) and the loaded ones ({busy}) are pinned or in use.")
+            raise InsufficientMemory(
+                f"The model '{model_id}' needs about {estimate / 2**20:.0f} MiB; "
+                f"{(self.budget_bytes - self.used_bytes - cache) / 2**20:.0f} MiB of the budget is free (the "
+                f"running requests' cache holds {cache / 2**20:.0f} MiB) and the loaded models ({busy}) are "
+                "pinned or in use.")
 
     def _unload(self, model_id: str, *, reason: str) -> None:
         slot = self._slots.pop(model_id)
@@ -252,5 +274,6 @@ def get_manager() -> ModelManager:
                                     default_keep_alive=settings.MODEL_UNLOAD_TIMEOUT,
                                     device_preference=settings.AIHUB_DEVICE,
                                     max_batch_size=settings.AIHUB_MAX_BATCH_SIZE,
-                                    max_batch_tokens=settings.AIHUB_MAX_BATCH_TOKENS)
+                                    max_batch_tokens=settings.AIHUB_MAX_BATCH_TOKENS,
+                                    swap_wait_seconds=settings.AIHUB_MODEL_SWAP_WAIT_SECONDS)
         return _manager

@@ -5,6 +5,8 @@ from django.conf import settings
 from django.core.validators import RegexValidator
 from rest_framework import serializers
 
+from apps.core.fields import QueryIntegerField
+
 MODES = ("hybrid", "semantic", "text")
 MAX_PAGE = 100
 
@@ -17,8 +19,8 @@ class ConversationSearchQuerySerializer(serializers.Serializer):
                                         "and, by meaning, the whole query.")
     mode = serializers.ChoiceField(choices=MODES, required=False, default="hybrid",
                                    help_text="`hybrid` (both rankers, fused), `semantic` or `text` alone.")
-    limit = serializers.IntegerField(required=False, default=20, min_value=1, max_value=MAX_PAGE)
-    offset = serializers.IntegerField(required=False, default=0, min_value=0, max_value=10**6)
+    limit = QueryIntegerField(required=False, default=20, min_value=1, max_value=MAX_PAGE)
+    offset = QueryIntegerField(required=False, default=0, min_value=0, max_value=10**6)
 
 
 class ConversationSearchResultSerializer(serializers.Serializer):

@@ -5,6 +5,7 @@ from rest_framework.response import Response
 
 from apps.audio.chat_input import chat_audio_transcribed
 from apps.core.endpoints import Endpoint, operation
+from apps.core.fields import QueryIntegerField
 
 from .completions import chat_completion_answer
 from .output_serializers import ChatCompletionSerializer, StreamEventSerializer
@@ -60,8 +61,8 @@ class TextCompletionsView(Endpoint):
 
 
 class PageQuerySerializer(serializers.Serializer):
-    limit = serializers.IntegerField(required=False, default=20, min_value=1, max_value=MAX_PAGE)
-    offset = serializers.IntegerField(required=False, default=0, min_value=0, max_value=10**9)
+    limit = QueryIntegerField(required=False, default=20, min_value=1, max_value=MAX_PAGE)
+    offset = QueryIntegerField(required=False, default=0, min_value=0, max_value=10**9)
 
 
 class ConversationListView(Endpoint):

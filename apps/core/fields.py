@@ -1,4 +1,6 @@
 """JSON-strict serializer fields: DRF would quietly turn 5 into "5" and "yes" into True."""
+import re
+
 from drf_spectacular.drainage import set_override
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
@@ -27,6 +29,18 @@ class StrictIntegerField(serializers.IntegerField):
 
     def to_internal_value(self, data):
         if isinstance(data, bool) or not isinstance(data, int):
+            self.fail("type")
+        return super().to_internal_value(data)
+
+
+class QueryIntegerField(serializers.IntegerField):
+    """An integer in a query string, written as one: DRF's IntegerField also takes "2.0" and " 2", which the
+    schema (type integer) does not allow and OpenAI's API refuses."""
+
+    default_error_messages = {"type": "must be an integer."}
+
+    def to_internal_value(self, data):
+        if not (isinstance(data, str) and re.fullmatch(r"-?[0-9]+", data)):
             self.fail("type")
         return super().to_internal_value(data)
 

@@ -11,7 +11,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from apps.core.errors import AppError
-from apps.core.fields import StrictCharField, StrictFloatField, StrictIntegerField
+from apps.core.fields import QueryIntegerField, StrictCharField, StrictFloatField, StrictIntegerField
 from apps.core.parameters import UnsupportedParameter
 
 from .models import TrainingCheckpoint, TrainingJob
@@ -115,7 +115,7 @@ class FineTuningJobCreateSerializer(serializers.Serializer):
 
 class ListQuerySerializer(serializers.Serializer):
     after = StrictCharField(required=False, help_text="The id of the last object of the previous page.")
-    limit = serializers.IntegerField(required=False, min_value=1, max_value=LIST_LIMIT_MAX)
+    limit = QueryIntegerField(required=False, min_value=1, max_value=LIST_LIMIT_MAX)
 
 
 def _timestamp(value) -> int | None:

@@ -6,7 +6,14 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from apps.core.errors import AppError
-from apps.core.fields import MetadataField, StrictBooleanField, StrictCharField, StrictFloatField, StrictIntegerField
+from apps.core.fields import (
+    MetadataField,
+    QueryIntegerField,
+    StrictBooleanField,
+    StrictCharField,
+    StrictFloatField,
+    StrictIntegerField,
+)
 from apps.core.parameters import UnsupportedParameter
 
 from .chunking import MAX_CHUNK_TOKENS, MIN_CHUNK_TOKENS
@@ -97,7 +104,7 @@ class VectorStoreModifySerializer(serializers.Serializer):
 class ListQuerySerializer(serializers.Serializer):
     after = StrictCharField(required=False, help_text="An object id: the page starts after it.")
     before = StrictCharField(required=False, help_text="An object id: the page ends before it.")
-    limit = serializers.IntegerField(required=False, min_value=1, max_value=LIST_LIMIT_MAX, default=20)
+    limit = QueryIntegerField(required=False, min_value=1, max_value=LIST_LIMIT_MAX, default=20)
     order = serializers.ChoiceField(choices=["asc", "desc"], required=False, default="desc")
 
 

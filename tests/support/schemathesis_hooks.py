@@ -55,8 +55,9 @@ STATEFUL_REJECTIONS = {
     "POST /api/v1/responses": {"input", "max_output_tokens", "previous_response_id", "tool_choice", "text", "tools",
                                "metadata"},
     "POST /api/v1/files": {"file"},  # an empty file: OpenAPI cannot bound a binary's size
-    # dimensions only for models trained for truncation; an input longer than the model takes
-    "POST /api/v1/embeddings": {"dimensions", "input"},
+    # dimensions only for models trained for truncation; an input longer than the model takes; a model of the
+    # embedding kind
+    "POST /api/v1/embeddings": {"dimensions", "input", "model"},
     "POST /api/v1/fine_tuning/jobs": {"training_file", "validation_file", "model"},  # on this server
     # semantic search for a user who turned conversation embeddings off (PATCH /me, which the fuzz also sends)
     "GET /api/v1/chat/conversations/search": {"mode"},
@@ -98,11 +99,13 @@ def _twisted_bare_400(response) -> bool:
             and "multipart/form-data" in (response.request.headers.get("Content-Type") or ""))
 
 
-def _whitespace_only(body, error: dict) -> bool:
-    """A string of nothing but whitespace, which DRF trims to blank and refuses as such; a schema can say
-    "not blank" (minLength) but not "not only whitespace" short of a pattern on every string."""
-    value = body.get(error.get("param")) if isinstance(body, dict) else None
-    return (isinstance(value, str) and value != "" and not value.strip()
+def _whitespace_only(case, error: dict) -> bool:
+    """A string of nothing but whitespace (in the body or the query: a cursor of one control character), which
+    DRF trims to blank and refuses as such; a schema can say "not blank" (minLength) but not "not only
+    whitespace" short of a pattern on every string."""
+    param = error.get("param")
+    values = [part.get(param) for part in (case.body, case.query) if isinstance(part, dict)]
+    return (any(isinstance(value, str) and value != "" and not value.strip() for value in values)
             and "may not be blank" in error.get("message", ""))
 
 
@@ -120,7 +123,7 @@ def filter_failure(context, failure, case, response):
     # which OpenAPI 3.0 has no way to say short of a pattern on every string.
     if "Null characters are not allowed" in error.get("message", ""):
         return False
-    if _whitespace_only(case.body, error):
+    if _whitespace_only(case, error):
         return False
     param = (error.get("param") or "").split(".")[0]  # "shared_with.4" is shared_with's
     return param not in STATEFUL_REJECTIONS.get(f"{case.method.upper()} {case.operation.path}", set())
