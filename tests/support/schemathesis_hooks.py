@@ -103,10 +103,22 @@ def _whitespace_only(case, error: dict) -> bool:
     """A string of nothing but whitespace (in the body or the query: a cursor of one control character), which
     DRF trims to blank and refuses as such; a schema can say "not blank" (minLength) but not "not only
     whitespace" short of a pattern on every string."""
-    param = error.get("param")
-    values = [part.get(param) for part in (case.body, case.query) if isinstance(part, dict)]
+    param = error.get("param") or ""
+    values = [_at(part, param.split(".")) for part in (case.body, case.query)]
     return (any(isinstance(value, str) and value != "" and not value.strip() for value in values)
             and "may not be blank" in error.get("message", ""))
+
+
+def _at(value, path: list[str]):
+    """The value at a dotted error path ("target_modules.1") inside a body, or None."""
+    for key in path:
+        if isinstance(value, dict):
+            value = value.get(key)
+        elif isinstance(value, list) and key.isdigit() and int(key) < len(value):
+            value = value[int(key)]
+        else:
+            return None
+    return value
 
 
 @schemathesis.hook
