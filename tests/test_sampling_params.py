@@ -118,6 +118,18 @@ def test_a_logit_bias_of_plus_100_makes_greedy_output_that_token(openai_client, 
     assert completion.choices[0].message.content == " the" * 5
 
 
+def test_a_nul_token_is_answered_and_its_logprob_shows_the_byte(openai_client, models):
+    # Byte-level BPE has a token for the byte 0; its text could not be stored (a 500 found by the schema fuzz).
+    nul = _tokenizer(models["tiny"]).convert_tokens_to_ids(chr(256))  # GPT-2's stand-in for byte 0
+    completion = openai_client.completions.create(model=models["tiny"], prompt="hi", max_tokens=2, temperature=0,
+                                                  logit_bias={str(nul): 100}, logprobs=1)
+    assert completion.choices[0].text == "\ufffd" * 2
+    assert completion.choices[0].logprobs.tokens == ["\\x00"] * 2
+    chat = openai_client.chat.completions.create(model=models["tiny"], messages=HELLO, max_tokens=2, temperature=0,
+                                                 logit_bias={str(nul): 100}, logprobs=True, top_logprobs=2)
+    assert [(entry.token, entry.bytes) for entry in chat.choices[0].logprobs.content] == [("\\x00", [0])] * 2
+
+
 def test_a_logit_bias_of_minus_100_bans_a_token(openai_client, models):
     paris = _single_token(_tokenizer(models["default"]), " Paris")
     request = {"model": models["default"], "messages": FRANCE, "max_tokens": 24, "temperature": 0}

@@ -54,8 +54,11 @@ class TokenText:
         found = self._cache.get(token_id)
         if found is None:
             raw = self._bytes(token_id)
-            # A token may hold part of a multi-byte character: its text shows the bytes, as OpenAI's does.
-            found = self._cache[token_id] = (raw.decode("utf-8", errors="backslashreplace"), list(raw))
+            # A token may hold part of a multi-byte character: its text shows the bytes, as OpenAI's does. A NUL
+            # is shown the same way: the answer is stored, and PostgreSQL cannot store that character (the
+            # completion's text has U+FFFD there, workers/text_stream.py); `bytes` keeps the real byte.
+            text = raw.decode("utf-8", errors="backslashreplace").replace("\x00", "\\x00")
+            found = self._cache[token_id] = (text, list(raw))
         return found
 
     def _bytes(self, token_id: int) -> bytes:
