@@ -15,6 +15,7 @@ Run: `python bench/engines.py [--clients 1,4,16] [--tokens 48] [--gap-ms 0]`.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -111,6 +112,11 @@ def main():
                              "arrive spread out, and each arrival's prompt meets a running batch)")
     args = parser.parse_args()
 
+    # load_model reads the hub's settings (AIHUB_CPU_FEW_ROWS_LINEAR); no database is used.
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "aihub_project.settings")
+    import django
+
+    django.setup()
     from apps.catalog.builtin import BUILTIN_MODELS
     from workers.convert import convert_gguf
     from workers.engine import load_model, pick_device
