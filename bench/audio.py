@@ -17,6 +17,7 @@ Run: `python bench/audio.py [--runs 3]` (a few minutes, most of it starting the 
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import statistics
 import subprocess
@@ -85,8 +86,13 @@ def audio_benchmark(client, runs: int) -> None:
         if run:
             seconds["hub"].append(hub_s)
             seconds["in-process"].append(local_s)
-    # The same model and settings: the same words (int8 kernels on several threads may differ in a letter's case).
-    assert hub_text.lower() == local_text.lower(), (hub_text, local_text)
+    # The same model and settings: nearly the same words. Not always all of them: int8 kernels on another thread
+    # count round differently, and at a window's edge that can drop a word (seen on an AVX-512 EPYC: "Please"
+    # missing once in 90 words).
+    hub_words, local_words = hub_text.lower().split(), local_text.lower().split()
+    agreement = difflib.SequenceMatcher(a=hub_words, b=local_words).ratio()
+    print(f"transcripts agree on {agreement:.1%} of their words")
+    assert agreement >= 0.95, (hub_text, local_text)
 
     from whisper_transformers import greedy_transcribe, load_whisper_transformers
 
