@@ -225,14 +225,14 @@ class EmbeddingService:
 # out of cache: all-MiniLM-L6-v2 embedded 256 sentences at 225 inputs/s in passes of up to 8192 tokens and at
 # 345 in passes of up to 1024 (about 34 sentences, sentence-transformers' batch of 32), measured in one run on
 # a 2-core EPYC. A GPU wants the larger passes.
-AUTO_BATCH_TOKENS = {"cpu": 1024}
+AUTO_BATCH_TOKENS_CPU = 1024
 AUTO_BATCH_TOKENS_ACCELERATOR = 8192
 
 
 def batch_token_bound(setting: str, device_type: str) -> int:
     """The bound on padded tokens per pass: the setting's number, or the device's "auto" figure."""
     if str(setting).strip().lower() == "auto":
-        return AUTO_BATCH_TOKENS.get(device_type, AUTO_BATCH_TOKENS_ACCELERATOR)
+        return AUTO_BATCH_TOKENS_CPU if device_type == "cpu" else AUTO_BATCH_TOKENS_ACCELERATOR
     try:
         value = int(setting)
     except ValueError:

@@ -6,7 +6,7 @@ carry is far from its best there: measured in one run (2 cores, float32), SmolLM
 takes 40 ms for 4 rows against 13 ms for one, and its MLP matrices run 1.3 to 2.9x slower than the same product
 taken the other way round, `(weight @ x.T).T`, which MKL computes as a tall matrix times a few columns. A
 whole decoding step of the default model got 2.0x faster at 4 rows, 1.34x at 16 and 1.22x at 32, with the
-same tokens out (the engine in process; docs/models.md "Few-row products on the CPU").
+same tokens out (bench/engines.py, docs/models.md "Few-row products on the CPU").
 
 Whether a BLAS has this weakness depends on the library and the processor, so `auto` measures both ways on
 the model's own shapes when it first loads (tens of milliseconds, once per process and shapes) and keeps the

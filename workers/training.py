@@ -199,7 +199,8 @@ class Trainer:
         self.model = get_peft_model(model, config)
         self.model.train()
         trainable, total = self.model.get_nb_trainable_parameters()
-        precision = "4-bit (nf4)" if self.job.training_type == TrainingJob.Type.QLORA else str(kwargs["dtype"])[6:]
+        precision = ("4-bit (nf4)" if self.job.training_type == TrainingJob.Type.QLORA
+                     else str(kwargs["dtype"]).removeprefix("torch."))
         job_event(self.job, f"Base {self.base.id} loaded in {precision} on {self.device}; training "
                             f"{trainable:,} of {total:,} parameters ({100 * trainable / total:.2f}%).",
                   data={"precision": precision, "trainable_parameters": trainable, "total_parameters": total})

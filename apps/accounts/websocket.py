@@ -15,7 +15,7 @@ from asgiref.sync import sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
-from apps.core.errors import AppError, AuthenticationError
+from apps.core.errors import AppError, AuthenticationError, as_app_error
 from apps.core.json_input import JsonInputError, JsonTextError, loads_bounded
 
 from .models import ApiKey
@@ -67,7 +67,7 @@ class ApiKeyConsumer(AsyncJsonWebsocketConsumer):
         try:
             return loads_bounded(text_data, max_depth=settings.AIHUB_MAX_JSON_DEPTH, strict=True)
         except JsonTextError as exc:
-            return AppError(str(exc), param=exc.path or None, code="invalid_value")  # answered by receive_json
+            return as_app_error(exc)  # answered by receive_json
         except JsonInputError:
             return None  # answered by receive_json as an invalid message
 

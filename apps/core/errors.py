@@ -10,6 +10,8 @@ from django.http import JsonResponse
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.response import Response
 
+from .json_input import JsonTextError
+
 
 class AppError(Exception):
     """An error a client can act on, raised by services and views alike."""
@@ -103,6 +105,8 @@ def validation_error(exc: drf_exceptions.ValidationError) -> AppError:
 def as_app_error(exc: Exception) -> AppError | None:
     if isinstance(exc, AppError):
         return exc
+    if isinstance(exc, JsonTextError):  # valid JSON with a string the database cannot store
+        return AppError(str(exc), param=exc.path or None, code="invalid_value")
     if isinstance(exc, drf_exceptions.ValidationError):
         return validation_error(exc)
     if isinstance(exc, drf_exceptions.ParseError):

@@ -8,7 +8,7 @@ from django.conf import settings
 from rest_framework.exceptions import ParseError
 from rest_framework.parsers import JSONParser
 
-from .errors import AppError
+from .errors import as_app_error
 from .json_input import JsonInputError, JsonTextError, loads_bounded
 
 
@@ -18,6 +18,6 @@ class BoundedJSONParser(JSONParser):
         try:
             return loads_bounded(raw, max_depth=settings.AIHUB_MAX_JSON_DEPTH, strict=True)
         except JsonTextError as exc:
-            raise AppError(str(exc), param=exc.path or None, code="invalid_value") from None
+            raise as_app_error(exc) from None
         except JsonInputError as exc:
             raise ParseError(f"JSON parse error - {exc}") from None
