@@ -114,8 +114,8 @@ TEMPLATES = [
 ]
 
 DATABASES = {"default": env.db_url_config(DATABASE_URL)}
-# Commands and prefork workers keep one persistent connection each, checked before reuse (Celery's
-# Django fixup closes it around each task and fork). The ASGI web process cannot: Django runs each
+# Commands and prefork workers keep one persistent connection each, checked before reuse (a prefork worker's
+# before each task, aihub_project/celery.py; Celery's Django fixup closes it after a fork). The ASGI web process cannot: Django runs each
 # request's sync code on a thread of its own, so a persistent connection would be opened per request
 # and never reused; nor can the inference worker, whose Celery threads each get their connection
 # closed after every task. Both borrow from a psycopg pool instead (DATABASE_POOL, set by

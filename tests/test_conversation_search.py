@@ -160,6 +160,44 @@ def test_a_redelivered_embedding_task_stores_nothing_twice(hub, library):
     assert list(vectors.values_list("id", "passage", "model")) == before == [(before[0][0], 0, EMBEDDING_MODEL)]
 
 
+def test_the_user_turn_of_a_request_that_was_cancelled_is_embedded_too(hub, models):
+    """A chat completion's messages are embedded when its request ends; one that ends without an answer (its
+    streaming client left) still has its user turn found by meaning."""
+    account = make_account("cancelled")
+    text = "My sourdough starter smells like nail polish remover after three days."
+    body = {"model": models["tiny"], "max_tokens": 4000, "stream": True, "ignore_eos": True,
+            "messages": [{"role": "user", "content": text}]}
+    with httpx.stream("POST", f"{hub.api_url}/chat/completions", json=body, headers=account.auth,
+                      timeout=120) as response:
+        assert response.status_code == 200
+        next(response.iter_lines())  # the first chunk: the request is running; then the client leaves
+    message = Message.objects.get(conversation__user=account.user, role="user")
+    generation = message.conversation.generations.get()
+    deadline = time.monotonic() + 60
+    while generation.state != "cancelled":
+        assert time.monotonic() < deadline, generation.state
+        time.sleep(0.3)
+        generation.refresh_from_db()
+    _wait_embedded([message.id])
+    assert not Message.objects.filter(conversation=message.conversation, role="assistant").exists()
+
+
+def test_a_worker_whose_database_connection_was_closed_between_tasks_embeds_the_next_message(hub, models):
+    """A prefork worker (the default queue's) keeps its database connection from one task to the next; one that
+    PostgreSQL closed meanwhile (a restart, an idle timeout, an operator) is replaced before a task uses it."""
+    from django.db import connection
+
+    account = make_account("reconnect")
+    _, first = _store(account, hub, models, "Which houseplants survive a north-facing window?")
+    _wait_embedded([first])
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = "
+                       "current_database() AND pid <> pg_backend_pid() AND state = 'idle'")
+        assert cursor.fetchone()[0] > 0
+    _, second = _store(account, hub, models, "Is a snake plant happy in low light?")
+    _wait_embedded([second])
+
+
 def test_a_user_who_opts_out_is_searched_by_words_only_and_their_vectors_are_deleted(hub, models):
     account = make_account("private")
     assert httpx.get(f"{hub.api_url}/me", headers=account.auth).json()["conversation_embeddings"] is True

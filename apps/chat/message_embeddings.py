@@ -1,7 +1,8 @@
 """Message embeddings for conversation search, computed in the background as messages are stored.
 
-When: every service that stores messages calls `message_embeddings_schedule(conversation_id=…)`. Once the
-transaction commits, a task on the `default` queue (celeryconfig.EMBED_MESSAGES_TASK) embeds every searched
+When: every service that stores messages calls `message_embeddings_schedule(conversation_id=…)` (a chat
+completion when its request ends: answered, failed or cancelled, so its user turn and answer take one task).
+Once the transaction commits, a task on the `default` queue (celeryconfig.EMBED_MESSAGES_TASK) embeds every searched
 message of that conversation (SEARCHED_ROLES, not empty) that has no vector of the current model yet.
 
 Idempotent: the task takes a conversation id, not messages, and looks up what is missing when it runs, so a

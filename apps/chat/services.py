@@ -240,8 +240,10 @@ def _store(generation_id, *, user, api_key, model, route, params, conversation, 
     else:
         conversation.model = model.id
         conversation.save(update_fields=["model", "updated_at"])
+    # Their embeddings are scheduled when the request ends (its answer stored, a failure, a cancel: one task
+    # for the user's messages and the answer), not now: a second task per request cost the default worker a
+    # run and the inference worker an embedding job, beside the generations on the same device.
     Message.objects.bulk_create([Message(conversation=conversation, **m) for m in new_messages])
-    message_embeddings_schedule(conversation_id=conversation.id)
 
     return GenerationRequest.objects.create(
         id=generation_id,
@@ -287,6 +289,9 @@ def generation_fail(*, generation_id, error: dict, from_states: list[str], worke
         rows = rows.filter(worker=worker)
     if not rows.update(state=GenerationRequest.State.FAILED, error=error, finished_at=timezone.now()):
         return False
+    # The request's messages are embedded when it ends, answered or not (_store).
+    message_embeddings_schedule(conversation_id=GenerationRequest.objects.filter(id=generation_id).values_list(
+        "conversation_id", flat=True).first())
     # A worker still generating it stops at its next token; its own final write then changes nothing.
     request_cancel_sync(generation_id)
     EventWriter.continuing(generation_id).append(ERROR, error=error)
