@@ -252,6 +252,9 @@ def _run_generation(generation_id: str, *, started_at, worker: str) -> None:
         writer.append(events.DONE, finish_reason=result.finish_reason, usage={
             "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
             "total_tokens": result.prompt_tokens + result.completion_tokens}, **extra)
+        # After `done`, not on the commit: sending a task costs milliseconds the client need not wait for. A
+        # worker lost in between leaves the messages to the next one stored, or `manage.py embedmessages`.
+        message_embeddings_schedule(conversation_id=generation.conversation_id)
 
 
 def _vision_prompt(loaded, messages: list[dict]):
@@ -402,7 +405,6 @@ def _store_answer(generation, result, *, worker: str, started_at, first_token_at
                                    content=result.text, tool_calls=result.tool_calls, generation_id=generation.id,
                                    retrieval=retrieval_public(generation.params.get("retrieval")))
             Conversation.objects.filter(id=generation.conversation_id).update(updated_at=finished_at)
-            message_embeddings_schedule(conversation_id=generation.conversation_id)
     # A retry after a commit whose reply was lost finds the row already ours: it still has to be announced.
     return bool(changed) or GenerationRequest.objects.filter(
         id=generation.id, state=State.SUCCEEDED, worker=worker).exists()
