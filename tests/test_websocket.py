@@ -168,6 +168,33 @@ def test_a_finished_request_can_be_replayed_from_any_point(hub, alice, models):
             assert (error["error"]["param"], error["error"]["code"]) == ("after_seq", code)
 
 
+def test_a_rest_request_that_waited_for_its_whole_answer_can_be_read_whole_over_the_socket(hub, alice, models):
+    """A client that does not stream gets no per-token events written for it: its text goes to the log at most
+    every HELD_TEXT_SECONDS (workers/generation.py). The log stays complete: a websocket resuming the request
+    reads the whole answer, in fewer pieces."""
+    import uuid
+
+    import httpx
+
+    from workers.generation import HELD_TEXT_SECONDS
+
+    body = {"model": models["default"], "messages": HELLO, "max_tokens": 60, "ignore_eos": True}
+    started = time.monotonic()
+    answer = httpx.post(f"{hub.api_url}/chat/completions", json=body, headers=alice.auth, timeout=120)
+    seconds = time.monotonic() - started
+    assert answer.status_code == 200, answer.text
+    request_id = str(uuid.UUID(answer.json()["id"].removeprefix("chatcmpl-")))
+    with _open(hub, alice) as ws:
+        ws.send(json.dumps({"type": "resume", "request_id": request_id, "after_seq": 0}))
+        events = _collect(ws, request_id)
+    tokens = [event for event in events if event["type"] == "token"]
+    assert "".join(event["text"] for event in tokens) == answer.json()["choices"][0]["message"]["content"]
+    assert events[-1]["usage"]["completion_tokens"] == 60
+    # One write per interval at most, and the rest with `done` (streamed, the real model writes about one per
+    # token: some 60 here).
+    assert len(tokens) <= seconds / HELD_TEXT_SECONDS + 1, (len(tokens), seconds)
+
+
 def test_nobody_else_can_resume_or_cancel_my_request(hub, alice, bob, models):
     with _open(hub, alice) as ws:
         request_id = _start(ws, {"model": models["tiny"], "messages": HELLO, "max_tokens": 200})

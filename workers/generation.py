@@ -51,6 +51,11 @@ State = GenerationRequest.State
 IGNORED, BUSY, REQUEUED, FAILED = "ignored", "busy", "requeued", "failed"
 # How often a task thread waiting on its request's engine output checks for a cancel with no text coming.
 POLL_SECONDS = 0.05
+# A request whose client does not stream (a REST client waiting for the whole answer) has its text written to
+# the event log at most this often, not once per token: each event is a Valkey write here and a read by the
+# web, CPU that a small machine takes from the model's steps. The events stay, in fewer pieces: a websocket
+# may still resume the request and read them.
+HELD_TEXT_SECONDS = 0.25
 
 
 def _ms(start, end) -> float | None:
@@ -290,6 +295,11 @@ def _follow(sequences, outbox, engine, writer, stop_signal, *, params: dict, par
     finished: set[int] = set()  # choices whose tool-call parser was told the text ended
     logprobs: list[list[dict]] = [[] for _ in sequences]
     first_token_at = None
+    # Text nobody streams is held back (HELD_TEXT_SECONDS); `stream` is missing from rows queued before it
+    # was recorded, which are streamed as before.
+    hold = 0.0 if params.get("stream", True) else HELD_TEXT_SECONDS
+    texts: dict[int, tuple[list[str], list[dict]]] = {}  # text not written yet, per choice
+    written_at = time.monotonic()
     try:
         while True:
             try:
@@ -301,10 +311,11 @@ def _follow(sequences, outbox, engine, writer, stop_signal, *, params: dict, par
                     items.append(outbox.get_nowait())
                 except queue.Empty:
                     break
-            texts: dict[int, tuple[list[str], list[dict]]] = {}
             error = None
             for kind, index, value in items:
                 if kind == TEXT:
+                    if first_token_at is None:
+                        first_token_at = timezone.now()
                     text, entries = value
                     pending = texts.setdefault(index, ([], []))
                     pending[0].append(text)
@@ -313,13 +324,14 @@ def _follow(sequences, outbox, engine, writer, stop_signal, *, params: dict, par
                     results[index] = value
                 else:
                     error = error or value
-            for index, (text_parts, entries) in texts.items():
-                if first_token_at is None:
-                    first_token_at = timezone.now()
-                logprobs[index].extend(entries)
-                text = "".join(text_parts)
-                pieces = parsers[index].feed(text) if parsers[index] else [Content(text)]
-                _write_answer(writer, pieces, index, entries, params)
+            ended = error is not None or any(result is not None for result in results)
+            if texts and (ended or time.monotonic() - written_at >= hold):
+                for index, (text_parts, entries) in texts.items():
+                    logprobs[index].extend(entries)
+                    text = "".join(text_parts)
+                    pieces = parsers[index].feed(text) if parsers[index] else [Content(text)]
+                    _write_answer(writer, pieces, index, entries, params)
+                texts, written_at = {}, time.monotonic()
             for index, result in enumerate(results):
                 if result is None or index in finished:
                     continue

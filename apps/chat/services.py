@@ -190,6 +190,7 @@ def _params(data: dict, *, model, max_tokens: int, api_key) -> dict:
                        f"give seconds up to {settings.AIHUB_KEEP_ALIVE_MAX_SECONDS:g} instead.",
                        status=403, type="permission_error", param="keep_alive", code="insufficient_scope")
     return {
+        "stream": bool(data.get("stream")),  # a client that waits for the whole answer: workers/generation.py
         "max_tokens": max_tokens,
         "temperature": 1.0 if temperature is None else temperature,
         "top_p": 1.0 if top_p is None else top_p,
