@@ -39,8 +39,8 @@ app.autodiscover_tasks(["workers"], related_name="tasks")
 # Any other worker (prefork: the default and training queues) keeps its pool processes' connections from one
 # task to the next, as the web keeps one across requests. Celery's Django fixup would close them before and
 # after every task unless CELERY_DB_REUSE_MAX is set; it then closes them every that many tasks instead. Every
-# chat answer sends two tasks to the default queue (its messages' embeddings), and each cost a new PostgreSQL
-# connection: a backend forked, authenticated and set up, 2 x ~8 ms of CPU taken from the models on a small
+# chat request sends a task to the default queue (its messages' embeddings), and each cost a new PostgreSQL
+# connection: a backend forked, authenticated and set up, milliseconds of CPU taken from the models on a small
 # machine. Before each task a connection is checked as Django checks one before each request: closed if it
 # had errors and is now unusable, or is older than CONN_MAX_AGE; with CONN_HEALTH_CHECKS, pinged before reuse.
 if not THREADS_POOL:

@@ -115,10 +115,10 @@ TEMPLATES = [
 
 DATABASES = {"default": env.db_url_config(DATABASE_URL)}
 # Commands and prefork workers keep one persistent connection each, checked before reuse (a prefork worker's
-# before each task, aihub_project/celery.py; Celery's Django fixup closes it after a fork). The ASGI web process cannot: Django runs each
-# request's sync code on a thread of its own, so a persistent connection would be opened per request
-# and never reused; nor can the inference worker, whose Celery threads each get their connection
-# closed after every task. Both borrow from a psycopg pool instead (DATABASE_POOL, set by
+# before each task, aihub_project/celery.py; Celery's Django fixup closes it after a fork). The ASGI web
+# process cannot: Django runs each request's sync code on a thread of its own, so a persistent connection
+# would be opened per request and never reused; nor can the inference worker, whose Celery threads each get
+# their connection closed after every task. Both borrow from a psycopg pool instead (DATABASE_POOL, set by
 # aihub_project/web.py and, for a threads-pool worker, aihub_project/celery.py): opening a
 # PostgreSQL connection costs ~10-20 ms, a large part of the time to first token.
 if env.bool("DATABASE_POOL", default=False):

@@ -430,10 +430,10 @@ def _finish_cancelled(generation, writer, *, text: str, completion_tokens: int, 
         state=State.CANCELLED, completion=text, finish_reason="cancelled", prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens, first_token_at=first_token_at, finished_at=timezone.now())
     if changed:
-        message_embeddings_schedule(conversation_id=generation.conversation_id)  # the user's messages
         writer.append(events.DONE, finish_reason="cancelled", usage={
             "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens})
+        message_embeddings_schedule(conversation_id=generation.conversation_id)  # the user's messages
 
 
 def recover_lost(generation_id) -> bool:

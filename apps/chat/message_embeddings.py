@@ -2,8 +2,8 @@
 
 When: every service that stores messages calls `message_embeddings_schedule(conversation_id=…)` (a chat
 completion when its request ends: answered, failed or cancelled, so its user turn and answer take one task).
-Once the transaction commits, a task on the `default` queue (celeryconfig.EMBED_MESSAGES_TASK) embeds every searched
-message of that conversation (SEARCHED_ROLES, not empty) that has no vector of the current model yet.
+Once the transaction commits, a task on the `default` queue (celeryconfig.EMBED_MESSAGES_TASK) embeds every
+searched message of that conversation (SEARCHED_ROLES, not empty) that has no vector of the current model yet.
 
 Idempotent: the task takes a conversation id, not messages, and looks up what is missing when it runs, so a
 redelivered message, or two completions of one conversation in a row, find little or nothing left to do; and
