@@ -6,6 +6,7 @@ really train, loads really load). The favicon is fetched from the live hub.
 """
 from __future__ import annotations
 
+import json
 import re
 import uuid
 
@@ -14,6 +15,7 @@ import pytest
 from django.contrib.admin.models import LogEntry
 from django.contrib.auth import get_user_model
 from django.test import Client
+from websockets.sync.client import connect
 
 from apps.accounts.models import ApiKey
 from apps.accounts.services import api_key_create
@@ -114,6 +116,17 @@ def test_cancel_and_retry_go_through_the_services_and_into_the_history(hub, cons
         row.training_file_id, row.hyperparameters, row.base_model)
     assert _history(row)[-1] == f"Retried from the admin as {retry.public_id}."
     assert _history(retry) == [f"Retry of {row.public_id}."]
+    # The cancelled job's live stream still ends with its final event; the retry is noted in its /events.
+    with connect(f"{hub.ws_url}/ws/v1/training/{job['id']}/", additional_headers=alice.auth) as ws:
+        assert json.loads(ws.recv(timeout=10))["type"] == "authenticated"
+        ws.send(json.dumps({"type": "subscribe", "after_seq": 0}))
+        live = []
+        while not live or live[-1]["type"] not in ("done", "error"):
+            live.append(json.loads(ws.recv(timeout=30)))
+        ws.send(json.dumps({"type": "subscribe", "after_seq": len(live)}))
+        assert json.loads(ws.recv(timeout=10))["error"]["code"] == "stream_ended"
+    noted = httpx.get(f"{hub.api_url}/fine_tuning/jobs/{job['id']}/events", headers=alice.auth).json()["data"]
+    assert f"Retried as {retry.public_id}." in [event["message"] for event in noted]
     # The retry is a real job: it runs, and the list's action cancels it.
     wait_for(lambda: TrainingJob.objects.get(pk=retry.pk), lambda j: j.status == "running" and j.step >= 1)
     console.post(JOBS, {"action": "cancel_jobs", "_selected_action": [str(retry.pk)]})

@@ -189,12 +189,14 @@ def fine_tuning_job_create(*, user, api_key, data: dict) -> TrainingJob:
 
 
 def job_event(job: TrainingJob, message: str, *, type: str = "message", data: dict | None = None,
-              level: str = "info", final: str | None = None) -> None:
-    """Record an event (API: /events) and append it to the job's live stream (websocket)."""
+              level: str = "info", final: str | None = None, live: bool = True) -> None:
+    """Record an event (API: /events) and, unless `live` is false, append it to the job's live stream
+    (websocket). A job that has ended has had its stream's final event: a note about it afterwards (its
+    retry) is recorded only, since nothing may follow the final event of a stream (docs/training.md)."""
     event = TrainingEvent.objects.create(job=job, message=message, type=type, data=data, level=level)
-    payload = {"event": event_body(event), "status": job.status}
-    writer = events.EventWriter.continuing(job.id)
-    writer.append(final or "event", **payload)
+    if live:
+        payload = {"event": event_body(event), "status": job.status}
+        events.EventWriter.continuing(job.id).append(final or "event", **payload)
 
 
 def event_body(event: TrainingEvent) -> dict:
@@ -263,7 +265,7 @@ def training_job_retry(*, job: TrainingJob) -> TrainingJob:
         training_type=job.training_type, training_file=job.training_file, validation_file=job.validation_file,
         dataset_path=job.dataset_path, hyperparameters=job.hyperparameters, suffix=job.suffix)
     job_event(retry, f"Retry of {job.public_id}; validating training data.", data={"retry_of": job.public_id})
-    job_event(job, f"Retried as {retry.public_id}.", data={"retried_as": retry.public_id})
+    job_event(job, f"Retried as {retry.public_id}.", data={"retried_as": retry.public_id}, live=False)
     enqueue_on_commit(celeryconfig.VALIDATE_JOB_TASK, args=[str(retry.id)])
     return retry
 
