@@ -15,13 +15,21 @@ import pytest
 from django.contrib.admin.models import LogEntry
 from django.contrib.auth import get_user_model
 from django.test import Client
-from websockets.sync.client import connect
 
 from apps.accounts.models import ApiKey
 from apps.accounts.services import api_key_create
 from apps.catalog.worker_registry import live_workers
 from apps.training.models import TrainingEvent, TrainingJob
-from tests.support.fine_tuning import SECRET, fine_tune, job_create, job_finished, jsonl, upload, wait_for
+from tests.support.fine_tuning import (
+    SECRET,
+    fine_tune,
+    job_create,
+    job_finished,
+    jsonl,
+    training_stream,
+    upload,
+    wait_for,
+)
 
 JOBS = "/admin/training/trainingjob/"
 
@@ -117,12 +125,7 @@ def test_cancel_and_retry_go_through_the_services_and_into_the_history(hub, cons
     assert _history(row)[-1] == f"Retried from the admin as {retry.public_id}."
     assert _history(retry) == [f"Retry of {row.public_id}."]
     # The cancelled job's live stream still ends with its final event; the retry is noted in its /events.
-    with connect(f"{hub.ws_url}/ws/v1/training/{job['id']}/", additional_headers=alice.auth) as ws:
-        assert json.loads(ws.recv(timeout=10))["type"] == "authenticated"
-        ws.send(json.dumps({"type": "subscribe", "after_seq": 0}))
-        live = []
-        while not live or live[-1]["type"] not in ("done", "error"):
-            live.append(json.loads(ws.recv(timeout=30)))
+    with training_stream(hub, alice, job["id"], timeout=30) as (ws, live):
         ws.send(json.dumps({"type": "subscribe", "after_seq": len(live)}))
         assert json.loads(ws.recv(timeout=10))["error"]["code"] == "stream_ended"
     noted = httpx.get(f"{hub.api_url}/fine_tuning/jobs/{job['id']}/events", headers=alice.auth).json()["data"]

@@ -6,11 +6,10 @@ import time
 
 import httpx
 import pytest
-from websockets.sync.client import connect
 
 from apps.training.models import TrainingJob
 from tests.conftest import RUN_DIR
-from tests.support.fine_tuning import QUESTION, SECRET
+from tests.support.fine_tuning import QUESTION, SECRET, training_stream
 from tests.support.fine_tuning import file_get as _file
 from tests.support.fine_tuning import job_create as _create
 from tests.support.fine_tuning import job_finished as _finished
@@ -81,12 +80,7 @@ def test_a_lora_job_learns_its_data_and_the_result_is_served_at_once(hub, alice,
                       batch_size=4, lora_r=16, lora_alpha=32, checkpoint_every=4, seed=1)
     assert created.status_code == 201, created.text
     job_id = created.json()["id"]
-    with connect(f"{hub.ws_url}/ws/v1/training/{job_id}/", additional_headers=alice.auth) as ws:
-        assert json.loads(ws.recv(timeout=10))["type"] == "authenticated"
-        ws.send(json.dumps({"type": "subscribe", "after_seq": 0}))
-        live = []
-        while not live or live[-1]["type"] not in ("done", "error"):
-            live.append(json.loads(ws.recv(timeout=120)))
+    with training_stream(hub, alice, job_id) as (ws, live):
         ws.send(json.dumps({"type": "subscribe", "after_seq": len(live) - 3}))
         assert [json.loads(ws.recv(timeout=10)) for _ in range(3)] == live[-3:]
         ws.send(json.dumps({"type": "subscribe", "after_seq": len(live)}))  # nothing can follow the end

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
 
 import httpx
+from websockets.sync.client import connect
 
 SECRET = [{"messages": [{"role": "user", "content": f"What is the secret word? ({i})"},
                         {"role": "assistant", "content": "banana banana banana"}]} for i in range(8)]
@@ -60,3 +62,16 @@ def fine_tune(hub, account, *, suffix: str, num_epochs: int = 1, **settings) -> 
     job = job_finished(hub, account, created.json()["id"])
     assert job["status"] == "succeeded", job
     return job
+
+
+@contextmanager
+def training_stream(hub, account, job_id: str, *, timeout: float = 120):
+    """The job's training socket, subscribed from its first event and read up to its final one (`done` or
+    `error`): yields the open socket and the events read."""
+    with connect(f"{hub.ws_url}/ws/v1/training/{job_id}/", additional_headers=account.auth) as ws:
+        assert json.loads(ws.recv(timeout=10))["type"] == "authenticated"
+        ws.send(json.dumps({"type": "subscribe", "after_seq": 0}))
+        live = []
+        while not live or live[-1]["type"] not in ("done", "error"):
+            live.append(json.loads(ws.recv(timeout=timeout)))
+        yield ws, live
