@@ -34,7 +34,6 @@ from django.utils import timezone
 from apps.catalog.models import ModelEntry
 from apps.catalog.worker_registry import process_alive
 from apps.chat.cache import cache_put
-from apps.chat.message_embeddings import message_embeddings_schedule
 from apps.chat.models import Conversation, GenerationRequest, Message
 from apps.chat.retrieval import retrieval_public
 from apps.chat.services import generation_fail, generation_publish, generation_settle
@@ -257,9 +256,6 @@ def _run_generation(generation_id: str, *, started_at, worker: str) -> None:
         writer.append(events.DONE, finish_reason=result.finish_reason, usage={
             "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
             "total_tokens": result.prompt_tokens + result.completion_tokens}, **extra)
-        # After `done`, not on the commit: sending a task costs milliseconds the client need not wait for. A
-        # worker lost in between leaves the messages to the next one stored, or `manage.py embedmessages`.
-        message_embeddings_schedule(conversation_id=generation.conversation_id)
 
 
 def _vision_prompt(loaded, messages: list[dict]):
@@ -433,7 +429,6 @@ def _finish_cancelled(generation, writer, *, text: str, completion_tokens: int, 
         writer.append(events.DONE, finish_reason="cancelled", usage={
             "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens})
-        message_embeddings_schedule(conversation_id=generation.conversation_id)  # the user's messages
 
 
 def recover_lost(generation_id) -> bool:

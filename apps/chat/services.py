@@ -241,9 +241,9 @@ def _store(generation_id, *, user, api_key, model, route, params, conversation, 
     else:
         conversation.model = model.id
         conversation.save(update_fields=["model", "updated_at"])
-    # Their embeddings are scheduled when the request ends (its answer stored, a failure, a cancel: one task
-    # for the user's messages and the answer), not now: a second task per request cost the default worker a
-    # run and the inference worker an embedding job, beside the generations on the same device.
+    # Their embeddings are scheduled when the request ends, answered or not (generation_settle: one task for the
+    # user's messages and the answer), not now: a second task per request cost the default worker a run and the
+    # inference worker an embedding job, beside the generations on the same device.
     Message.objects.bulk_create([Message(conversation=conversation, **m) for m in new_messages])
 
     return GenerationRequest.objects.create(
@@ -290,9 +290,6 @@ def generation_fail(*, generation_id, error: dict, from_states: list[str], worke
         rows = rows.filter(worker=worker)
     if not rows.update(state=GenerationRequest.State.FAILED, error=error, finished_at=timezone.now()):
         return False
-    # The request's messages are embedded when it ends, answered or not (_store).
-    message_embeddings_schedule(conversation_id=GenerationRequest.objects.filter(id=generation_id).values_list(
-        "conversation_id", flat=True).first())
     # A worker still generating it stops at its next token; its own final write then changes nothing.
     request_cancel_sync(generation_id)
     EventWriter.continuing(generation_id).append(ERROR, error=error)
@@ -301,15 +298,19 @@ def generation_fail(*, generation_id, error: dict, from_states: list[str], worke
 
 
 def generation_settle(*, generation_id) -> None:
-    """Give back a final request's concurrency slot and unused token reservation, and count it in /metrics.
+    """Give back a final request's concurrency slot and unused token reservation, count it in /metrics, and
+    have its conversation's new messages (its user turn, its answer if any) embedded.
 
-    Both happen once per request however often this runs (limits_settle and the metrics guard are idempotent).
+    Each happens once per request however often this runs (limits_settle is idempotent, and the metrics guard
+    says which call counted it). Every end of a request comes here, after its `done` or `error` event: the
+    worker's (answered, cancelled, failed) and the web's or the sweeper's (generation_fail).
     """
     generation = GenerationRequest.objects.filter(id=generation_id).first()
     if generation is not None and generation.is_finished:
         limits_settle(generation.params.get("limits"),
                       used_tokens=generation.prompt_tokens + generation.completion_tokens)
-        request_metrics_record(generation=generation)
+        if request_metrics_record(generation=generation):
+            message_embeddings_schedule(conversation_id=generation.conversation_id)
 
 
 def generation_give_up(*, generation_id, error: dict) -> bool:
