@@ -19,6 +19,7 @@ from apps.catalog.models import ModelEntry
 from apps.catalog.services import model_register
 from apps.chat.models import GenerationRequest
 from tests.conftest import RUN_DIR, make_account
+from tests.support.busy import INFERENCE_THREADS
 from tests.support.fine_tuning import QUESTION, SECRET, job_create, job_finished, jsonl, upload, wait_for
 from tests.support.processes import MODEL_CACHE, ProcessGroup, wait_until_healthy
 from tests.support.tiny_models import build_tiny_chat_model
@@ -301,6 +302,36 @@ def test_a_cancel_mid_batch_ends_only_that_request(hub, models):
         ("done", "length", 40)] * 2
     cancelled = GenerationRequest.objects.get(id=cancelled_id)
     assert cancelled.state == GenerationRequest.State.CANCELLED and cancelled.completion_tokens < 40
+
+
+def test_a_worker_asks_valkey_whether_to_stop_once_per_interval_for_all_its_requests(hub, models):
+    """A batch of requests costs the worker one stop check (a MGET of their cancel and lease keys) per 100 ms
+    between them, not one each: its stop watcher reads every request's keys in one call."""
+    from apps.core.events import STOP_POLL_SECONDS
+    from apps.core.redis import sync_client
+
+    def mget_calls() -> int:
+        return sync_client().info("commandstats").get("cmdstat_mget", {}).get("calls", 0)
+
+    account = make_account("batch-stop-watch")
+    body = {"model": models["default"], "max_tokens": 120, "temperature": 0, "ignore_eos": True}
+    with ExitStack() as opened:
+        # As many as the worker has task threads, so all of them are in the batch at once.
+        streams = [_ws_request(opened, hub, account, {**body, "messages": _message(f"{PROMPTS[i % 5]} ({i})")})
+                   for i in range(INFERENCE_THREADS)]
+        for ws, _ in streams:
+            assert _events(ws, until=("token",))[-1]["type"] == "token"
+        before, started = mget_calls(), time.monotonic()
+        time.sleep(1.5)
+        calls, window_end = mget_calls() - before, timezone.now()
+        window = time.monotonic() - started
+        finals = [_events(ws)[-1] for ws, _ in streams]
+    assert [(e["type"], e["finish_reason"]) for e in finals] == [("done", "length")] * INFERENCE_THREADS
+    rows = GenerationRequest.objects.filter(id__in=[request_id for _, request_id in streams])
+    assert all(row.finished_at > window_end for row in rows), "a request ended inside the measured window"
+    rounds = window / STOP_POLL_SECONDS
+    # One per round, with room for a late round and the odd worker-state read; one per request would be 6x.
+    assert calls <= 1.5 * rounds + 5, f"{calls} MGETs in {window:.2f}s for {INFERENCE_THREADS} running requests"
 
 
 def test_requests_for_an_adapter_and_for_its_base_run_together_with_the_right_outputs(hub, models):

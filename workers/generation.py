@@ -48,8 +48,6 @@ logger = logging.getLogger(__name__)
 State = GenerationRequest.State
 
 IGNORED, BUSY, REQUEUED, FAILED = "ignored", "busy", "requeued", "failed"
-# How often a task thread waiting on its request's engine output checks for a cancel with no text coming.
-POLL_SECONDS = 0.05
 # A request whose client does not stream (a REST client waiting for the whole answer) has its text written to
 # the event log at most this often, not once per token: each event is a Valkey write here and a read by the
 # web, CPU that a small machine takes from the model's steps. The events stay, in fewer pieces: a websocket
@@ -177,9 +175,13 @@ def _claim(generation_id, *, worker: str):
 
 
 def _run_generation(generation_id: str, *, started_at, worker: str) -> None:
+    with events.StopSignal(generation_id) as stop_signal:
+        _generate(generation_id, stop_signal, started_at=started_at, worker=worker)
+
+
+def _generate(generation_id: str, stop_signal, *, started_at, worker: str) -> None:
     generation = GenerationRequest.objects.select_related("user", "api_key__user").get(id=generation_id)
     writer = events.EventWriter(generation_id)
-    stop_signal = events.StopSignal(generation_id)
     if stop_signal():  # the client left while the request waited in the queue
         _finish_cancelled(generation, writer, text="", completion_tokens=0, prompt_tokens=0, worker=worker)
         return
@@ -287,6 +289,9 @@ def _follow(sequences, outbox, engine, writer, stop_signal, *, params: dict, par
     """
     from .sequence import DONE, TEXT
 
+    # A cancel, or a reader gone, reaches the engine from the process's stop watcher (events.StopSignal); this
+    # thread then hears of it as its choices' `done` (finish_reason cancelled), so it only ever waits on the outbox.
+    stop_signal.on_stop(lambda: _cancel_all(engine, sequences))
     results = [None] * len(sequences)
     finished: set[int] = set()  # choices whose tool-call parser was told the text ended
     logprobs: list[list[dict]] = [[] for _ in sequences]
@@ -298,11 +303,8 @@ def _follow(sequences, outbox, engine, writer, stop_signal, *, params: dict, par
     written_at = time.monotonic()
     try:
         while True:
-            try:
-                items = [outbox.get(timeout=POLL_SECONDS)]
-            except queue.Empty:
-                items = []
-            while items:
+            items = [outbox.get()]
+            while True:
                 try:
                     items.append(outbox.get_nowait())
                 except queue.Empty:
@@ -339,8 +341,6 @@ def _follow(sequences, outbox, engine, writer, stop_signal, *, params: dict, par
                 return None, None, error, first_token_at
             if all(result is not None for result in results):
                 return results, logprobs, None, first_token_at
-            if stop_signal() and not sequences[0].cancelled:  # asks Redis at most every StopSignal interval
-                _cancel_all(engine, sequences)
     except BaseException:
         _cancel_all(engine, sequences)  # this thread cannot go on (Redis gone for good, a shutdown): free the rows
         raise

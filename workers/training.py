@@ -139,7 +139,7 @@ class Trainer:
         self.base = ModelEntry.objects.get(id=job.base_model)
         self.device = _device()
         self.run_dir = training_run_dir(job)
-        self.stop = events.StopSignal(job.id, interval=0.5)
+        self.stop = events.StopSignal(job.id)
 
     # -- data -----------------------------------------------------------
 

@@ -8,20 +8,27 @@ enforces that sequence numbers only grow, and "resume after N" is a plain
 XREAD from `0-N`. See docs/streaming.md.
 
 Stopping is cooperative: readers set a cancel flag, or hold a deadline that the
-worker enforces; the worker polls both between tokens.
+worker enforces; one thread per worker process polls both for all its requests
+(StopSignal).
 """
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import os
+import threading
 import time
-from collections.abc import AsyncIterator
+import weakref
+from collections.abc import AsyncIterator, Callable
 
 import redis
 from django.conf import settings
 
 from .errors import AppError, error_object
 from .redis import async_client, sync_client
+
+logger = logging.getLogger(__name__)
 
 TOKEN = "token"
 TOOL_CALL = "tool_call"  # {"index": choice, "tool_index", "id"?, "name"?, "arguments"}: docs/streaming.md
@@ -198,30 +205,122 @@ async def clear_reader_deadline(request_id) -> None:
     await async_client().delete(deadline_key(request_id))
 
 
-class StopSignal:
-    """Worker side: answers "should this generation stop?" cheaply between tokens.
+# How often a worker process asks Redis whether its requests should stop: the longest a cancel, or a reader's
+# lapsed lease, waits before the request ends (docs/streaming.md).
+STOP_POLL_SECONDS = 0.1
 
-    Redis is asked at most every `interval` seconds, which bounds both the cost
-    per token and the delay before a cancel takes effect.
+
+def _stop_reason(cancelled, deadline, now: float) -> str | None:
+    if cancelled:
+        return "cancelled"
+    if deadline and float(deadline) <= now:
+        return "client_disconnected"
+    return None
+
+
+class StopSignal:
+    """Worker side: "should this request stop?", answered from memory.
+
+    One thread per process (`_StopWatcher`) asks Redis about every open signal of the process in one MGET
+    every STOP_POLL_SECONDS, however many requests run: a worker with 16 requests in its batch made 16 such
+    round trips, and woke 16 threads, ten times a second (each taking the GIL from the engine's steps). The
+    first answer is asked directly, so a request cancelled while it queued is known before it starts.
+
+    `on_stop(callback)`: called once, from the watcher thread, when the request should stop; a task thread
+    that blocks on its engine outbox is told that way. A signal is watched until `close()` or until it is
+    garbage (the watcher holds it weakly).
     """
 
-    def __init__(self, request_id, *, interval: float = 0.1):
+    def __init__(self, request_id):
         self.keys = (cancel_key(request_id), deadline_key(request_id))
-        self.interval = interval
-        self.client = sync_client()
-        self._checked_at = 0.0
-        self.reason: str | None = None
+        self._lock = threading.Lock()
+        self._callback: Callable[[], None] | None = None
+        self.reason: str | None = _stop_reason(*sync_client().mget(self.keys), time.time())
+        if self.reason is None:
+            _watcher().add(self)
 
     def __call__(self) -> bool:
-        if self.reason:
-            return True
-        now = time.monotonic()
-        if now - self._checked_at < self.interval:
-            return False
-        self._checked_at = now
-        cancelled, deadline = self.client.mget(self.keys)
-        if cancelled:
-            self.reason = "cancelled"
-        elif deadline and float(deadline) <= time.time():
-            self.reason = "client_disconnected"
         return self.reason is not None
+
+    def on_stop(self, callback: Callable[[], None]) -> None:
+        with self._lock:
+            self._callback = callback
+            stopped = self.reason is not None
+        if stopped:
+            callback()
+
+    def close(self) -> None:
+        _watcher().discard(self)
+
+    def __enter__(self) -> "StopSignal":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def _stop(self, reason: str) -> None:
+        """From the watcher thread."""
+        with self._lock:
+            if self.reason is not None:
+                return
+            self.reason, callback = reason, self._callback
+        if callback is not None:
+            callback()
+
+
+class _StopWatcher:
+    def __init__(self):
+        self._signals: weakref.WeakSet[StopSignal] = weakref.WeakSet()
+        self._changed = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def add(self, signal: StopSignal) -> None:
+        with self._changed:
+            self._signals.add(signal)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="aihub-stop-watcher", daemon=True)
+                self._thread.start()
+            self._changed.notify()
+
+    def discard(self, signal: StopSignal) -> None:
+        with self._changed:
+            self._signals.discard(signal)
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                while not self._signals:
+                    self._changed.wait()
+                signals = list(self._signals)
+            try:
+                values = sync_client().mget([key for signal in signals for key in signal.keys])
+            except redis.RedisError as exc:  # the client already retried: ask again next round
+                logger.warning("could not read the stop flags of %d request(s): %s", len(signals), exc)
+            else:
+                now = time.time()
+                for index, signal in enumerate(signals):
+                    reason = _stop_reason(values[2 * index], values[2 * index + 1], now)
+                    if reason is not None:
+                        self.discard(signal)
+                        try:
+                            signal._stop(reason)
+                        except Exception:  # noqa: BLE001 - one request's callback must not end the watching
+                            logger.exception("stopping a request failed")
+            del signals  # hold no signal while sleeping: a finished request's signal goes with its thread
+            time.sleep(STOP_POLL_SECONDS)
+
+
+_watcher_lock = threading.Lock()
+_process_watcher: tuple[int, _StopWatcher] | None = None
+
+
+def _watcher() -> _StopWatcher:
+    """This process's watcher (a forked child makes its own: it inherits no thread)."""
+    global _process_watcher
+    with _watcher_lock:
+        if _process_watcher is None or _process_watcher[0] != os.getpid():
+            _process_watcher = (os.getpid(), _StopWatcher())
+        return _process_watcher[1]
+
+
+os.register_at_fork(after_in_child=lambda: globals().update(_watcher_lock=threading.Lock()))
