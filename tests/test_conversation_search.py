@@ -6,6 +6,7 @@ import os
 import time
 
 import httpx
+import psutil
 import pytest
 from django.core.management import call_command
 
@@ -19,6 +20,17 @@ PUPPY = "I adopted a puppy last week and it chews every pair of shoes I own."
 PARAPHRASE = "new dog destroying footwear"  # not one word in common with PUPPY
 OTHERS = ["The quarterly tax return is due at the end of next month.",
           "How do I configure nginx as a reverse proxy for two sites?"]
+
+
+def _client_ports(hub, name: str) -> list[int]:
+    """The local ports of the PostgreSQL connections of the hub's process `name` and its children (pool processes)."""
+    from django.conf import settings
+
+    server_port = int(settings.DATABASES["default"]["PORT"])
+    parent = psutil.Process(hub.processes.processes[name].pid)
+    return [connection.laddr.port for process in [parent, *parent.children(recursive=True)]
+            for connection in process.net_connections(kind="tcp")
+            if connection.raddr and connection.raddr.port == server_port]
 
 
 def _store(account, hub, models, text: str, conversation_id: str | None = None) -> tuple[str, int]:
@@ -191,8 +203,9 @@ def test_a_worker_whose_database_connection_was_closed_between_tasks_embeds_the_
     _, first = _store(account, hub, models, "Which houseplants survive a north-facing window?")
     _wait_embedded([first])
     with connection.cursor() as cursor:
+        # The default worker's connections only (by their client ports), as PostgreSQL closing them would.
         cursor.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = "
-                       "current_database() AND pid <> pg_backend_pid() AND state = 'idle'")
+                       "current_database() AND client_port = ANY(%s)", [_client_ports(hub, "default")])
         assert cursor.fetchone()[0] > 0
     _, second = _store(account, hub, models, "Is a snake plant happy in low light?")
     _wait_embedded([second])

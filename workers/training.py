@@ -114,8 +114,10 @@ def _claim(job_id: str, worker: str) -> TrainingJob | None:
 
 
 def _train_or_fail(job: TrainingJob) -> None:
+    trainer = None
     try:
-        Trainer(job).run()
+        trainer = Trainer(job)
+        trainer.run()
     except WaitForMemory as reason:
         # Back to the queue, without spending an attempt; the message comes back later.
         if TrainingJob.objects.filter(id=job.id, status=Status.RUNNING).update(
@@ -130,6 +132,11 @@ def _train_or_fail(job: TrainingJob) -> None:
         logger.exception("training job %s failed", job.id)
         job_finish(job, Status.FAILED, from_states=[Status.RUNNING], message=f"Training failed: {exc}",
                    error=job_error(code="training_failed", message=str(exc)[:500]))
+    finally:
+        if trainer is not None:
+            # Its stop flags are no longer asked for. Closed here, not left to the garbage collector: a trainer
+            # sits in reference cycles (the model, its callbacks) that the collector may not free for a long time.
+            trainer.stop.close()
 
 
 class Trainer:
