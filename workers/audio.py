@@ -151,15 +151,15 @@ class AudioService:
         if raw is None:
             raise AudioRefused("The uploaded audio expired before a worker took the job; send it again.")
         samples = decode_audio(base64.b64decode(raw), max_seconds=settings.AIHUB_AUDIO_MAX_SECONDS)
-        writer, stop = events.EventWriter(job.id), events.StopSignal(job.id)
+        writer = events.EventWriter(job.id)
+        with events.StopSignal(job.id) as stop:
+            def on_segment(segment: dict, duration: float) -> None:
+                if stop():
+                    raise Stopped()
+                writer.append(SEGMENT, **segment)
+                writer.append(PROGRESS, seconds=segment["end"], duration=round(duration, 3))
 
-        def on_segment(segment: dict, duration: float) -> None:
-            if stop():
-                raise Stopped()
-            writer.append(SEGMENT, **segment)
-            writer.append(PROGRESS, seconds=segment["end"], duration=round(duration, 3))
-
-        result = transcribe_samples(loaded, samples, task=job.action, on_segment=on_segment, **job.options)
+            result = transcribe_samples(loaded, samples, task=job.action, on_segment=on_segment, **job.options)
         writer.append(events.DONE, **result)
 
     def speak(self, job: AudioJob, loaded) -> None:
@@ -167,22 +167,23 @@ class AudioService:
         voices = loaded.model
         voice = voices.get(options["voice"])
         encoder = SpeechEncoder(options["response_format"], voice.sample_rate)
-        writer, stop = events.EventWriter(job.id), events.StopSignal(job.id)
+        writer = events.EventWriter(job.id)
         with voices.lock:  # the text front end (G2P) is plain Python state; the ONNX session is thread-safe
             sentences = voice.phonemize(options["input"])
         if not sentences:
             raise AudioRefused("input: the text holds nothing that can be spoken.", param="input",
                                code="invalid_value")
         pending, seconds, rng = encoder.start(), 0.0, np.random.default_rng()
-        for phonemes in sentences:
-            samples = voice.from_ids(voice.ids(phonemes), options.get("speed", 1.0), rng)
-            if stop():
-                raise Stopped()
-            seconds += samples.shape[0] / voice.sample_rate
-            pending += encoder.encode(samples)
-            if pending:
-                writer.append(AUDIO, data=base64.b64encode(pending).decode("ascii"))
-                pending = b""
+        with events.StopSignal(job.id) as stop:
+            for phonemes in sentences:
+                samples = voice.from_ids(voice.ids(phonemes), options.get("speed", 1.0), rng)
+                if stop():
+                    raise Stopped()
+                seconds += samples.shape[0] / voice.sample_rate
+                pending += encoder.encode(samples)
+                if pending:
+                    writer.append(AUDIO, data=base64.b64encode(pending).decode("ascii"))
+                    pending = b""
         pending += encoder.finish()
         if pending:
             writer.append(AUDIO, data=base64.b64encode(pending).decode("ascii"))
