@@ -311,16 +311,23 @@ class _StopWatcher:
 
 
 _watcher_lock = threading.Lock()
-_process_watcher: tuple[int, _StopWatcher] | None = None
+_process_watcher: _StopWatcher | None = None
 
 
 def _watcher() -> _StopWatcher:
-    """This process's watcher (a forked child makes its own: it inherits no thread)."""
+    """This process's watcher, made on first use."""
     global _process_watcher
     with _watcher_lock:
-        if _process_watcher is None or _process_watcher[0] != os.getpid():
-            _process_watcher = (os.getpid(), _StopWatcher())
-        return _process_watcher[1]
+        if _process_watcher is None:
+            _process_watcher = _StopWatcher()
+        return _process_watcher
 
 
-os.register_at_fork(after_in_child=lambda: globals().update(_watcher_lock=threading.Lock()))
+def _forget_watcher_after_fork() -> None:
+    """A forked child (a prefork pool process) inherits no thread: it makes a watcher of its own, under a lock
+    that no thread of its parent may hold."""
+    global _watcher_lock, _process_watcher
+    _watcher_lock, _process_watcher = threading.Lock(), None
+
+
+os.register_at_fork(after_in_child=_forget_watcher_after_fork)
