@@ -205,7 +205,8 @@ def test_a_worker_whose_database_connection_was_closed_between_tasks_embeds_the_
     with connection.cursor() as cursor:
         # The default worker's connections only (by their client ports), as PostgreSQL closing them would.
         cursor.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = "
-                       "current_database() AND client_port = ANY(%s)", [_client_ports(hub, "default")])
+                       "current_database() AND state = 'idle' AND client_port = ANY(%s)",
+                       [_client_ports(hub, "default")])
         assert cursor.fetchone()[0] > 0
     _, second = _store(account, hub, models, "Is a snake plant happy in low light?")
     _wait_embedded([second])
