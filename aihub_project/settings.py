@@ -319,10 +319,10 @@ AIHUB_SWEEP_BATCH = env.int("AIHUB_SWEEP_BATCH", default=200)
 # its own: it may use what the loaded models leave of AIHUB_GPU_MEMORY_BUDGET.
 AIHUB_MAX_BATCH_SIZE = env.int("AIHUB_MAX_BATCH_SIZE", default=32)
 AIHUB_MAX_BATCH_TOKENS = env.int("AIHUB_MAX_BATCH_TOKENS", default=2048)
-# auto: measure at load whether the CPU's BLAS multiplies a few rows faster transposed (workers/few_rows_linear.py)
-AIHUB_CPU_FEW_ROWS_LINEAR = env.str("AIHUB_CPU_FEW_ROWS_LINEAR", default="auto")
-if AIHUB_CPU_FEW_ROWS_LINEAR not in ("auto", "on", "off"):
-    raise ImproperlyConfigured("AIHUB_CPU_FEW_ROWS_LINEAR must be auto, on or off.")
+# auto: measure at load whether oneDNN multiplies by a packed weight faster than MKL (workers/packed_linear.py)
+AIHUB_CPU_PACKED_LINEAR = env.str("AIHUB_CPU_PACKED_LINEAR", default="auto")
+if AIHUB_CPU_PACKED_LINEAR not in ("auto", "on", "off"):
+    raise ImproperlyConfigured("AIHUB_CPU_PACKED_LINEAR must be auto, on or off.")
 # Celery task threads of an inference worker: each holds one request (running or waiting for a
 # row) or a control command, so a few more than the batch keeps the batch full.
 AIHUB_INFERENCE_THREADS = env.int("AIHUB_INFERENCE_THREADS", default=AIHUB_MAX_BATCH_SIZE + 4)

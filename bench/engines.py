@@ -112,7 +112,7 @@ def main():
                              "arrive spread out, and each arrival's prompt meets a running batch)")
     args = parser.parse_args()
 
-    # load_model reads the hub's settings (AIHUB_CPU_FEW_ROWS_LINEAR); no database is used.
+    # load_model reads the hub's settings (AIHUB_CPU_PACKED_LINEAR); no database is used.
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "aihub_project.settings")
     import django
 

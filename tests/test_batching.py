@@ -12,6 +12,7 @@ from contextlib import ExitStack
 
 import httpx
 import pytest
+from django.test import override_settings
 from django.utils import timezone
 from websockets.sync.client import connect
 
@@ -244,43 +245,42 @@ def test_a_prompt_longer_than_a_steps_allowance_is_computed_in_chunks_beside_the
     assert len(loaded.tokenizer(notes)["input_ids"]) > 400
 
 
-def test_few_row_linear_layers_multiply_as_the_usual_ones_and_leave_every_answer_unchanged(models):
-    """The transposed product for a few rows (workers/few_rows_linear.py) is the same product: each layer's
-    output equal to rounding for 1 to 200 rows, and 16 greedy answers word for word, with it and without it."""
+def test_packed_linear_layers_multiply_as_the_usual_ones_and_leave_every_answer_unchanged(models):
+    """Linear layers on oneDNN-packed weights (workers/packed_linear.py) compute the same product: each layer's
+    output equal to rounding for 1 to 200 rows, 16 greedy answers word for word with and without packing, and no
+    more memory than the plain model beyond the packed copy of a weight tied to the embeddings."""
     import torch
 
     from workers.batching import BatchEngine
     from workers.engine import load_model, pick_device
-    from workers.few_rows_linear import FewRowsLinear, use_few_rows_linear
+    from workers.memory import module_bytes
+    from workers.packed_linear import PackedLinear, use_packed_linear
 
     entry = ModelEntry.objects.get(id=models["default"])
-    loaded = load_model(model_id=entry.id, path=entry.path, context_length=entry.context_length,
-                        device=pick_device("cpu"))
-    layers = [module for module in loaded.model.modules() if isinstance(module, torch.nn.Linear)]
-
-    def switch(on: bool) -> None:
-        for module in layers:
-            module.__class__ = torch.nn.Linear
-        if on:
-            assert use_few_rows_linear(loaded.model, mode="on")
-            assert all(type(module) is FewRowsLinear for module in layers)
+    with override_settings(AIHUB_CPU_PACKED_LINEAR="off"):  # not as this machine's timing would decide
+        loaded = {mode: load_model(model_id=entry.id, path=entry.path, context_length=entry.context_length,
+                                   device=pick_device("cpu")) for mode in ("on", "off")}
+    plain = [module for module in loaded["off"].model.modules() if type(module) is torch.nn.Linear]
+    assert use_packed_linear(loaded["on"].model, mode="on")
+    packed = [module for module in loaded["on"].model.modules() if isinstance(module, torch.nn.Linear)]
+    assert packed and all(type(module) is PackedLinear for module in packed)
+    assert not use_packed_linear(loaded["on"].model, mode="off")
 
     requests = [{"messages": _message(f"{PROMPTS[number % 4]} ({number})"), "max_tokens": 24, "temperature": 0}
                 for number in range(16)]
-    answers = {}
-    for on in (False, True):
-        switch(on)
-        engine = BatchEngine(max_batch_size=16, max_batch_tokens=2048, cache_budget=lambda: 2**30)
-        answers[on] = _engine_answers(engine, loaded, requests)
-    assert answers[True] == answers[False]
+    answers = {mode: _engine_answers(BatchEngine(max_batch_size=16, max_batch_tokens=2048, cache_budget=lambda: 2**30),
+                                     each, requests) for mode, each in loaded.items()}
+    assert answers["on"] == answers["off"]
     with torch.inference_mode():
-        for layer in {layer.weight.shape: layer for layer in layers}.values():  # one layer of each shape
+        for layer, reference in zip(packed, plain):
+            assert torch.equal(layer.weight, reference.weight)  # a packed weight still reads as the matrix
             for rows in (1, 2, 16, 200):
                 x = torch.randn(rows, 1, layer.in_features)
-                assert torch.allclose(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias), atol=1e-4)
-    switch(False)
-    assert not use_few_rows_linear(loaded.model, mode="off")
-    assert not any(type(module) is FewRowsLinear for module in loaded.model.modules())
+                assert torch.allclose(layer(x), reference(x), atol=1e-4)
+    # The packed copies replace the weights; the output layer's weight is the embeddings' too, so it stays.
+    tied = loaded["on"].model.get_output_embeddings()
+    assert tied.weight is loaded["on"].model.get_input_embeddings().weight
+    assert module_bytes(loaded["on"].model) == module_bytes(loaded["off"].model) + tied.weight.numel() * 4
 
 
 def test_a_cancel_mid_batch_ends_only_that_request(hub, models):

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
 
-from .few_rows_linear import use_few_rows_linear
+from .packed_linear import use_packed_linear
 from .vision_processor import load_processor
 
 logger = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ def load_model(*, model_id: str, path: str, context_length: int, device: torch.d
     if device.type == "cpu" and quantization == "none":
         from django.conf import settings
 
-        use_few_rows_linear(model, mode=settings.AIHUB_CPU_FEW_ROWS_LINEAR)
+        use_packed_linear(model, mode=settings.AIHUB_CPU_PACKED_LINEAR)
     seconds = time.perf_counter() - started
     logger.info("loaded %s on %s in %.2fs", model_id, device, seconds)
     return LoadedModel(model_id, model, tokenizer, device, context_length, seconds, processor=processor)

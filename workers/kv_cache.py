@@ -79,18 +79,24 @@ class RowCache:
 
     # -- rows joining and leaving ---------------------------------------------------
 
-    def add(self, states: list[tuple[torch.Tensor, torch.Tensor]], copies: int = 1) -> None:
-        """`copies` new rows holding one prompt's keys and values (per layer [1, kv heads, tokens, head size])."""
-        length = states[0][0].shape[2]
+    def add(self, prompts: list[tuple[list[tuple[torch.Tensor, torch.Tensor]], int]]) -> None:
+        """New rows: for each prompt, its keys and values (per layer [1, kv heads, tokens, head size]) and how
+        many rows hold them. All at once, so the prompts that join in one step cost one reallocation at most
+        (16 joining one by one took a fifth of their prefill's time, reallocating the growing cache 16 times)."""
+        if not prompts:
+            return
+        rows = self.rows + sum(copies for _, copies in prompts)
+        length = max(states[0][0].shape[2] for states, _ in prompts)
         if not self.keys:
-            self._allocate(states[0][0], copies, length)
-        elif self.rows + copies > self.slots or length > self.end:
-            self._reallocate(self.rows + copies, max(self.width, length))
-        first = self.rows
-        for layer, (keys, values) in enumerate(states):
-            self.keys[layer][first:first + copies, :, self.end - length:self.end] = keys
-            self.values[layer][first:first + copies, :, self.end - length:self.end] = values
-        self.lengths += [length] * copies
+            self._allocate(prompts[0][0][0][0], rows, length)
+        elif rows > self.slots or length > self.end:
+            self._reallocate(rows, max(self.width, length))
+        for states, copies in prompts:
+            first, length = self.rows, states[0][0].shape[2]
+            for layer, (keys, values) in enumerate(states):
+                self.keys[layer][first:first + copies, :, self.end - length:self.end] = keys
+                self.values[layer][first:first + copies, :, self.end - length:self.end] = values
+            self.lengths += [length] * copies
 
     def remove(self, keep: list[int]) -> list[int]:
         """Keep only the rows `keep` (ascending indices). Returns their new order: the old index of each row.

@@ -271,7 +271,7 @@ class RunningBatch:
         live = prompt.live
         if not live:
             return
-        self.cache.add([(layer.keys, layer.values) for layer in output.past_key_values.layers], copies=len(live))
+        self.cache.add([([(layer.keys, layer.values) for layer in output.past_key_values.layers], len(live))])
         for sequence in live:
             sequence.position_offset = offset
         self.rows += live
@@ -288,12 +288,10 @@ class RunningBatch:
             if prompt.done < len(prompt.token_ids):
                 continue
             self.prefilling.remove(prompt)
-            live = prompt.live
-            if live:
-                self.cache.add(list(zip(prompt.keys, prompt.values)), copies=len(live))
             if not prompt.reused:
                 self._remember_prefix(prompt)
-            joined.append((prompt, live))
+            joined.append((prompt, prompt.live))
+        self.cache.add([(list(zip(prompt.keys, prompt.values)), len(live)) for prompt, live in joined if live])
         return joined
 
     def _remember_prefix(self, prompt: Prompt) -> None:
