@@ -35,6 +35,7 @@ import torch
 
 from apps.core.errors import error_object
 
+from . import compute_threads
 from .constraints import ConstraintError, matcher_for
 from .engine import LoadedModel
 from .logprobs import token_text
@@ -141,6 +142,7 @@ class BatchEngine:
     # -- the engine thread --------------------------------------------------------
 
     def _run(self) -> None:
+        compute_threads.for_engine()  # the worker's one OpenMP team (workers/compute_threads.py)
         while True:
             try:
                 self._iterate()

@@ -65,6 +65,9 @@ class JobThreads(Generic[JobT]):
         return started
 
     def _loop(self) -> None:
+        from .compute_threads import inline
+
+        inline()  # the engine's thread alone computes with a team of threads (workers/compute_threads.py)
         while True:
             try:
                 jobs = self.take()

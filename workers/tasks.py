@@ -3,7 +3,7 @@ import logging
 import os
 
 from celery import shared_task
-from celery.signals import celeryd_after_setup, worker_ready
+from celery.signals import celeryd_after_setup, task_prerun, worker_ready
 
 import celeryconfig
 
@@ -92,6 +92,16 @@ def _add_worker_queue(sender, instance, **kwargs):
     own = heartbeat.worker_queue(sender)
     queues.select_add(own)
     heartbeat.identity.update(nodename=sender, queues=consumed + [own], control_queue=own)
+
+
+@task_prerun.connect
+def _task_threads_compute_inline(**kwargs):
+    """An inference worker's task threads load models and make image tensors with torch; only the engine's thread
+    computes with a team of threads (workers/compute_threads.py says why)."""
+    if heartbeat.identity["nodename"]:
+        from .compute_threads import inline
+
+        inline()
 
 
 @worker_ready.connect
