@@ -29,6 +29,7 @@ from apps.core.errors import error_object
 from apps.core.worker_commands import reply_done, reply_error
 from apps.embeddings.jobs import SHARED_QUEUE, EmbeddingJob, worker_queue
 
+from .compute_threads import with_team
 from .engine import LoadedModel
 from .job_threads import JobThreads
 from .model_manager import InsufficientMemory, ModelSpec
@@ -209,7 +210,8 @@ class EmbeddingService:
                         sequences += encoded
                 if not sequences:
                     return
-                vectors = embed(loaded, sequences, pooled, max_batch_tokens=self.max_batch_tokens)
+                # With a team of threads of its own, for this batch only (workers/compute_threads.py).
+                vectors = with_team(lambda: embed(loaded, sequences, pooled, max_batch_tokens=self.max_batch_tokens))
         except InsufficientMemory as exc:
             for job in jobs:
                 refuse(job, exc.error)
