@@ -4,18 +4,18 @@ A decoding step multiplies a few rows (one per running request) by every weight 
 hundred. `nn.Linear` hands both to the MKL in torch's CPU wheels, whose sgemm is weak at few rows. oneDNN,
 also in every torch CPU wheel (the library behind torch.compile's CPU linear layers), first reorders a weight
 into the blocked layout its kernels read fastest, then multiplies any number of rows against it. One run on
-a 2-core AMD EPYC (Zen 4, AVX-512, float32), the default model (tests and bench/engines.py measure the same):
+a 2-core AMD EPYC (Zen 4, AVX-512, float32), the default model, one process (docs/models.md):
 
-| rows | nn.Linear (MKL) | packed (oneDNN) |
+| | nn.Linear (MKL) | packed (oneDNN) |
 |---|---|---|
 | output layer alone (576 x 49152), 1 row | 10.4 ms | 5.1 ms |
 | output layer alone, 16 rows | 19.3 ms | 5.9 ms |
-| a decoding step, 1 row | 63.7 ms | 46.8 ms |
-| a decoding step, 16 rows | 94.6 ms | 54.8 ms |
-| 16 prompts' prefill (353 tokens) | 661 ms | 522 ms |
+| a decoding step, 1 row | 58.0 ms | 41.4 ms |
+| a decoding step, 16 rows | 110.0 ms | 53.4 ms |
+| 16 prompts' prefill (353 tokens) | 611 ms | 510 ms |
 
-(The first two columns' 16-row step already took MKL's product transposed, `(weight @ x.T).T`, which this
-module replaces: it was 1.3-2x faster than the usual one on an AVX2 EPYC, and oneDNN is faster than both.)
+This module replaces MKL's few-row product taken transposed, `(weight @ x.T).T`: 1.3-2x faster than the usual
+one on an AVX2 EPYC, it took 94.6 ms for the 16-row step above, where oneDNN takes 53.4.
 
 Memory: the packed copy replaces the weight, so a model takes no more than before. A weight that is also
 used elsewhere (an output layer tied to the input embeddings) stays, with its packed copy beside it, and
