@@ -140,5 +140,6 @@ def main():
     for name, ratio in result["ratio"].items():
         print(f"  hub / {names[name]:<69} {ratio:.2f}x (target <= 1.10x)")
 
+
 if __name__ == "__main__":
     main()

@@ -1,6 +1,5 @@
 """The rest of chat's sampling surface through the official OpenAI SDK: logprobs, n, penalties, logit_bias,
 seed, system_fingerprint, metadata, user and store, honoured end to end or refused by name."""
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -11,6 +10,7 @@ from transformers import AutoTokenizer
 from apps.catalog.models import ModelEntry
 from apps.chat.models import GenerationRequest
 from tests.conftest import make_account
+from tests.support.fine_tuning import wait_for
 
 HELLO = [{"role": "user", "content": "Hello there, tell me a story."}]
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
@@ -161,10 +161,8 @@ def test_the_same_seed_gives_the_same_text_whatever_shares_the_batch(hub, models
                    "max_tokens": 1500, "temperature": 1.0, "extra_body": {"ignore_eos": True}} for i in range(3)]
     with ThreadPoolExecutor(4) as pool:
         running = [pool.submit(client.chat.completions.create, **body) for body in neighbours]
-        rows = GenerationRequest.objects.filter(user=account.user, state=GenerationRequest.State.RUNNING)
-        deadline = time.monotonic() + 60
-        while rows.count() < len(neighbours) and time.monotonic() < deadline:
-            time.sleep(0.02)
+        running_rows = GenerationRequest.objects.filter(user=account.user, state=GenerationRequest.State.RUNNING)
+        wait_for(running_rows.count, lambda count: count == len(neighbours), timeout=60, interval=0.05)
         together = pool.submit(client.chat.completions.create, **seeded).result()
         finished = [future.result() for future in running]
     assert together.choices[0].message.content == alone
